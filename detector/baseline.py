@@ -1,0 +1,439 @@
+"""Seasonal baselines: what each measure should be at this time of week, and how far off it is.
+
+For every series (a connector and a measure, or a connector kind and a measure for the
+pooled cold-start model) the baseline learns an expected value per time-of-week bucket
+and a robust scale, then turns each observation into a signed residual ``z`` (how many
+scales above or below expected).
+
+* ``count`` measures are judged by their log change against the reference sync.
+* ``events`` (churn, duplicates, API errors and retries) are counts: the expected count
+  is a per-record rate for this time of week times the resource's size and the time since
+  the previous sync, and the noise is negative binomial with a dispersion learned per
+  series, so a 40-user app whose teams come and go in bursts is not judged like a
+  100,000-user directory. ``z`` is the normal quantile of the mid-p tail probability.
+* ``rate`` measures (null rates) are judged on the logit scale, with a floor at the
+  binomial standard error for the resource's size.
+* ``log`` and ``level`` measures are judged on the log and raw scale.
+
+Profiles are medians per bucket shrunk towards the series median, scales are MADs: a
+fault left unlabelled in history barely moves either. Missing values are simply absent
+rows, so they never poison a fit. ``method="stl"`` estimates the profiles of continuous
+measures with statsmodels' robust STL instead (compared in the backtest).
+
+While a connector is paused, or when it is scored by the pooled model, level-like
+measures (null rates, custom metrics) are judged against the reference sync instead of
+the learned level, so a level shift that persists yields one pause, not one per sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from scipy import special, stats
+
+__all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
+
+Z_CLIP = 50.0
+_SHRINK = 4.0  # pseudo-observations pulling a bucket towards the series median
+_MIN_EVENT_MEAN = 0.05
+_MIN_DISPERSION = 0.02
+_MAX_DISPERSION = 20.0
+_SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
+_LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
+
+
+def transform_expr(value: pl.Expr, *, kind: pl.Expr, reference: pl.Expr, size: pl.Expr) -> pl.Expr:
+    """The scale each kind of measure is judged on (null for ``events``)."""
+    n = size.fill_null(1000.0).clip(lower_bound=1.0)
+    logit_value = ((value * n + 0.5) / (n + 1.0)).log() - (
+        ((1.0 - value) * n + 0.5) / (n + 1.0)
+    ).log()
+    return (
+        pl.when(kind == "count")
+        .then((value + 1.0).log() - (reference + 1.0).log())
+        .when(kind == "rate")
+        .then(logit_value)
+        .when(kind == "log")
+        .then((value + _LOG_OFFSET).log())
+        .when(kind == "level")
+        .then(value)
+        .otherwise(None)
+    )
+
+
+def _level_x(value: pl.Expr, kind: pl.Expr, size: pl.Expr) -> pl.Expr:
+    """Transform of a reference value for kinds judged level-against-reference."""
+    return transform_expr(value, kind=kind, reference=pl.lit(None), size=size)
+
+
+def nb_signed_z(x: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Signed normal score of a count under a negative binomial (mid-p, clipped).
+
+    Positive when ``x`` is higher than expected. ``phi`` is the dispersion (variance is
+    ``mu + phi * mu**2``).
+    """
+    n = 1.0 / phi
+    p = 1.0 / (1.0 + mu * phi)
+    upper = stats.nbinom.sf(x, n, p) + 0.5 * stats.nbinom.pmf(x, n, p)
+    upper = np.clip(upper, 1e-300, 1.0 - 1e-16)
+    return np.clip(stats.norm.isf(upper), -Z_CLIP, Z_CLIP)
+
+
+def _gap_factor(gap_s: pl.Expr, interval_s: pl.Expr) -> pl.Expr:
+    return (gap_s / interval_s).fill_null(1.0).fill_nan(1.0).clip(0.25, 8.0)
+
+
+class SeasonalBaseline:
+    """Per-series time-of-week baseline with robust scales.
+
+    Parameters
+    ----------
+    key : str, default="connector_id"
+        Column that identifies whose baseline a row belongs to: ``"connector_id"`` for
+        per-connector baselines, ``"connector_kind"`` for the pooled cold-start baseline.
+    shrinkage : float, default=4.0
+        Pseudo-observations pulling each bucket's expected value towards the series
+        median; buckets with little history lean on the whole week.
+    method : {"profile", "stl"}, default="profile"
+        How the seasonal profile of continuous measures is estimated.
+    winsor_quantile : float, default=0.98
+        Event rates above this quantile of a series are capped when fitting, so that a
+        fault left in history does not inflate the expected churn.
+
+    Attributes
+    ----------
+    series_ : pl.DataFrame
+        One row per series: key, measure, kind, center, scale, rate, dispersion.
+    profile_ : pl.DataFrame
+        Expected value (or event rate) per series and time-of-week bucket.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str = "connector_id",
+        shrinkage: float = _SHRINK,
+        method: str = "profile",
+        winsor_quantile: float = 0.98,
+    ) -> None:
+        self.key = key
+        self.shrinkage = shrinkage
+        self.method = method
+        self.winsor_quantile = winsor_quantile
+
+    # ------------------------------------------------------------------ fit
+    def _check_params(self) -> None:
+        if self.key not in ("connector_id", "connector_kind"):
+            raise ValueError(f"key must be 'connector_id' or 'connector_kind', got {self.key!r}")
+        if self.method not in ("profile", "stl"):
+            raise ValueError(f"method must be 'profile' or 'stl', got {self.method!r}")
+        if not 0.5 < self.winsor_quantile <= 1.0:
+            raise ValueError("winsor_quantile must be in (0.5, 1]")
+        if self.shrinkage < 0:
+            raise ValueError("shrinkage must be >= 0")
+
+    def fit(self, features: pl.DataFrame, intervals: pl.DataFrame) -> SeasonalBaseline:
+        """Learn profiles and scales from clean history.
+
+        Parameters
+        ----------
+        features : pl.DataFrame
+            From :func:`detector.features.build_features` on history (faults left out).
+        intervals : pl.DataFrame
+            ``connector_id, interval_s``: each connector's usual time between syncs.
+        """
+        self._check_params()
+        k = self.key
+        rows = features.join(intervals, on="connector_id", how="left").with_columns(
+            transform_expr(
+                pl.col("value"), kind=pl.col("kind"), reference=pl.col("reference"),
+                size=pl.col("current_size"),
+            ).alias("x"),
+            self._exposure_expr().alias("exposure_eff"),
+        )
+        levels = self._fit_levels(rows.filter(pl.col("kind") != "events").drop_nulls("x"))
+        events = self._fit_events(rows.filter(pl.col("kind") == "events"))
+        self.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
+        self.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed").sort(
+            k, "measure", "bucket"
+        )
+        return self
+
+    def _exposure_expr(self) -> pl.Expr:
+        """What an event count is relative to: size x time for churn, 1 for API events."""
+        size = pl.col("exposure").fill_null(pl.col("current_size")).fill_null(1.0)
+        per_size = size.clip(lower_bound=1.0)
+        gap = _gap_factor(pl.col("gap_s"), pl.col("interval_s"))
+        return (
+            pl.when(pl.col("measure").str.starts_with("api."))
+            .then(pl.lit(1.0))
+            .when(pl.col("measure").str.ends_with(".duplicates"))
+            .then(pl.col("current_size").fill_null(1.0).clip(lower_bound=1.0))
+            .otherwise(per_size * gap)
+        )
+
+    def _shrunk(self, bucket_value: pl.Expr, n: pl.Expr, overall: pl.Expr) -> pl.Expr:
+        return (n * bucket_value + self.shrinkage * overall) / (n + self.shrinkage)
+
+    def _fit_levels(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        k = self.key
+        keys = [k, "measure"]
+        overall = rows.group_by(keys).agg(
+            pl.col("kind").first(), pl.col("x").median().alias("center"), pl.len().alias("n")
+        )
+        if self.method == "stl":
+            buckets = _stl_bucket_medians(rows, keys)
+        else:
+            buckets = rows.group_by([*keys, "bucket"]).agg(
+                pl.col("x").median().alias("bucket_x"), pl.len().alias("bucket_n")
+            )
+        profile = buckets.join(overall.select(*keys, "center"), on=keys).with_columns(
+            self._shrunk(pl.col("bucket_x"), pl.col("bucket_n"), pl.col("center")).alias(
+                "expected"
+            )
+        ).select(*keys, "bucket", "expected")
+        resid = rows.join(profile, on=[*keys, "bucket"], how="left").with_columns(
+            (pl.col("x") - pl.col("expected")).abs().alias("abs_dev")
+        )
+        scales = resid.group_by(keys).agg(
+            (pl.col("abs_dev").median() * 1.4826).alias("mad_scale"),
+            # Half the 10-90% range guards against a MAD of zero on mostly-constant series.
+            ((pl.col("x").quantile(0.9) - pl.col("x").quantile(0.1)) / 2.563).alias("iqr_scale"),
+        )
+        floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=1e-9, return_dtype=pl.Float64)
+        series = overall.join(scales, on=keys).with_columns(
+            pl.max_horizontal(
+                pl.col("mad_scale"),
+                0.5 * pl.col("iqr_scale"),
+                floor,
+                pl.when(pl.col("kind") == "level")
+                .then(pl.col("center").abs() * 0.01)
+                .otherwise(0.0),
+            ).alias("scale")
+        ).select(*keys, "kind", "center", "scale", "n")
+        return series, profile
+
+    def _fit_events(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        k = self.key
+        keys = [k, "measure"]
+        rows = rows.with_columns((pl.col("value") / pl.col("exposure_eff")).alias("r"))
+        cap = rows.group_by(keys).agg(pl.col("r").quantile(self.winsor_quantile).alias("r_cap"))
+        rows = rows.join(cap, on=keys).with_columns(
+            pl.min_horizontal(pl.col("value"), pl.col("r_cap") * pl.col("exposure_eff")).alias(
+                "v_w"
+            )
+        )
+        overall = rows.group_by(keys).agg(
+            pl.col("kind").first(),
+            (pl.col("v_w").sum() / pl.col("exposure_eff").sum()).alias("rate"),
+            pl.col("exposure_eff").mean().alias("mean_exposure"),
+            pl.len().alias("n"),
+        )
+        buckets = rows.group_by([*keys, "bucket"]).agg(
+            pl.col("v_w").sum().alias("sum_v"), pl.col("exposure_eff").sum().alias("sum_e")
+        )
+        s = self.shrinkage
+        profile = buckets.join(overall, on=keys).with_columns(
+            (
+                (pl.col("sum_v") + s * pl.col("rate") * pl.col("mean_exposure"))
+                / (pl.col("sum_e") + s * pl.col("mean_exposure"))
+            ).alias("expected")
+        ).select(*keys, "bucket", "expected")
+        moments = rows.join(profile, on=[*keys, "bucket"]).with_columns(
+            (pl.col("expected") * pl.col("exposure_eff")).clip(lower_bound=_MIN_EVENT_MEAN).alias(
+                "mu"
+            )
+        )
+        dispersion = moments.group_by(keys).agg(
+            (
+                ((pl.col("v_w") - pl.col("mu")) ** 2 - pl.col("v_w")).sum()
+                / (pl.col("mu") ** 2).sum()
+            ).alias("dispersion")
+        )
+        series = overall.join(dispersion, on=keys).with_columns(
+            pl.col("dispersion").fill_nan(1.0).fill_null(1.0).clip(_MIN_DISPERSION, _MAX_DISPERSION),
+            pl.lit(0.0).alias("center"),
+            pl.lit(1.0).alias("scale"),
+        ).select(*keys, "kind", "center", "scale", "rate", "dispersion", "n")
+        return series, profile
+
+    # --------------------------------------------------------------- score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "series_"):
+            raise RuntimeError("this SeasonalBaseline is not fitted yet: call fit first")
+
+    def residuals(
+        self,
+        features: pl.DataFrame,
+        intervals: pl.DataFrame,
+        *,
+        against_reference: pl.Expr | None = None,
+    ) -> pl.DataFrame:
+        """Residual ``z`` of every (sync, measure) row, with what it was compared to.
+
+        Parameters
+        ----------
+        features : pl.DataFrame
+            From :func:`detector.features.build_features`.
+        intervals : pl.DataFrame
+            ``connector_id, interval_s``.
+        against_reference : pl.Expr, optional
+            Boolean expression over ``features``: rows whose level-like measures are judged
+            against the reference sync rather than the learned level (defaults to the
+            ``paused`` column).
+
+        Returns
+        -------
+        pl.DataFrame
+            ``features`` plus ``x`` (transformed value), ``expected_x``, ``scale``, ``mu``,
+            ``dispersion`` and ``z`` (0 where a series has no baseline).
+        """
+        self._check_fitted()
+        k = self.key
+        keys = [k, "measure"]
+        use_ref = pl.col("paused") if against_reference is None else against_reference
+        rows = (
+            features.join(intervals, on="connector_id", how="left")
+            .join(self.series_.drop("kind", "n"), on=keys, how="left")
+            .join(self.profile_, on=[*keys, "bucket"], how="left")
+            .with_columns(
+                transform_expr(
+                    pl.col("value"), kind=pl.col("kind"), reference=pl.col("reference"),
+                    size=pl.col("current_size"),
+                ).alias("x"),
+                self._exposure_expr().alias("exposure_eff"),
+                pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
+            )
+        )
+        level_like = pl.col("kind").is_in(["rate", "level"]) | (
+            (pl.col("kind") == "log") & (pl.lit(k == "connector_kind"))
+        )
+        ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
+        judge_ref = use_ref & level_like & pl.col("reference").is_not_null()
+        n = pl.col("current_size").fill_null(1000.0).clip(lower_bound=1.0)
+        p = pl.col("expected_x_raw").clip(1e-4, 1 - 1e-4)
+        rows = rows.with_columns(
+            pl.when(judge_ref).then(ref_x).otherwise(pl.col("expected")).alias("expected_x"),
+            pl.when(judge_ref)
+            .then(pl.col("scale") * math.sqrt(2.0))
+            .otherwise(pl.col("scale"))
+            .alias("scale"),
+        ).with_columns(
+            (1.0 / (1.0 + (-pl.col("expected_x")).exp())).alias("expected_x_raw")
+        )
+        count_floor = 1.0 / (pl.col("reference").fill_null(0.0) + 1.0)
+        binom_floor = 1.0 / (n * p * (1.0 - p)).sqrt()
+        rows = rows.with_columns(
+            pl.when(pl.col("kind") == "count")
+            .then(pl.max_horizontal(pl.col("scale"), count_floor))
+            .when(pl.col("kind") == "rate")
+            .then(pl.max_horizontal(pl.col("scale"), binom_floor))
+            .otherwise(pl.col("scale"))
+            .alias("scale"),
+            (pl.col("expected") * pl.col("exposure_eff"))
+            .clip(lower_bound=_MIN_EVENT_MEAN)
+            .alias("mu"),
+        ).drop("expected_x_raw")
+        z_level = ((pl.col("x") - pl.col("expected_x")) / pl.col("scale")).clip(-Z_CLIP, Z_CLIP)
+        rows = rows.with_columns(z_level.alias("z"))
+        events = (pl.col("kind") == "events") & pl.col("dispersion").is_not_null()
+        ev = rows.select(events.alias("m"), "value", "mu", "dispersion")
+        mask = ev["m"].fill_null(False).to_numpy()
+        z = rows["z"].to_numpy(allow_copy=True).astype(float, copy=True)
+        if mask.any():
+            z[mask] = nb_signed_z(
+                ev["value"].to_numpy()[mask], ev["mu"].to_numpy()[mask],
+                ev["dispersion"].to_numpy()[mask],
+            )
+        z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
+        return rows.with_columns(pl.Series("z", z)).drop("expected", "rate", "center",
+                                                          strict=False)
+
+    def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Observed, expected and expected range in the measure's own units.
+
+        ``rows`` are residual rows (from :meth:`residuals`); the range is the central
+        99.7% (three scales, or the negative binomial's 0.135%-99.865% quantiles).
+        """
+        kind = rows["kind"].to_numpy()
+        x_exp = rows["expected_x"].to_numpy().astype(float)
+        scale = rows["scale"].to_numpy().astype(float)
+        ref = rows["reference"].fill_null(0.0).to_numpy().astype(float)
+        mu = rows["mu"].to_numpy().astype(float)
+        phi = rows["dispersion"].fill_null(1.0).to_numpy().astype(float)
+        out = np.full((rows.height, 3), np.nan)
+        # Bounded before exponentiating: a range beyond e^50 says nothing more.
+        x_exp = np.clip(x_exp, -50.0, 50.0)
+        lo_x, hi_x = np.clip(x_exp - 3 * scale, -50, 50), np.clip(x_exp + 3 * scale, -50, 50)
+        for name, inverse in (
+            ("count", lambda x: (ref + 1.0) * np.exp(x) - 1.0),
+            ("rate", special.expit),
+            ("log", lambda x: np.exp(x) - _LOG_OFFSET),
+            ("level", lambda x: x),
+        ):
+            m = kind == name
+            if m.any():
+                out[m, 0] = inverse(x_exp)[m]
+                out[m, 1] = inverse(lo_x)[m]
+                out[m, 2] = inverse(hi_x)[m]
+        m = kind == "events"
+        if m.any():
+            n = 1.0 / phi[m]
+            p = 1.0 / (1.0 + mu[m] * phi[m])
+            out[m, 0] = mu[m]
+            out[m, 1] = stats.nbinom.ppf(0.00135, n, p)
+            out[m, 2] = stats.nbinom.ppf(0.99865, n, p)
+        out = np.where(np.isfinite(out), np.maximum(out, 0.0), np.nan)
+        return rows.with_columns(
+            pl.Series("expected_raw", out[:, 0]),
+            pl.Series("range_lo", out[:, 1]),
+            pl.Series("range_hi", out[:, 2]),
+        )
+
+
+def _stl_bucket_medians(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Bucket profiles from statsmodels' robust STL on each series' own time grid.
+
+    Each series is laid on a regular grid at its usual step, gaps interpolated so that a
+    missing value cannot turn the decomposition to NaN, decomposed with
+    ``STL(period=<steps per week>, robust=True)``; seasonal plus median trend, taken per
+    time-of-week bucket, is the expected value. Series too short for two weeks fall back
+    to bucket medians.
+    """
+    from statsmodels.tsa.seasonal import STL
+
+    medians = rows.group_by([*keys, "bucket"]).agg(
+        pl.col("x").median().alias("bucket_x"), pl.len().alias("bucket_n")
+    )
+    week_s = 7 * 86400.0
+    out = []
+    ordered = rows.sort(*keys, "started_at")
+    for key_values, part in ordered.group_by(keys, maintain_order=True):
+        t = part["started_at"].dt.epoch("s").to_numpy().astype(float)
+        x = part["x"].to_numpy().astype(float)
+        if len(t) < 4:
+            continue
+        step = float(np.median(np.diff(t))) or 3600.0
+        period = int(round(week_s / step))
+        grid = np.arange(t[0], t[-1] + step / 2, step)
+        if period < 2 or len(grid) < 2 * period + 1 or len(grid) > 50_000:
+            continue
+        filled = np.interp(grid, t, x)
+        res = STL(filled, period=period, robust=True).fit()
+        smooth = res.seasonal + np.median(res.trend)
+        stamps = pl.Series(grid * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+        buckets = ((stamps.dt.weekday() - 1) * 6 + stamps.dt.hour() // 4).cast(pl.Int16)
+        frame = pl.DataFrame({"bucket": buckets, "bucket_x": smooth}).group_by("bucket").agg(
+            pl.col("bucket_x").median(), pl.len().cast(pl.UInt32).alias("bucket_n")
+        )
+        out.append(frame.with_columns(
+            *[pl.lit(v).alias(k) for k, v in zip(keys, key_values, strict=True)]
+        ))
+    if not out:
+        return medians
+    stl = pl.concat(out).select(*keys, "bucket", "bucket_x", "bucket_n")
+    # Series STL could not decompose keep their bucket medians.
+    rest = medians.join(stl.select(keys).unique(), on=keys, how="anti")
+    return pl.concat([stl, rest.cast(stl.schema)])

@@ -1,0 +1,73 @@
+"""The ``syncguard`` command group: global options and the one place errors are shown.
+
+Commands live one per module in this package and are registered in :data:`COMMANDS`;
+each returns an exit code (or raises :class:`~detector.errors.SyncguardError`), and only
+this module decides what a person sees when something goes wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from detector import __version__
+from detector.cli import demo, ingest, simulate, status
+from detector.errors import EXIT_INTERNAL, SyncguardError
+from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
+
+__all__ = ["cli", "COMMANDS"]
+
+COMMANDS: list[click.Command] = [simulate.command, ingest.command, status.command,
+                                 demo.command]
+"""Registered subcommands; a new command module appends its ``command`` here."""
+
+DEBUG_ENV = "SYNCGUARD_DEBUG"
+
+
+class SyncguardGroup(click.Group):
+    """A click group that turns errors into one line on stderr and an exit code.
+
+    - :class:`SyncguardError`: ``error: <message>`` and the error's ``exit_code``;
+    - any other exception: ``error: internal error: <type>: <message>`` and exit 1.
+
+    Click's own usage errors keep click's handling (exit 2). Set ``SYNCGUARD_DEBUG=1``
+    to get the traceback instead.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except SyncguardError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:  # the edge: nothing may escape as a traceback
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"error: internal error: {type(exc).__name__}: {exc} "
+                       f"(set {DEBUG_ENV}=1 for details)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=SyncguardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", "home", metavar="DIR", envvar=HOME_ENV, show_envvar=True,
+              help=f"State directory (store, MLflow, model cache). Default: ./{DEFAULT_HOME}")
+@click.version_option(__version__, "--version", prog_name="syncguard")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """syncguard: score identity-connector syncs against each connector's learned normal
+    behaviour, and pause the ones that cannot be trusted."""
+    ctx.obj = resolve_home(home)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+if __name__ == "__main__":  # python -m detector.cli.main, used by tests and benchmarks
+    cli()

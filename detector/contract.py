@@ -1,0 +1,814 @@
+"""The sync-record contract: parse input, validate each record, explain every rejection.
+
+Structural rules live in ``detector/schemas/sync-record.schema.json`` (JSON Schema 2020-12),
+the single source of truth. This module adds what JSON Schema cannot say: timestamps
+ordered and not far in the future, finite numbers, no duplicate keys, size and depth
+limits, and the input framing (one object, an array, or JSON Lines).
+
+Validation has two paths. ``_fast_valid`` is a conservative hand-written check that
+answers "certainly valid" for ordinary records in a few microseconds; anything it is
+unsure of goes to the jsonschema validator, which decides and explains. The fast path
+may only ever be stricter than the schema (tests check this with generated records),
+so the schema stays authoritative.
+
+Examples
+--------
+>>> v = validate_record({"sync_id": "a", "connector_id": "c", "status": "succeeded",
+...                      "started_at": "2026-01-01T00:00:00Z",
+...                      "finished_at": "2026-01-01T00:01:00Z",
+...                      "resources": {"user": {"count": -1}}})
+>>> str(v)
+"sync_id 'a': field 'resources.user.count': must be an integer >= 0"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import jsonschema
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError, best_match
+
+from detector.errors import UsageError
+
+__all__ = [
+    "Violation",
+    "Accepted",
+    "validate_record",
+    "parse_lines",
+    "read_inputs",
+    "canonical_json",
+    "parse_timestamp",
+    "SCHEMA",
+    "SCHEMA_PATH",
+    "MAX_RECORD_BYTES",
+    "MAX_DEPTH",
+    "MAX_FUTURE",
+]
+
+MAX_RECORD_BYTES = 1 << 20
+"""A record (one JSON Lines line, or one array element) may hold at most 1 MiB of JSON."""
+MAX_DEPTH = 8
+"""The record object itself is level 1; ``resources.T.null_rates`` is level 4."""
+MAX_FUTURE = timedelta(days=1)
+"""How far ``started_at`` may lie ahead of the clock (connector clocks drift; days do not)."""
+MAX_DOCUMENT_BYTES = 512 << 20
+"""A whole-document input (array or pretty-printed object) is parsed in memory: cap it."""
+RAW_LIMIT = 64 << 10
+"""Rejected text is kept for people to read, truncated to this many characters."""
+
+WHOLE_RECORD = "<record>"
+
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "sync-record.schema.json"
+SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text("utf-8"))
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One rejected record: which record, which field, which rule.
+
+    Attributes
+    ----------
+    record : str
+        Locator a person can find the record by: ``"line 3 (sync_id 'a')"``, ``"line 3"``,
+        ``"sync_id 'a'"`` or ``"record"``.
+    field : str
+        Dotted path of the offending field, ``"<record>"`` for the record as a whole.
+    rule : str
+        The rule that was broken, in words (``"must be an integer >= 0"``).
+    line : int or None
+        1-based line of the record in its input, when it came from text.
+    sync_id, connector_id : str or None
+        As far as the record still names them; ``connector_id`` lets the caller raise a
+        ``pause(invalid_record)`` for that connector (fail closed).
+    raw : str
+        The offending text, truncated to 64 KiB.
+    source : str or None
+        Input the record came from (file name or ``"-"``), when known.
+    """
+
+    record: str
+    field: str
+    rule: str
+    line: int | None
+    sync_id: str | None
+    connector_id: str | None
+    raw: str
+    source: str | None = None
+
+    def __str__(self) -> str:
+        if self.field == WHOLE_RECORD:
+            return f"{self.record}: {self.rule}"
+        return f"{self.record}: field '{self.field}': {self.rule}"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A record that meets the contract.
+
+    Attributes
+    ----------
+    line : int or None
+        1-based line in its input, when it came from text.
+    record : dict
+        The parsed record, unknown keys kept.
+    content_hash : str
+        SHA-256 (hex) of the canonical JSON: the idempotency check on ``sync_id``.
+    canonical : str
+        The canonical JSON text itself (sorted keys, compact), as the store keeps it.
+    source : str or None
+        Input the record came from, when known.
+    """
+
+    line: int | None
+    record: dict[str, Any]
+    content_hash: str
+    canonical: str = ""
+    source: str | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Parse an RFC 3339 timestamp that carries an offset; ``None`` if it is not one.
+
+    Naive timestamps (no ``Z`` or ``+hh:mm``) are refused: a sync time without a zone
+    is ambiguous by hours, which is larger than most sync intervals.
+    """
+    if type(value) is not str or _RFC3339.fullmatch(value) is None:
+        return None
+    try:
+        # fromisoformat (3.11) takes "Z"; upper() folds RFC 3339's lower-case t and z.
+        return datetime.fromisoformat(value.upper())
+    except ValueError:  # month 13, hour 24, leap second...
+        return None
+
+
+def canonical_json(record: dict[str, Any]) -> str:
+    """Return the canonical JSON text of a record: sorted keys, compact, UTF-8 kept.
+
+    Raises
+    ------
+    ValueError
+        For NaN or infinite numbers (they are not JSON).
+    TypeError
+        For values that are not JSON (sets, bytes, ...).
+    """
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _finite_number(checker: object, value: object) -> bool:
+    # JSON Schema's "number" admits NaN and inf when a dict is built in Python; the
+    # contract does not, and min/max comparisons against NaN are always false.
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _finite_integer(checker: object, value: object) -> bool:
+    if type(value) is int:
+        return True
+    return type(value) is float and math.isfinite(value) and value.is_integer()
+
+
+_format_checker = FormatChecker(formats=())
+_format_checker.checks("date-time")(lambda value: parse_timestamp(value) is not None)
+
+_Validator = jsonschema.validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _finite_number, "integer": _finite_integer}
+    ),
+)
+Draft202012Validator.check_schema(SCHEMA)
+_validator = _Validator(SCHEMA, format_checker=_format_checker)
+
+
+# --------------------------------------------------------------------------- fast path
+# Limits read from the schema, so the fast path cannot drift from it silently.
+
+_PROPS = SCHEMA["properties"]
+_DEFS = SCHEMA["$defs"]
+_REQUIRED = tuple(SCHEMA["required"])
+_STATUSES = frozenset(_PROPS["status"]["enum"])
+_ERROR_CLASSES = frozenset(_PROPS["error_class"]["enum"]) - {None}
+_ID_MAX = _PROPS["sync_id"]["maxLength"]
+_KIND_MAX = _PROPS["connector_kind"]["maxLength"]
+_COUNT_MAX = _DEFS["count"]["maximum"]
+_NON_NEG_MAX = _DEFS["non_negative"]["maximum"]
+_RES_MAX = _PROPS["resources"]["maxProperties"]
+_RES_KEY_MAX = _PROPS["resources"]["propertyNames"]["maxLength"]
+_STATS = _DEFS["resource_stats"]["properties"]
+_NULL_MAX = _STATS["null_rates"]["maxProperties"]
+_NULL_KEY_MAX = _STATS["null_rates"]["propertyNames"]["maxLength"]
+_METRICS_MAX = _PROPS["metrics"]["maxProperties"]
+_METRIC_KEY_MAX = _PROPS["metrics"]["propertyNames"]["maxLength"]
+_COUNT_FIELDS = tuple(k for k, v in _STATS.items() if v.get("$ref") == "#/$defs/count")
+_API_COUNTS = tuple(
+    k for k, v in _PROPS["api"]["properties"].items() if v["$ref"] == "#/$defs/count"
+)
+_API_REALS = tuple(
+    k for k, v in _PROPS["api"]["properties"].items() if v["$ref"] == "#/$defs/non_negative"
+)
+_NEEDS_RESOURCES = frozenset(SCHEMA["allOf"][0]["if"]["properties"]["status"]["enum"])
+
+
+def _is_count(v: object) -> bool:
+    return type(v) is int and 0 <= v <= _COUNT_MAX
+
+
+def _is_real(v: object, hi: float) -> bool:
+    # type() rather than isinstance(): bool is a subclass of int and is not a number here.
+    # The chained comparison is False for NaN, so it also keeps NaN out.
+    return (type(v) is float or type(v) is int) and 0 <= v <= hi
+
+
+def _is_key(k: object, hi: int) -> bool:
+    return type(k) is str and 0 < len(k) <= hi
+
+
+_TOP_KEYS = frozenset(_PROPS)
+_API_KEYS = frozenset(_PROPS["api"]["properties"])
+_STAT_KEYS = frozenset(_STATS)
+
+
+def _deep_extras(obj: dict[str, Any], known: frozenset[str], depth: int) -> bool:
+    """Whether any unknown key of ``obj`` (at nesting ``depth``) holds a too-deep value.
+
+    Known keys are checked for type by the fast path itself, so only values the schema
+    says nothing about need walking.
+    """
+    if len(obj) <= len(known) and obj.keys() <= known:
+        return False
+    return any(_too_deep(obj[k], depth + 1) for k in obj.keys() - known)
+
+
+def _fast_valid(obj: dict[str, Any]) -> tuple[datetime, datetime] | None:
+    """Return (started, finished) only when ``obj`` certainly satisfies the schema and
+    the depth limit; None means "ask jsonschema", never "invalid"."""
+    for key in _REQUIRED:
+        if key not in obj:
+            return None
+    if not (_is_key(obj["sync_id"], _ID_MAX) and _is_key(obj["connector_id"], _ID_MAX)):
+        return None
+    if type(obj["status"]) is not str or obj["status"] not in _STATUSES:
+        return None
+    started, finished = parse_timestamp(obj["started_at"]), parse_timestamp(obj["finished_at"])
+    if started is None or finished is None:
+        return None
+    kind = obj.get("connector_kind")
+    if kind is not None and not (type(kind) is str and len(kind) <= _KIND_MAX):
+        return None
+    err = obj.get("error_class")
+    if err is not None and (type(err) is not str or err not in _ERROR_CLASSES):
+        return None
+    res = obj.get("resources")
+    if res is None:
+        if "resources" in obj or obj["status"] in _NEEDS_RESOURCES:
+            return None
+    elif not _fast_resources(res):
+        return None
+    if "api" in obj and not _fast_api(obj["api"]):
+        return None
+    if "metrics" in obj and not _fast_metrics(obj["metrics"]):
+        return None
+    if _deep_extras(obj, _TOP_KEYS, 1):
+        return None
+    return started, finished
+
+
+def _fast_resources(res: object) -> bool:
+    if type(res) is not dict or len(res) > _RES_MAX:
+        return False
+    for name, stats in res.items():
+        if not _is_key(name, _RES_KEY_MAX) or type(stats) is not dict:
+            return False
+        if not _is_count(stats.get("count")):
+            return False
+        for k in _COUNT_FIELDS:
+            if k in stats and not _is_count(stats[k]):
+                return False
+        if "null_rates" in stats:
+            rates = stats["null_rates"]
+            if type(rates) is not dict or len(rates) > _NULL_MAX:
+                return False
+            for k, v in rates.items():
+                if not (_is_key(k, _NULL_KEY_MAX) and _is_real(v, 1)):
+                    return False
+        if _deep_extras(stats, _STAT_KEYS, 3):
+            return False
+    return True
+
+
+def _fast_api(api: object) -> bool:
+    if type(api) is not dict:
+        return False
+    for k in _API_COUNTS:
+        if k in api and not _is_count(api[k]):
+            return False
+    for k in _API_REALS:
+        if k in api and not _is_real(api[k], _NON_NEG_MAX):
+            return False
+    return not _deep_extras(api, _API_KEYS, 2)
+
+
+def _fast_metrics(metrics: object) -> bool:
+    if type(metrics) is not dict or len(metrics) > _METRICS_MAX:
+        return False
+    for k, v in metrics.items():
+        if not (_is_key(k, _METRIC_KEY_MAX) and type(v) in (int, float) and math.isfinite(v)):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- explaining
+
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "object": "an object",
+    "array": "an array",
+    "boolean": "a boolean",
+    "null": "null",
+}
+_BIG = 1e9
+"""Upper bounds at or above this are sanity caps; they are named only when broken."""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _describe(schema: dict[str, Any], keyword: str) -> str:
+    """Say in words what a (sub)schema with type and bounds requires."""
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    what = " or ".join(_TYPE_WORDS.get(t, t) for t in types) or "a value"
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if keyword == "maximum" and hi is not None and hi >= _BIG:
+        return f"must be {what} <= {_num(hi)}"
+    if lo is not None and hi is not None and hi < _BIG:
+        return f"must be {what} in [{_num(lo)}, {_num(hi)}]"
+    if lo is not None:
+        return f"must be {what} >= {_num(lo)}"
+    return f"must be {what}"
+
+
+def _dotted(path: Iterable[object]) -> str:
+    return ".".join(str(p) for p in path) or WHOLE_RECORD
+
+
+def _explain(error: ValidationError) -> tuple[str, str]:
+    """Map a jsonschema error to (dotted field, rule in words)."""
+    path = list(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    keyword = error.validator
+    if "propertyNames" in error.absolute_schema_path:
+        # error.instance is the offending key; the path names its object.
+        low = schema.get("minLength", 1)
+        high = schema.get("maxLength")
+        return _dotted([*path, error.instance]), f"key must be {low} to {high} characters long"
+    if keyword == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        return _dotted([*path, missing]), schema.get("x-rule", "is required")
+    if "x-rule" in schema:
+        return _dotted(path), schema["x-rule"]
+    if keyword in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        rule = _describe(schema, keyword)
+    elif keyword == "enum":
+        rule = "must be one of " + ", ".join(json.dumps(v) for v in error.validator_value)
+    elif keyword == "minLength":
+        n = error.validator_value
+        rule = "must not be empty" if n == 1 else f"must be at least {n} characters long"
+    elif keyword == "maxLength":
+        rule = f"must be at most {error.validator_value} characters long"
+    elif keyword == "maxProperties":
+        rule = f"must have at most {error.validator_value} entries"
+    elif keyword == "format":
+        rule = "must be an RFC 3339 date-time with offset, e.g. 2026-11-20T14:00:07Z"
+    else:  # a keyword added to the schema later: jsonschema's own words are still exact
+        rule = error.message
+    return _dotted(path), rule
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _name(obj: object, key: str) -> str | None:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if type(value) is str and value else None
+
+
+def _locator(line: int | None, sync_id: str | None) -> str:
+    parts = []
+    if line is not None:
+        parts.append(f"line {line}")
+    if sync_id is not None:
+        parts.append(f"(sync_id {sync_id!r})" if parts else f"sync_id {sync_id!r}")
+    return " ".join(parts) or "record"
+
+
+def _violation(field: str, rule: str, *, line: int | None, sync_id: str | None,
+               connector_id: str | None, raw: str, source: str | None) -> Violation:
+    return Violation(record=_locator(line, sync_id), field=field, rule=rule, line=line,
+                     sync_id=sync_id, connector_id=connector_id, raw=raw[:RAW_LIMIT],
+                     source=source)
+
+
+def _too_deep(obj: object, depth: int = 1) -> bool:
+    """Whether ``obj``, found at nesting level ``depth``, nests deeper than MAX_DEPTH."""
+    # Iterative so a hostile record cannot exhaust the Python stack.
+    if type(obj) is not dict and type(obj) is not list:
+        return False
+    limit = MAX_DEPTH
+    stack = [(obj, depth)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | None,
+           source: str | None) -> Accepted | Violation:
+    """Validate one parsed value; return what the caller stores or reports."""
+    sync_id, connector_id = _name(obj, "sync_id"), _name(obj, "connector_id")
+
+    def reject(field: str, rule: str) -> Violation:
+        text = raw
+        if text is None:  # a record handed over as a dict: show what we can
+            try:
+                text = json.dumps(obj, default=repr)[:RAW_LIMIT]
+            except (ValueError, RecursionError):
+                text = repr(obj)[:RAW_LIMIT]
+        return _violation(field, rule, line=line, sync_id=sync_id, connector_id=connector_id,
+                          raw=text, source=source)
+
+    if type(obj) is not dict:
+        return reject(WHOLE_RECORD, "must be a JSON object")
+    times = _fast_valid(obj)
+    if times is None:
+        if _too_deep(obj):
+            return reject(WHOLE_RECORD, f"must not be nested more than {MAX_DEPTH} levels deep")
+        error = best_match(_validator.iter_errors(obj))
+        if error is not None:
+            return reject(*_explain(error))
+        times = parse_timestamp(obj["started_at"]), parse_timestamp(obj["finished_at"])
+    started, finished = times
+    assert started is not None and finished is not None  # the schema's format check
+    if finished < started:
+        return reject("finished_at", "must not be before started_at")
+    limit = (now or datetime.now(UTC)) + MAX_FUTURE
+    if started > limit:
+        return reject("started_at", "must not be more than 1 day in the future")
+    try:
+        text = canonical_json(obj)
+    except ValueError:
+        return reject(WHOLE_RECORD, "numbers must be finite (NaN and Infinity are not JSON)")
+    except TypeError:
+        return reject(WHOLE_RECORD, "must hold only JSON values")
+    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode()) > MAX_RECORD_BYTES:
+        return reject(WHOLE_RECORD, "must not be larger than 1 MiB")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return Accepted(line=line, record=obj, content_hash=digest, canonical=text, source=source)
+
+
+def validate_record(obj: object, *, line: int | None = None,
+                    now: datetime | None = None) -> Violation | None:
+    """Check one parsed record against the contract.
+
+    Parameters
+    ----------
+    obj : object
+        The parsed record (normally a dict).
+    line : int, optional
+        1-based input line, used in the message.
+    now : datetime, optional
+        The clock for the "not in the future" rule (timezone-aware); defaults to now.
+
+    Returns
+    -------
+    Violation or None
+        The first broken rule, or None when the record meets the contract.
+    """
+    result = _check(obj, line=line, now=now, raw=None, source=None)
+    return result if isinstance(result, Violation) else None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # cheap test first: duplicates are rare
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
+
+_SALVAGE = {
+    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"([^"\\]{1,256})"')
+    for key in ("sync_id", "connector_id")
+}
+
+
+def _salvage(text: bytes | str, key: str) -> str | None:
+    """Best-effort name from a record that would not parse, so the violation still
+    names its connector (and a pause can be raised for it)."""
+    head = text[:RAW_LIMIT]
+    data = head.encode("utf-8", "replace") if isinstance(head, str) else head
+    match = _SALVAGE[key].search(data)
+    if match is None:
+        return None
+    try:
+        return match.group(1).decode("utf-8")
+    except UnicodeDecodeError:  # a name we cannot spell back is no name
+        return None
+
+
+def _decode_failure(exc: Exception) -> tuple[str, str]:
+    """Rule text for text that could not be turned into a value."""
+    if isinstance(exc, _DuplicateKey):
+        return WHOLE_RECORD, f"must not repeat the key {exc.args[0]!r}"
+    if isinstance(exc, _NonFinite):
+        return WHOLE_RECORD, f"numbers must be finite ({exc.args[0]} is not JSON)"
+    if isinstance(exc, RecursionError):
+        return WHOLE_RECORD, f"must not be nested more than {MAX_DEPTH} levels deep"
+    if isinstance(exc, json.JSONDecodeError):
+        return WHOLE_RECORD, f"is not valid JSON: {exc.msg} at column {exc.colno}"
+    return WHOLE_RECORD, f"is not valid JSON: {exc}"
+
+
+def _text_violation(text: bytes | str, field: str, rule: str, *, line: int | None,
+                    source: str | None) -> Violation:
+    raw = text[:RAW_LIMIT]
+    raw_str = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return _violation(field, rule, line=line, sync_id=_salvage(text, "sync_id"),
+                      connector_id=_salvage(text, "connector_id"), raw=raw_str, source=source)
+
+
+def _byte_size(text: str | bytes) -> int:
+    if isinstance(text, bytes) or text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def parse_lines(lines: Iterable[str | bytes], *, now: datetime | None = None,
+                source: str | None = None) -> Iterator[Accepted | Violation]:
+    """Parse JSON Lines, one record per line, and validate each.
+
+    Blank lines are skipped (but counted). A UTF-8 byte-order mark at the start of the
+    first line is tolerated. Lines over 1 MiB are rejected without being parsed; bytes
+    that are not UTF-8 reject their line only.
+
+    Parameters
+    ----------
+    lines : iterable of str or bytes
+        The input, one line per item (a trailing newline is allowed).
+    now : datetime, optional
+        Clock for the "not in the future" rule.
+    source : str, optional
+        Input name carried on every result.
+
+    Yields
+    ------
+    Accepted or Violation
+        One per non-blank line, in input order.
+    """
+    for number, text in enumerate(lines, start=1):
+        if number == 1:
+            text = text.removeprefix(b"\xef\xbb\xbf" if isinstance(text, bytes) else "\ufeff")
+        text = text.rstrip(b"\r\n" if isinstance(text, bytes) else "\r\n")
+        if _byte_size(text) > MAX_RECORD_BYTES:
+            yield _text_violation(text, WHOLE_RECORD, "must not be larger than 1 MiB",
+                                  line=number, source=source)
+            continue
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _text_violation(text, WHOLE_RECORD,
+                                      f"is not valid UTF-8 (byte {exc.start + 1})",
+                                      line=number, source=source)
+                continue
+        if not text.strip():
+            continue
+        try:
+            obj = _decoder.decode(text)
+        except (ValueError, RecursionError) as exc:
+            yield _text_violation(text, *_decode_failure(exc), line=number, source=source)
+            continue
+        yield _check(obj, line=number, now=now, raw=text, source=source)
+
+
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+def _parse_document(doc: str, *, now: datetime | None,
+                    source: str | None) -> Iterator[Accepted | Violation]:
+    """Parse a JSON array of records, or one or more concatenated JSON objects.
+
+    Elements are decoded one at a time (``raw_decode``) so each keeps its line number and
+    one bad element does not hide the others; after a syntax error there is no safe
+    place to resume, so the rest of the document is reported once.
+    """
+    lines = _LineCounter(doc)
+    pos = _WS.match(doc, 0).end()
+    in_array = doc.startswith("[", pos)
+    if in_array:
+        pos = _WS.match(doc, pos + 1).end()
+        if doc.startswith("]", pos):
+            in_array = False
+            pos = _WS.match(doc, pos + 1).end()
+    while pos < len(doc):
+        line = lines.at(pos)
+        try:
+            obj, end = _decoder.raw_decode(doc, pos)
+        except (ValueError, RecursionError) as exc:
+            at = exc.lineno if isinstance(exc, json.JSONDecodeError) else line
+            yield _text_violation(doc[pos:], *_decode_failure(exc), line=at, source=source)
+            return
+        if end - pos > MAX_RECORD_BYTES and _byte_size(doc[pos:end]) > MAX_RECORD_BYTES:
+            yield _text_violation(doc[pos:end], WHOLE_RECORD, "must not be larger than 1 MiB",
+                                  line=line, source=source)
+        else:
+            yield _check(obj, line=line, now=now, raw=doc[pos:end], source=source)
+        pos = _WS.match(doc, end).end()
+        if not in_array:
+            continue  # concatenated objects: the next one starts here
+        if doc.startswith(",", pos):
+            pos = _WS.match(doc, pos + 1).end()
+            continue
+        if doc.startswith("]", pos):
+            in_array = False
+            pos = _WS.match(doc, pos + 1).end()
+            if pos < len(doc):
+                yield _text_violation(doc[pos:], WHOLE_RECORD,
+                                      "unexpected text after the closing ']'",
+                                      line=lines.at(pos), source=source)
+            return
+        yield _text_violation(doc[pos:], WHOLE_RECORD,
+                              "is not valid JSON: expected ',' or ']' in the array",
+                              line=lines.at(pos), source=source)
+        return
+    if in_array:
+        yield _text_violation("", WHOLE_RECORD, "is not valid JSON: the array is not closed",
+                              line=lines.at(len(doc)), source=source)
+
+
+class _LineCounter:
+    """Line number of a position in a document, counted incrementally (positions only
+    move forward, so the whole document is scanned once)."""
+
+    def __init__(self, doc: str) -> None:
+        self._doc, self._pos, self._line = doc, 0, 1
+
+    def at(self, pos: int) -> int:
+        self._line += self._doc.count("\n", self._pos, pos)
+        self._pos = pos
+        return self._line
+
+
+def _bounded_lines(fh: IO[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """Yield lines, but never hold more than 1 MiB + 1 byte of one line in memory: the
+    rest of an oversize line is drained and its first part yielded (and then rejected)."""
+    while True:
+        chunk = fh.readline(MAX_RECORD_BYTES + 2)  # content + "\r\n"
+        if not chunk:
+            return
+        size = len(chunk)
+        if size > MAX_RECORD_BYTES and not chunk.endswith(b"\n"):
+            while True:
+                more = fh.readline(1 << 20)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+        if progress is not None:
+            progress(size)
+        yield chunk
+
+
+def _read_one(fh: IO[bytes], *, source: str, now: datetime | None,
+              progress: Callable[[int], None] | None) -> Iterator[Accepted | Violation]:
+    """Pick the framing from the first non-blank line, then parse the stream."""
+    lines = _bounded_lines(fh, progress)
+    head: list[bytes] = []
+    for raw in lines:
+        head.append(raw)
+        first = raw.removeprefix(b"\xef\xbb\xbf").strip() if len(head) == 1 else raw.strip()
+        if first:
+            break
+    else:
+        return  # empty input: nothing to do
+    # A complete object on one line means JSON Lines; an opening "[" or an object spread
+    # over lines (pretty-printed) means one document.
+    if first.startswith(b"{") and first.endswith(b"}") or not first.startswith((b"{", b"[")):
+        yield from parse_lines(_chain(head, lines), now=now, source=source)
+        return
+    rest = fh.read(MAX_DOCUMENT_BYTES + 1)
+    if progress is not None:
+        progress(len(rest))
+    data = b"".join(head) + rest
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise UsageError(f"{source}: a JSON document over {MAX_DOCUMENT_BYTES >> 20} MiB; "
+                         "send large batches as JSON Lines")
+    try:
+        doc = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        yield _text_violation(data, WHOLE_RECORD, f"is not valid UTF-8 (line {line})",
+                              line=line, source=source)
+        return
+    yield from _parse_document(doc, now=now, source=source)
+
+
+def _chain(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from head
+    yield from rest
+
+
+def read_inputs(paths: Sequence[str], *, now: datetime | None = None,
+                progress: Callable[[int], None] | None = None
+                ) -> Iterator[Accepted | Violation]:
+    """Read records from files and standard input.
+
+    Each input may be one JSON object, a JSON array of objects, or JSON Lines; the framing
+    is detected per input. Paths are checked before anything is read, so a typo fails
+    the command before any record is stored.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        File paths; ``"-"`` is standard input (at most once).
+    now : datetime, optional
+        Clock for the "not in the future" rule.
+    progress : callable, optional
+        Called with the number of bytes consumed, as reading goes (for progress bars).
+
+    Returns
+    -------
+    iterator of Accepted or Violation
+        Results in input order, each carrying its ``source``.
+
+    Raises
+    ------
+    UsageError
+        A path that is missing or not a readable file, or ``"-"`` given twice.
+    """
+    if list(paths).count("-") > 1:
+        raise UsageError("standard input ('-') can be read only once")
+    for path in paths:
+        if path != "-" and not Path(path).is_file():
+            raise UsageError(f"cannot read {path!r}: no such file")
+    return _read_all(list(paths), now=now, progress=progress)
+
+
+def _read_all(paths: list[str], *, now: datetime | None,
+              progress: Callable[[int], None] | None) -> Iterator[Accepted | Violation]:
+    for path in paths:
+        if path == "-":
+            yield from _read_one(sys.stdin.buffer, source="-", now=now, progress=progress)
+            continue
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below, generator-safe
+        except OSError as exc:
+            raise UsageError(f"cannot read {path!r}: {exc.strerror}") from exc
+        with fh:
+            yield from _read_one(fh, source=path, now=now, progress=progress)

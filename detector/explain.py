@@ -1,0 +1,72 @@
+"""Explanations: the reasons behind a pause or review, most important first.
+
+A reason names the metric, what was observed, what was expected at this time of week,
+the expected range, and how far outside it the observation is (in scales, signed). The
+text is meant to be read in a SOAR ticket by someone who has never opened a notebook.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+__all__ = ["reasons_frame", "REASON_Z", "MAX_REASONS", "PERFORMANCE_MEASURES"]
+
+#: Residuals at least this far out are reasons.
+REASON_Z = 3.0
+MAX_REASONS = 5
+#: Measures that say the connector was slow, not that its data is wrong.
+PERFORMANCE_MEASURES = ("api.latency_p50_ms", "api.latency_p95_ms", "sync.duration_s")
+
+
+def _num(x: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(x.abs() >= 100)
+        .then(x.round(0).cast(pl.Int64).cast(pl.String))
+        .otherwise(x.round(4).cast(pl.String))
+    )
+
+
+def _metric_name(measure: pl.Expr) -> pl.Expr:
+    """``user.count`` stays; count reasons are about the change, churn about the count."""
+    return measure
+
+
+def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.DataFrame:
+    """Ranked reasons per sync row (top :data:`MAX_REASONS` with ``|z| >= REASON_Z``).
+
+    ``resid`` comes from :meth:`SeasonalBaseline.residuals` followed by
+    :meth:`SeasonalBaseline.expected_raw`; ``rows`` limits it to the flagged syncs.
+    Returns ``row, rank, metric, observed, expected, range_lo, range_hi, distance,
+    description``.
+    """
+    picked = resid.filter(pl.col("z").abs() >= REASON_Z)
+    if rows is not None:
+        picked = picked.filter(pl.col("row").is_in(rows.implode()))
+    picked = picked.with_columns(pl.col("z").abs().alias("_absz")).sort(
+        ["row", "_absz"], descending=[False, True]
+    )
+    picked = picked.with_columns(pl.int_range(pl.len()).over("row").alias("rank")).filter(
+        pl.col("rank") < MAX_REASONS
+    )
+    direction = pl.when(pl.col("z") > 0).then(pl.lit("above")).otherwise(pl.lit("below"))
+    description = pl.format(
+        "{} is {} (expected {}, usual range {} to {}): {} scales {} expected",
+        pl.col("measure"),
+        _num(pl.col("value")),
+        _num(pl.col("expected_raw")),
+        _num(pl.col("range_lo")),
+        _num(pl.col("range_hi")),
+        pl.col("z").abs().round(1).cast(pl.String),
+        direction,
+    )
+    return picked.select(
+        "row",
+        "rank",
+        _metric_name(pl.col("measure")).alias("metric"),
+        pl.col("value").alias("observed"),
+        pl.col("expected_raw").alias("expected"),
+        "range_lo",
+        "range_hi",
+        pl.col("z").round(2).alias("distance"),
+        description.alias("description"),
+    )

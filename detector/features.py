@@ -1,0 +1,214 @@
+"""Features: every measure of every sync, placed against its reference sync.
+
+The detector judges a sync against what came before it. For each (sync, measure) row this
+module attaches the *reference* value (from the last sync that was not paused; while the
+connector is paused, from the sync just before), the *exposure* an event count is relative
+to (the resource's size at the reference sync), the time-of-week bucket, the gap since the
+previous sync and the freshness of the data (start minus the previous successful finish).
+
+Everything is computed with polars window expressions over (connector, measure), so a
+batch of any number of connectors is one set of vectorised operations. The state a batch
+starts from (the last sync of each connector already seen) enters as extra rows marked
+``is_state`` that are dropped at the end, so batch and one-at-a-time scoring share code.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from detector.frame import measure_kind_expr
+
+__all__ = [
+    "N_BUCKETS",
+    "bucket_expr",
+    "STATE_SCHEMA",
+    "build_features",
+    "empty_state",
+]
+
+#: Time-of-week buckets: 7 days x 6 four-hour blocks (UTC; per-connector baselines absorb the
+#: connector's own time zone).
+N_BUCKETS = 42
+
+#: The state a batch starts from: per connector and measure, the value at the previous
+#: sync and at the last sync that was not paused (the reference), plus connector facts.
+STATE_SCHEMA = {
+    "connector_id": pl.String,
+    "measure": pl.String,
+    "value": pl.Float64,
+    "ref_value": pl.Float64,
+}
+
+_SYNC_LEVEL_MEASURES = ("sync.duration_s", "sync.freshness")
+
+
+def bucket_expr(ts: pl.Expr) -> pl.Expr:
+    """Time-of-week bucket (0..41) of a UTC datetime expression."""
+    return ((ts.dt.weekday() - 1) * 6 + ts.dt.hour() // 4).cast(pl.Int16)
+
+
+def empty_state() -> pl.DataFrame:
+    """A state with no connectors (every connector starts cold)."""
+    return pl.DataFrame(schema=STATE_SCHEMA)
+
+
+def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:
+    """Duration and freshness as measures of their own (not for failed syncs)."""
+    usable = syncs.filter(pl.col("status") != "failed")
+    duration = usable.select(
+        "row", pl.lit("sync.duration_s").alias("measure"), pl.col("duration_s").alias("value")
+    )
+    fresh = usable.filter(pl.col("fresh_gap_s").is_not_null()).select(
+        "row", pl.lit("sync.freshness").alias("measure"), pl.col("fresh_gap_s").alias("value")
+    )
+    out = pl.concat([duration, fresh]).with_columns(
+        pl.lit(None, dtype=pl.String).alias("resource"),
+        pl.lit("log").alias("kind"),
+    )
+    return out.select("row", "measure", "value", "resource", "kind")
+
+
+def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFrame:
+    """Order within connector, gap to the previous sync, freshness gap."""
+    syncs = syncs.sort("connector_id", "started_at", "sync_id")
+    succeeded_finish = (
+        pl.when(pl.col("status") != "failed").then(pl.col("finished_at")).otherwise(None)
+    )
+    syncs = syncs.with_columns(
+        pl.int_range(pl.len()).over("connector_id").alias("seq"),
+        bucket_expr(pl.col("started_at")).alias("bucket"),
+        succeeded_finish.alias("_ok_finish"),
+    )
+    prior_ok = pl.col("_ok_finish").shift(1).forward_fill().over("connector_id")
+    prev_start = pl.col("started_at").shift(1).over("connector_id")
+    syncs = syncs.with_columns(prior_ok.alias("_prior_ok"), prev_start.alias("_prev_start"))
+    if last_success is not None and last_success.height:
+        syncs = syncs.join(last_success, on="connector_id", how="left").with_columns(
+            pl.coalesce("_prior_ok", "state_last_success").alias("_prior_ok"),
+            pl.coalesce("_prev_start", "state_last_start").alias("_prev_start"),
+        )
+    return syncs.with_columns(
+        ((pl.col("started_at") - pl.col("_prior_ok")).dt.total_microseconds() / 1e6)
+        .clip(lower_bound=1.0)
+        .alias("fresh_gap_s"),
+        ((pl.col("started_at") - pl.col("_prev_start")).dt.total_microseconds() / 1e6).alias(
+            "gap_s"
+        ),
+    ).drop("_ok_finish", "_prior_ok", "_prev_start", "state_last_success", "state_last_start",
+           strict=False)
+
+
+def build_features(
+    syncs: pl.DataFrame,
+    measures: pl.DataFrame,
+    *,
+    state: pl.DataFrame | None = None,
+    connector_facts: pl.DataFrame | None = None,
+    paused_from_seq: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Attach references, exposures, buckets and modes to every (sync, measure) row.
+
+    Parameters
+    ----------
+    syncs : pl.DataFrame
+        From :func:`detector.frame.syncs_frame`, one row per sync (``row`` column added here
+        if absent, matching ``measures.row``).
+    measures : pl.DataFrame
+        From :func:`detector.frame.measures_frame`.
+    state : pl.DataFrame, optional
+        :data:`STATE_SCHEMA` rows: each connector's values at its previous sync (``value``)
+        and at its last sync that was not paused (``ref_value``).
+    connector_facts : pl.DataFrame, optional
+        ``connector_id, state_last_success, state_last_start, state_paused`` for connectors
+        already seen.
+    paused_from_seq : pl.DataFrame, optional
+        ``connector_id, paused_seq``: from this position within the batch on (0-based), the
+        connector is paused; a paused connector is judged against the sync just before.
+
+    Returns
+    -------
+    syncs : pl.DataFrame
+        The syncs with ``seq``, ``bucket``, ``gap_s``, ``fresh_gap_s`` and ``paused``.
+    features : pl.DataFrame
+        One row per (sync, measure): ``row, connector_id, connector_kind, measure, kind,
+        resource, value, reference, exposure, bucket, gap_s, paused``.
+    """
+    if "row" not in syncs.columns:
+        syncs = syncs.with_row_index("row")
+    facts = connector_facts
+    syncs = _timing(
+        syncs,
+        None if facts is None else facts.select(
+            "connector_id", "state_last_success", "state_last_start"
+        ),
+    )
+    paused = pl.lit(False)
+    if facts is not None and facts.height and "state_paused" in facts.columns:
+        syncs = syncs.join(
+            facts.select("connector_id", "state_paused"), on="connector_id", how="left"
+        )
+        paused = paused | pl.col("state_paused").fill_null(False)
+    if paused_from_seq is not None and paused_from_seq.height:
+        syncs = syncs.join(paused_from_seq, on="connector_id", how="left")
+        paused = paused | (pl.col("seq") >= pl.col("paused_seq")).fill_null(False)
+    syncs = syncs.with_columns(paused.alias("paused")).drop(
+        [c for c in ("state_paused", "paused_seq") if c in syncs.columns]
+    )
+
+    rows = pl.concat([measures.select("row", "measure", "value", "resource", "kind"),
+                      _sync_measures(syncs)])
+    info = syncs.select("row", "connector_id", "connector_kind", "started_at", "seq", "bucket",
+                        "gap_s", "paused")
+    rows = rows.join(info, on="row", how="inner").with_columns(
+        pl.lit(False).alias("is_state"), pl.lit(None, dtype=pl.Float64).alias("ref_value")
+    )
+    if state is not None and state.height:
+        # The connector's previous sync enters as a row at seq -1 with its reference value.
+        state_rows = state.join(
+            syncs.group_by("connector_id").agg(pl.col("connector_kind").first()),
+            on="connector_id",
+            how="inner",
+        ).filter(~pl.col("measure").is_in(_SYNC_LEVEL_MEASURES))
+        state_rows = state_rows.with_columns(
+            pl.lit(None, dtype=pl.UInt32).alias("row"),
+            pl.lit(None, dtype=pl.String).alias("resource"),
+            measure_kind_expr(pl.col("measure")).alias("kind"),
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("started_at"),
+            pl.lit(-1, dtype=pl.Int64).alias("seq"),
+            pl.lit(None, dtype=pl.Int16).alias("bucket"),
+            pl.lit(None, dtype=pl.Float64).alias("gap_s"),
+            pl.lit(False).alias("paused"),
+            pl.lit(True).alias("is_state"),
+        ).select(rows.columns)
+        rows = pl.concat([state_rows, rows.cast(state_rows.schema)])
+    rows = rows.sort("connector_id", "measure", "seq")
+    prev_value = pl.col("value").shift(1).over("connector_id", "measure")
+    prev_ref = pl.col("ref_value").shift(1).over("connector_id", "measure")
+    prev_is_state = pl.col("is_state").shift(1).over("connector_id", "measure").fill_null(False)
+    # Unpaused: against the last sync that was not paused (the state's reference for the
+    # first row of a batch, the previous row after that). Paused: the sync just before.
+    reference = (
+        pl.when(prev_is_state & ~pl.col("paused") & prev_ref.is_not_null())
+        .then(prev_ref)
+        .otherwise(prev_value)
+    )
+    rows = rows.with_columns(reference.alias("reference")).filter(~pl.col("is_state"))
+
+    # Exposure: the resource's size at the reference sync, for churn and null rates.
+    sizes = rows.filter(pl.col("kind") == "count").select(
+        "row",
+        pl.col("resource"),
+        pl.col("reference").alias("exposure"),
+        pl.col("value").alias("current_size"),
+    )
+    rows = rows.join(sizes, on=["row", "resource"], how="left").with_columns(
+        pl.when(pl.col("kind") == "count")
+        .then(pl.col("reference"))
+        .otherwise(pl.col("exposure"))
+        .alias("exposure")
+    )
+    features = rows.select(
+        "row", "connector_id", "connector_kind", "started_at", "measure", "kind", "resource",
+        "value", "reference", "exposure", "current_size", "bucket", "gap_s", "paused",
+    ).sort("row", "measure")
+    return syncs.sort("row"), features

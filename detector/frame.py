@@ -1,0 +1,204 @@
+"""Sync records (nested JSON) -> flat polars frames.
+
+Two shapes come out of a batch of records:
+
+* ``syncs``: one row per sync (identity, timing, status, duration).
+* ``measures``: one row per (sync, measure): every number a sync reports, long format,
+  so that the rest of the pipeline is vectorised over connectors and measures at once
+  no matter how many resource types or fields each connector has.
+
+Measure names are ``<resource>.<stat>`` (``user.count``, ``user.removed``),
+``<resource>.null_rate.<field>``, ``api.<name>``, ``sync.duration_s`` and ``metric.<name>``.
+The nested JSON is unpacked by polars (Rust), never by a per-record Python loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import polars as pl
+
+__all__ = ["MEASURE_KINDS", "measure_kind", "measure_kind_expr", "to_struct_frame", "syncs_frame", "measures_frame"]
+
+RESOURCE_STATS = ("count", "added", "removed", "modified", "duplicates")
+API_FIELDS = ("requests", "errors", "retries", "latency_p50_ms", "latency_p95_ms")
+
+#: How each measure is modelled (see detector.features):
+#: ``count`` a resource size, judged by its log change against a reference sync;
+#: ``events`` a count of events in the interval (churn, duplicates, errors), judged with a
+#: negative binomial whose mean scales with size and time of week; ``rate`` a proportion in
+#: [0, 1] judged on the logit scale; ``log`` a positive magnitude judged on the log scale;
+#: ``level`` any other number.
+MEASURE_KINDS = ("count", "events", "rate", "log", "level")
+
+_SYNC_COLUMNS = {
+    "sync_id": pl.String,
+    "connector_id": pl.String,
+    "connector_kind": pl.String,
+    "started_at": pl.String,
+    "finished_at": pl.String,
+    "status": pl.String,
+    "error_class": pl.String,
+}
+
+
+def measure_kind(measure: str) -> str:
+    """Return the modelling kind of a measure name (one of :data:`MEASURE_KINDS`)."""
+    if measure.startswith("metric."):
+        return "level"
+    if measure.startswith("api."):
+        return "events" if measure in ("api.errors", "api.retries") else "log"
+    if measure == "sync.duration_s" or measure == "sync.freshness":
+        return "log"
+    if ".null_rate." in measure:
+        return "rate"
+    stat = measure.rsplit(".", 1)[-1]
+    return "count" if stat == "count" else "events"
+
+
+def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
+    """Vectorised :func:`measure_kind` (kept in step with it by tests)."""
+    return (
+        pl.when(measure.str.starts_with("metric."))
+        .then(pl.lit("level"))
+        .when(measure.is_in(["api.errors", "api.retries"]))
+        .then(pl.lit("events"))
+        .when(
+            measure.str.starts_with("api.")
+            | measure.is_in(["sync.duration_s", "sync.freshness"])
+        )
+        .then(pl.lit("log"))
+        .when(measure.str.contains(".null_rate.", literal=True))
+        .then(pl.lit("rate"))
+        .when(measure.str.ends_with(".count"))
+        .then(pl.lit("count"))
+        .otherwise(pl.lit("events"))
+    )
+
+
+def to_struct_frame(records: Iterable[Mapping[str, Any]] | pl.DataFrame | pl.Series) -> pl.DataFrame:
+    """Return a frame with one column per top-level record key (nested keys as structs).
+
+    Accepts parsed records, a frame that already has that shape, a frame from the store
+    with a ``record`` JSON text column, or a series of JSON texts.
+    """
+    if isinstance(records, pl.Series):
+        return records.str.json_decode(infer_schema_length=None).struct.unnest()
+    if isinstance(records, pl.DataFrame):
+        if "record" in records.columns and "resources" not in records.columns:
+            return to_struct_frame(records["record"])
+        return records
+    rows = list(records)
+    if not rows:
+        return pl.DataFrame(schema=_SYNC_COLUMNS)
+    return pl.from_dicts(rows, infer_schema_length=None)
+
+
+def _timestamp(column: str) -> pl.Expr:
+    return (
+        pl.col(column)
+        .str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
+        .alias(column)
+    )
+
+
+def syncs_frame(wide: pl.DataFrame) -> pl.DataFrame:
+    """One row per sync: id, connector, kind, times (UTC), status, error class, duration."""
+    for name, dtype in _SYNC_COLUMNS.items():
+        if name not in wide.columns:
+            wide = wide.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    out = wide.select(
+        pl.col("sync_id").cast(pl.String),
+        pl.col("connector_id").cast(pl.String),
+        pl.col("connector_kind").cast(pl.String).fill_null("unknown"),
+        _timestamp("started_at"),
+        _timestamp("finished_at"),
+        pl.col("status").cast(pl.String),
+        pl.col("error_class").cast(pl.String),
+    )
+    return out.with_columns(
+        ((pl.col("finished_at") - pl.col("started_at")).dt.total_microseconds() / 1e6).alias(
+            "duration_s"
+        )
+    )
+
+
+def _struct_fields(frame: pl.DataFrame, column: str) -> list[str]:
+    dtype = frame.schema.get(column)
+    return [f.name for f in dtype.fields] if isinstance(dtype, pl.Struct) else []
+
+
+def _long(frame: pl.DataFrame, values: dict[str, pl.Expr]) -> pl.DataFrame:
+    """Unpivot named expressions into (row, measure, value) rows, skipping all-null ones."""
+    schema = {"row": pl.UInt32, "measure": pl.String, "value": pl.Float64}
+    if not values:
+        return pl.DataFrame(schema=schema)
+    wide = frame.select(
+        pl.col("row"), *[expr.cast(pl.Float64).alias(name) for name, expr in values.items()]
+    )
+    present = [name for name in values if wide[name].null_count() < wide.height]
+    if not present:
+        return pl.DataFrame(schema=schema)
+    return (
+        wide.select("row", *present)
+        .unpivot(index="row", variable_name="measure", value_name="value")
+        .drop_nulls("value")
+    )
+
+
+def _measure_exprs(wide: pl.DataFrame) -> tuple[dict[str, pl.Expr], dict[str, str]]:
+    """Expressions for every measure the frame's schema can hold, and each one's resource."""
+    values: dict[str, pl.Expr] = {}
+    resource_of: dict[str, str] = {}
+    for resource in _struct_fields(wide, "resources"):
+        res = pl.col("resources").struct.field(resource)
+        stats = set(_struct_fields(wide.select(res), resource))
+        for stat in RESOURCE_STATS:
+            if stat in stats:
+                name = f"{resource}.{stat}"
+                values[name] = res.struct.field(stat)
+                resource_of[name] = resource
+        if "null_rates" in stats:
+            nulls = res.struct.field("null_rates")
+            for field in _struct_fields(wide.select(nulls.alias("n")), "n"):
+                name = f"{resource}.null_rate.{field}"
+                values[name] = nulls.struct.field(field)
+                resource_of[name] = resource
+    for field in _struct_fields(wide, "api"):
+        if field in API_FIELDS:
+            values[f"api.{field}"] = pl.col("api").struct.field(field)
+    for name in _struct_fields(wide, "metrics"):
+        values[f"metric.{name}"] = pl.col("metrics").struct.field(name)
+    return values, resource_of
+
+
+def measures_frame(wide: pl.DataFrame) -> pl.DataFrame:
+    """Long frame of every reported number: row, measure, resource, kind, value.
+
+    ``row`` indexes the matching row of :func:`syncs_frame` for the same input (kept as an
+    integer so a large fleet's long frame stays small). ``resource`` is the resource type a
+    measure belongs to (null for api/sync/metric measures); it links churn and null rates
+    to the size they are relative to. Connector kinds are unpivoted one at a time so a
+    fleet with many resource types does not materialise every type for every sync.
+    """
+    wide = wide.with_row_index("row")
+    values, resource_of = _measure_exprs(wide)
+    if "connector_kind" in wide.columns and wide.height:
+        parts = wide.partition_by("connector_kind", maintain_order=True)
+    else:
+        parts = [wide]
+    long = pl.concat([_long(part, values) for part in parts]).sort("row", maintain_order=True)
+    mapping = pl.DataFrame(
+        {"measure": list(resource_of), "resource": list(resource_of.values())},
+        schema={"measure": pl.String, "resource": pl.String},
+    )
+    return long.join(mapping, on="measure", how="left", maintain_order="left").with_columns(
+        measure_kind_expr(pl.col("measure")).alias("kind")
+    )
+
+
+def records_from_jsonl(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """Parse already-validated JSON Lines (a convenience for notebooks and tests)."""
+    return [json.loads(line) for line in lines if line.strip()]

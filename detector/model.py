@@ -1,0 +1,657 @@
+"""FleetModel: every connector's baseline, forest and calibration, plus pooled cold-start models.
+
+Fitting (clean history: faults and unresolved pauses already left out)::
+
+    records -> frames -> features -> seasonal baselines -> residuals z
+            -> isolation forest per connector (and per kind, pooled)
+            -> calibrators fitted on held-out scores (two-fold cross-fitting in time)
+
+Scoring a batch in time order (see :meth:`FleetModel.score`) runs the same chain, then
+rules and the decision. A connector's first pause in a batch switches its later syncs to
+"paused" mode (judged against the sync just before); nothing else depends on earlier
+decisions, so two vectorised passes give exactly what one-at-a-time scoring gives.
+
+``score`` is ``-log10(tail_probability)``, so it is comparable across connectors and
+does not saturate; ``cutoff`` is ``-log10(alpha)`` where ``alpha`` is the per-sync
+false-pause rate the connector's budget allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detector.baseline import Z_CLIP, SeasonalBaseline
+from detector.calibration import TailCalibrator, combine_tail_probabilities
+from detector.explain import PERFORMANCE_MEASURES, reasons_frame
+from detector.features import STATE_SCHEMA, build_features
+from detector.forest import ArrayIsolationForest
+from detector.frame import measures_frame, syncs_frame, to_struct_frame
+from detector.policy import Policy, load_policy
+from detector.rules import rule_hits
+
+__all__ = ["FleetModel", "ScoreResult", "prepare"]
+
+POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
+_MIN_SERIES_SHARE = 0.5
+_MIN_RESOURCE_SHARE = 0.95
+_FACTS_SCHEMA = {
+    "connector_id": pl.String,
+    "state_last_success": pl.Datetime("us", "UTC"),
+    "state_last_start": pl.Datetime("us", "UTC"),
+    "state_paused": pl.Boolean,
+}
+
+
+def prepare(records: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Records (dicts, a struct frame, or a store history frame) -> (syncs, measures)."""
+    wide = to_struct_frame(records)
+    return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
+
+
+@dataclass
+class ScoreResult:
+    """What :meth:`FleetModel.score` returns.
+
+    ``results`` has one row per input sync in input order; ``state`` / ``facts`` are what
+    the next batch starts from; ``reasons`` and ``rule_hits`` are long frames keyed by
+    ``sync_id``.
+    """
+
+    results: pl.DataFrame
+    reasons: pl.DataFrame
+    rule_hits: pl.DataFrame
+    state: pl.DataFrame
+    facts: pl.DataFrame
+
+    def events(self) -> list[dict]:
+        """Per-sync decision dicts (native event fields without transport metadata)."""
+        reasons = self.reasons.group_by("sync_id", maintain_order=True).agg(
+            pl.struct(
+                "metric", "observed", "expected",
+                pl.concat_list("range_lo", "range_hi").alias("expected_range"),
+                "distance", "description",
+            ).alias("reasons")
+        )
+        hits = self.rule_hits.group_by("sync_id", maintain_order=True).agg(
+            pl.struct("rule", "detail").alias("rule_hits")
+        )
+        joined = (
+            self.results.join(reasons, on="sync_id", how="left", maintain_order="left")
+            .join(hits, on="sync_id", how="left", maintain_order="left")
+            .with_columns(
+                pl.col("reasons").fill_null([]),
+                pl.col("rule_hits").fill_null([]),
+            )
+        )
+        return joined.to_dicts()
+
+
+class FleetModel:
+    """Per-connector and pooled anomaly models for a fleet of connectors.
+
+    Parameters
+    ----------
+    n_estimators : int, default=100
+        Trees per isolation forest.
+    max_samples : int, default=256
+        Sub-sample per tree.
+    min_history : int, default=30
+        Syncs a connector needs in history for its own model; fewer -> cold start
+        (scored by the pooled model of its kind).
+    baseline_method : {"profile", "stl"}, default="profile"
+        Seasonal profile estimator (see :class:`detector.baseline.SeasonalBaseline`).
+    random_state : int, default=0
+    n_jobs : int, default=1
+        Processes for fitting forests.
+    policy : Policy, optional
+        Connector policy; the built-in default when omitted.
+
+    Attributes
+    ----------
+    intervals_ : pl.DataFrame
+        ``connector_id, connector_kind, interval_s, n_syncs`` from history.
+    columns_ : pl.DataFrame
+        ``group, measure, col``: the residual vector layout of each model group.
+    baseline_, pooled_baseline_ : SeasonalBaseline
+    forest_ : ArrayIsolationForest
+        Groups are connectors with enough history, then kinds (pooled), then ``"*"``.
+    calibrators_ : dict of str to TailCalibrator
+        ``"forest"`` and ``"max_z"`` calibrators over the same groups.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 100,
+        max_samples: int = 256,
+        min_history: int = 30,
+        baseline_method: str = "profile",
+        random_state: int = 0,
+        n_jobs: int = 1,
+        policy: Policy | None = None,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.min_history = min_history
+        self.baseline_method = baseline_method
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.policy = policy
+
+    # ================================================================== fit
+    def fit(
+        self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None
+    ) -> FleetModel:
+        """Fit on clean history (records, a struct frame or a store history frame).
+
+        ``progress``, when given, is called with a short phase name as fitting goes on.
+        """
+        step = progress or (lambda _msg: None)
+        if self.min_history < 2:
+            raise ValueError("min_history must be >= 2")
+        syncs, measures = prepare(history)
+        if syncs.height == 0:
+            raise ValueError("fit needs at least one sync in history")
+        step("features")
+        syncs, features = build_features(syncs, measures)
+        self.intervals_ = _intervals(syncs)
+        self.policy_ = self.policy or load_policy()
+        own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
+        self.expected_resources_ = _expected_resources(syncs, features)
+
+        # Layout of each group's residual vector: measures present in most of its syncs.
+        features = features.join(
+            self.intervals_.select("connector_id", pl.col("connector_kind").alias("_k")),
+            on="connector_id",
+        ).drop("_k")
+        per_connector = features.filter(pl.col("connector_id").is_in(own["connector_id"].implode()))
+        pooled = _with_fleet_copy(features)
+        self.columns_ = pl.concat(
+            [
+                _layout(per_connector, "connector_id", syncs),
+                _layout(pooled, "connector_kind", _with_fleet_copy_syncs(syncs)),
+            ]
+        )
+        groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
+        self.groups_ = groups
+        group_index = {g: i for i, g in enumerate(groups)}
+
+        step("baselines")
+        ivals = self.intervals_.select("connector_id", "interval_s")
+        self.baseline_ = SeasonalBaseline(method=self.baseline_method).fit(per_connector, ivals)
+        self.pooled_baseline_ = SeasonalBaseline(key="connector_kind").fit(pooled, ivals)
+
+        step("cross-fitting calibration scores")
+        oos = self._cross_fit_scores(per_connector, pooled, ivals, group_index)
+
+        step("isolation forests")
+        matrices = self._group_matrices(
+            self.baseline_.residuals(per_connector, ivals),
+            self.pooled_baseline_.residuals(pooled, ivals, against_reference=pl.lit(True)),
+            group_index,
+        )
+        self.forest_ = ArrayIsolationForest(
+            n_estimators=self.n_estimators, max_samples=self.max_samples,
+            random_state=self.random_state, n_jobs=self.n_jobs,
+        ).fit([m for m, _ in matrices])
+
+        step("calibration")
+        n_groups = len(groups)
+        self.calibrators_ = {
+            "forest": TailCalibrator().fit(oos["forest"], oos["group"], n_groups=n_groups),
+            "max_z": TailCalibrator().fit(oos["max_z"], oos["group"], n_groups=n_groups),
+        }
+        return self
+
+    def _cross_fit_scores(self, per_connector, pooled, ivals, group_index) -> dict[str, np.ndarray]:
+        """Held-out scores for every history sync: fit on one half in time, score the other."""
+        halves = []
+        for frame, key in ((per_connector, "connector_id"), (pooled, "connector_kind")):
+            if key == "connector_id":
+                half = (pl.col("seq") * 2 // pl.col("seq").max().over("connector_id") + 1).clip(
+                    upper_bound=2
+                ) if "seq" in frame.columns else None
+                frame = frame.join(
+                    frame.select("row", "connector_id").unique().with_columns(
+                        pl.col("row").rank("ordinal").over("connector_id").alias("seq")
+                    ), on=["row", "connector_id"],
+                ).with_columns(
+                    (pl.col("seq") * 2 > pl.col("seq").max().over("connector_id")).alias("_b")
+                )
+            else:
+                # Pooled: hold out whole connectors, the way a cold start meets the model.
+                frame = frame.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b"))
+            halves.append((frame, key, half if key == "connector_id" else None))
+        scores: dict[str, list[np.ndarray]] = {"forest": [], "max_z": [], "group": []}
+        for fold in (False, True):
+            fit_parts, score_parts = [], []
+            for frame, key, _ in halves:
+                fit_parts.append((frame.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False), key))
+                score_parts.append((frame.filter(pl.col("_b") != fold).drop("_b", "seq", strict=False), key))
+            (fc, _), (fp, _) = fit_parts
+            (sc, _), (sp, _) = score_parts
+            if fc.height == 0 and fp.height == 0:
+                continue
+            base = SeasonalBaseline(method=self.baseline_method).fit(fc, ivals) if fc.height else None
+            pbase = SeasonalBaseline(key="connector_kind").fit(fp, ivals)
+            fit_mats = self._group_matrices(
+                base.residuals(fc, ivals) if base else fc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                pbase.residuals(fp, ivals, against_reference=pl.lit(True)),
+                group_index,
+            )
+            forest = ArrayIsolationForest(
+                n_estimators=max(20, self.n_estimators // 2), max_samples=self.max_samples,
+                random_state=self.random_state + 1000, n_jobs=self.n_jobs,
+            ).fit([m for m, _ in fit_mats])
+            score_mats = self._group_matrices(
+                base.residuals(sc, ivals) if base else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
+                group_index,
+            )
+            for g, (m, _) in enumerate(score_mats):
+                if len(m) == 0 or len(fit_mats[g][0]) == 0:
+                    continue
+                gi = np.full(len(m), g)
+                scores["forest"].append(forest.score_samples(m, gi))
+                scores["max_z"].append(np.abs(m).max(axis=1) if m.shape[1] else np.zeros(len(m)))
+                scores["group"].append(gi)
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()}
+
+    def _group_matrices(
+        self, resid: pl.DataFrame, pooled_resid: pl.DataFrame, group_index: dict[str, int]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Zero-padded residual matrix (and row ids) per model group, in group order."""
+        width = int(self.columns_["col"].max()) + 1
+        out: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros((0, width)), np.zeros(0, dtype=np.int64)) for _ in group_index
+        ]
+        for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
+            if frame.height == 0:
+                continue
+            x, rows, group = self._matrix(frame.with_columns(pl.col(key).alias("group")), width)
+            for g in np.unique(group):
+                sel = group == g
+                name = self._group_names[g]
+                out[group_index[name]] = (x[sel], rows[sel])
+        return out
+
+    @property
+    def _group_names(self) -> list[str]:
+        return self.groups_
+
+    def _matrix(self, resid: pl.DataFrame, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scatter long residual rows into a (syncs x width) matrix per their group layout."""
+        gidx = pl.DataFrame({"group": self.groups_, "g": np.arange(len(self.groups_))})
+        placed = resid.select("row", "group", "measure", "z").join(
+            self.columns_, on=["group", "measure"], how="inner"
+        ).join(gidx, on="group")
+        keys = resid.select("row", "group").unique(maintain_order=True).join(
+            gidx, on="group", how="inner"
+        ).with_row_index("i")
+        placed = placed.join(keys.select("row", "group", "i"), on=["row", "group"])
+        x = np.zeros((keys.height, width))
+        x[placed["i"].to_numpy(), placed["col"].to_numpy()] = np.clip(
+            placed["z"].to_numpy(), -Z_CLIP, Z_CLIP
+        )
+        return x, keys["row"].to_numpy(), keys["g"].to_numpy()
+
+    # ================================================================ score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "forest_"):
+            raise RuntimeError("this FleetModel is not fitted yet: call fit first")
+
+    def initial_state(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """State and facts at the end of ``history`` (every history sync taken as accepted)."""
+        syncs, measures = prepare(history)
+        syncs, features = build_features(syncs, measures)
+        return _next_state(syncs, features, None, None)
+
+    def score(
+        self,
+        records: Iterable[Mapping[str, Any]] | pl.DataFrame,
+        *,
+        state: pl.DataFrame | None = None,
+        facts: pl.DataFrame | None = None,
+    ) -> ScoreResult:
+        """Score a batch in time order against the state it starts from.
+
+        Parameters
+        ----------
+        records : records or frame
+            Syncs to score (any order; they are judged in time order per connector).
+        state, facts : pl.DataFrame, optional
+            From :meth:`initial_state` or a previous :class:`ScoreResult`; without them,
+            each connector's first sync has no reference (its changes are not judged).
+        """
+        self._check_fitted()
+        syncs, measures = prepare(records)
+        facts = facts if facts is not None else pl.DataFrame(schema=_FACTS_SCHEMA)
+        first = self._score_pass(syncs, measures, state, facts, None)
+        already = facts.filter(pl.col("state_paused")).select("connector_id")
+        new_pauses = (
+            first["decided"].filter(pl.col("decision") == "pause")
+            .join(already, on="connector_id", how="anti")
+            .group_by("connector_id").agg((pl.col("seq").min() + 1).alias("paused_seq"))
+        )
+        final = first
+        if new_pauses.height:
+            final = self._score_pass(syncs, measures, state, facts, new_pauses)
+        return self._result(final, state, facts)
+
+    def _score_pass(self, syncs, measures, state, facts, paused_from):
+        syncs, features = build_features(
+            syncs, measures, state=state, connector_facts=facts, paused_from_seq=paused_from
+        )
+        known = set(self.intervals_.filter(pl.col("n_syncs") >= self.min_history)["connector_id"])
+        intervals = _score_intervals(syncs, self.intervals_)
+        ivals = intervals.select("connector_id", "interval_s")
+        is_own = pl.col("connector_id").is_in(list(known))
+        own_rows = features.filter(is_own)
+        pooled_kinds = set(self.pooled_baseline_.series_["connector_kind"].unique())
+        cold_rows = features.filter(~is_own).with_columns(
+            pl.when(pl.col("connector_kind").is_in(list(pooled_kinds)))
+            .then(pl.col("connector_kind"))
+            .otherwise(pl.lit(POOLED_ALL))
+            .alias("connector_kind")
+        )
+        resid = self.baseline_.residuals(own_rows, ivals)
+        pooled_resid = self.pooled_baseline_.residuals(cold_rows, ivals, against_reference=pl.lit(True))
+        width = int(self.columns_["col"].max()) + 1
+        parts = []
+        for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
+            if frame.height:
+                parts.append(self._matrix(frame.with_columns(pl.col(key).alias("group")), width))
+        if parts:
+            x = np.vstack([p[0] for p in parts])
+            rows = np.concatenate([p[1] for p in parts])
+            groups = np.concatenate([p[2] for p in parts])
+        else:
+            x, rows, groups = np.zeros((0, width)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        p_forest = self.calibrators_["forest"].tail_probability(
+            self.forest_.score_samples(x, groups), groups
+        ) if len(x) else np.zeros(0)
+        p_max = self.calibrators_["max_z"].tail_probability(
+            np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x)), groups
+        ) if len(x) else np.zeros(0)
+        p = combine_tail_probabilities(p_forest, p_max) if len(x) else np.zeros(0)
+        scored = pl.DataFrame(
+            {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
+        )
+        all_resid = pl.concat([resid, pooled_resid], how="diagonal_relaxed")
+        hits = rule_hits(
+            syncs, features, intervals=ivals, expected_resources=self.expected_resources_
+        )
+        decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
+        return {"syncs": syncs, "features": features, "resid": all_resid, "hits": hits,
+                "decided": decided}
+
+    def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
+        policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
+        top = resid.filter(pl.col("z").abs() >= 3.0).group_by("row").agg(
+            pl.col("measure").is_in(list(PERFORMANCE_MEASURES)).all().alias("perf_only")
+        )
+        frame = (
+            syncs.join(scored, on="row", how="left")
+            .join(intervals.select("connector_id", "interval_s"), on="connector_id", how="left")
+            .join(policy, on="connector_id", how="left")
+            .join(top, on="row", how="left")
+            .join(hits.group_by("row").agg(pl.len().alias("n_rules")), on="row", how="left")
+        )
+        alpha = Policy.alpha(
+            frame["budget_per_day"].to_numpy(), frame["interval_s"].fill_null(86400.0).to_numpy()
+        )
+        p = frame["tail_probability"].fill_null(1.0).to_numpy()
+        frame = frame.with_columns(
+            pl.Series("alpha", alpha),
+            pl.Series("tail_probability", p),
+        )
+        breach = pl.col("tail_probability") < pl.col("alpha")
+        rules = pl.col("n_rules").fill_null(0) > 0
+        review = (pl.col("on_breach") == "review") | pl.col("perf_only").fill_null(False)
+        decision = (
+            pl.when(rules).then(pl.lit("pause"))
+            .when(breach & review).then(pl.lit("review"))
+            .when(breach).then(pl.lit("pause"))
+            .otherwise(pl.lit("proceed"))
+        )
+        severity = (
+            pl.when(decision == "pause").then(pl.col("severity"))
+            .when(decision == "review").then(pl.lit("low"))
+            .otherwise(pl.lit("info"))
+        )
+        return frame.with_columns(
+            decision.alias("decision"),
+            severity.alias("severity"),
+            (-pl.col("tail_probability").clip(lower_bound=1e-300).log10()).alias("score"),
+            (-pl.col("alpha").log10()).alias("cutoff"),
+            (~pl.col("connector_id").is_in(list(known))).alias("cold_start"),
+        )
+
+    def _result(self, final, state, facts) -> ScoreResult:
+        decided = final["decided"]
+        paused_after = (
+            (pl.col("decision") == "pause").cast(pl.Int32).cum_sum().over(
+                "connector_id", order_by="seq"
+            )
+            > 0
+        ) | pl.col("paused")
+        decided = decided.with_columns(paused_after.alias("connector_paused"))
+        results = decided.sort("row").select(
+            "sync_id", "connector_id", "connector_kind", "started_at", "decision", "severity",
+            "criticality", "score", "cutoff", "tail_probability", "connector_paused",
+            "cold_start", "paused",
+        )
+        flagged = decided.filter(pl.col("decision") != "proceed")["row"]
+        resid = final["resid"].filter(pl.col("row").is_in(flagged.implode()))
+        baseline_rows = []
+        for base, is_pooled in ((self.baseline_, False), (self.pooled_baseline_, True)):
+            part = resid.filter(pl.col("connector_kind").is_in(
+                base.series_["connector_kind"].unique().to_list()) if is_pooled
+                else pl.col("connector_id").is_in(base.series_["connector_id"].unique().to_list()))
+            if part.height:
+                baseline_rows.append(base.expected_raw(part))
+        explained = pl.concat(baseline_rows, how="diagonal_relaxed") if baseline_rows else None
+        ids = decided.select("row", "sync_id")
+        reasons = (
+            reasons_frame(explained, flagged).join(ids, on="row").sort("row", "rank")
+            if explained is not None and explained.height
+            else pl.DataFrame(schema={"sync_id": pl.String, "rank": pl.Int64, "metric": pl.String,
+                                      "observed": pl.Float64, "expected": pl.Float64,
+                                      "range_lo": pl.Float64, "range_hi": pl.Float64,
+                                      "distance": pl.Float64, "description": pl.String})
+        )
+        hits = final["hits"].join(ids, on="row").sort("row")
+        new_state, new_facts = _next_state(final["syncs"], final["features"], state, facts,
+                                           decided=decided)
+        return ScoreResult(
+            results=results,
+            reasons=reasons.drop("row", strict=False),
+            rule_hits=hits.select("sync_id", "rule", "detail"),
+            state=new_state,
+            facts=new_facts,
+        )
+
+    # ============================================================ persistence
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Everything fitted as plain arrays plus a JSON-able config (no pickle)."""
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {}
+        frames = {
+            "intervals": self.intervals_, "columns": self.columns_,
+            "expected_resources": self.expected_resources_,
+            "baseline.series": self.baseline_.series_, "baseline.profile": self.baseline_.profile_,
+            "pooled.series": self.pooled_baseline_.series_,
+            "pooled.profile": self.pooled_baseline_.profile_,
+        }
+        schemas = {}
+        for name, frame in frames.items():
+            schemas[name] = {c: str(t) for c, t in frame.schema.items()}
+            for col in frame.columns:
+                values = frame[col].to_numpy()
+                if values.dtype == object:
+                    values = frame[col].fill_null("").to_numpy().astype(str)
+                arrays[f"{name}/{col}"] = values
+        arrays.update({f"forest/{k}": v for k, v in self.forest_.arrays_.items()})
+        for key, cal in self.calibrators_.items():
+            arrays.update(cal.to_arrays(f"calibration/{key}/"))
+        arrays["groups"] = np.asarray(self.groups_, dtype=str)
+        config = {
+            "n_estimators": self.n_estimators, "max_samples": self.max_samples,
+            "min_history": self.min_history, "baseline_method": self.baseline_method,
+            "random_state": self.random_state, "frames": schemas,
+            "policy": {"criticalities": self.policy_.criticalities,
+                       "rules": list(self.policy_.rules),
+                       "default_criticality": self.policy_.default_criticality},
+        }
+        return arrays, config
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], config: Mapping) -> FleetModel:
+        """Rebuild a fitted model from :meth:`to_arrays` output."""
+        model = cls(
+            n_estimators=config["n_estimators"], max_samples=config["max_samples"],
+            min_history=config["min_history"], baseline_method=config["baseline_method"],
+            random_state=config["random_state"],
+        )
+
+        def frame(name: str) -> pl.DataFrame:
+            schema = config["frames"][name]
+            cols = {c: arrays[f"{name}/{c}"] for c in schema}
+            out = pl.DataFrame(cols)
+            casts = {}
+            for c, t in schema.items():
+                if t.startswith("String"):
+                    casts[c] = pl.String
+                elif t in ("Int16", "Int32", "Int64", "UInt32", "Float64", "Boolean"):
+                    casts[c] = getattr(pl, t)
+            return out.cast(casts)
+
+        model.intervals_ = frame("intervals")
+        model.columns_ = frame("columns")
+        model.expected_resources_ = frame("expected_resources")
+        base = SeasonalBaseline(method=config["baseline_method"])
+        base.series_, base.profile_ = frame("baseline.series"), frame("baseline.profile")
+        pooled = SeasonalBaseline(key="connector_kind")
+        pooled.series_, pooled.profile_ = frame("pooled.series"), frame("pooled.profile")
+        model.baseline_, model.pooled_baseline_ = base, pooled
+        model.forest_ = ArrayIsolationForest.from_arrays(
+            {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("forest/")}
+        )
+        model.calibrators_ = {
+            key: TailCalibrator.from_arrays(arrays, f"calibration/{key}/")
+            for key in ("forest", "max_z")
+        }
+        model.groups_ = [str(g) for g in arrays["groups"]]
+        pol = config["policy"]
+        model.policy_ = Policy(criticalities=pol["criticalities"], rules=tuple(pol["rules"]),
+                               default_criticality=pol["default_criticality"])
+        model.policy = model.policy_
+        return model
+
+
+# ---------------------------------------------------------------- helpers
+def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
+    return syncs.group_by("connector_id").agg(
+        pl.col("connector_kind").first(),
+        pl.col("gap_s").drop_nulls().median().fill_null(86400.0).alias("interval_s"),
+        pl.len().alias("n_syncs"),
+    ).sort("connector_id")
+
+
+def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
+    """Fitted intervals, or for connectors never seen, the batch's own median gap (else 1 day)."""
+    seen = fitted.select("connector_id", "interval_s")
+    batch = syncs.group_by("connector_id").agg(
+        pl.col("gap_s").drop_nulls().median().alias("_batch_interval")
+    )
+    return batch.join(seen, on="connector_id", how="left").select(
+        "connector_id",
+        pl.coalesce("interval_s", "_batch_interval", pl.lit(86400.0)).alias("interval_s"),
+    )
+
+
+def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    ok = syncs.filter(pl.col("status") != "failed").group_by("connector_id").agg(
+        pl.len().alias("n_ok")
+    )
+    seen = features.filter(pl.col("kind") == "count").group_by("connector_id", "resource").agg(
+        pl.len().alias("n_seen")
+    )
+    return seen.join(ok, on="connector_id").filter(
+        (pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10)
+    ).select("connector_id", "resource").sort("connector_id", "resource")
+
+
+def _with_fleet_copy(features: pl.DataFrame) -> pl.DataFrame:
+    """Rows for the pooled models: each kind, plus every row again under kind ``"*"``."""
+    return pl.concat([features, features.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
+
+
+def _with_fleet_copy_syncs(syncs: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([syncs, syncs.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
+
+
+def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFrame:
+    """Measures present in at least half of a group's syncs, numbered as vector columns."""
+    n = syncs.filter(pl.col("status") != "failed").group_by(key).agg(pl.len().alias("n"))
+    present = features.group_by(key, "measure").agg(pl.col("row").n_unique().alias("k"))
+    kept = present.join(n, on=key).filter(pl.col("k") >= _MIN_SERIES_SHARE * pl.col("n"))
+    return kept.sort(key, "measure").with_columns(
+        pl.int_range(pl.len()).over(key).alias("col")
+    ).select(pl.col(key).alias("group"), "measure", "col")
+
+
+def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per connector and measure: last value, and value at the last sync not paused."""
+    rows = features.select("row", "connector_id", "measure", "value", "started_at")
+    if decided is not None:
+        held = decided.select("row", (pl.col("decision") == "pause").alias("held"))
+        rows = rows.join(held, on="row", how="left")
+    else:
+        rows = rows.with_columns(pl.lit(False).alias("held"))
+    rows = rows.sort("connector_id", "measure", "started_at", "row")
+    last = rows.group_by("connector_id", "measure").agg(pl.col("value").last())
+    ref = rows.filter(~pl.col("held").fill_null(False)).group_by("connector_id", "measure").agg(
+        pl.col("value").last().alias("ref_value")
+    )
+    batch_state = last.join(ref, on=["connector_id", "measure"], how="left")
+    if state is not None and state.height:
+        old = state.join(batch_state.select("connector_id", "measure"), on=["connector_id", "measure"], how="anti")
+        prev_ref = state.select("connector_id", "measure", pl.col("ref_value").alias("_old_ref"))
+        batch_state = batch_state.join(prev_ref, on=["connector_id", "measure"], how="left").with_columns(
+            pl.coalesce("ref_value", "_old_ref").alias("ref_value")
+        ).drop("_old_ref")
+        batch_state = pl.concat([old.select(list(STATE_SCHEMA)), batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA)])
+    new_state = batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("connector_id", "measure")
+
+    paused_now = (
+        decided.group_by("connector_id").agg(
+            ((pl.col("decision") == "pause") | pl.col("paused")).any().alias("_p")
+        )
+        if decided is not None
+        else syncs.select("connector_id").unique().with_columns(pl.lit(False).alias("_p"))
+    )
+    batch_facts = syncs.group_by("connector_id").agg(
+        pl.col("finished_at").filter(pl.col("status") != "failed").max().alias("state_last_success"),
+        pl.col("started_at").max().alias("state_last_start"),
+    ).join(paused_now, on="connector_id", how="left")
+    if facts is not None and facts.height:
+        batch_facts = batch_facts.join(facts, on="connector_id", how="left", suffix="_old").with_columns(
+            pl.coalesce("state_last_success", "state_last_success_old").alias("state_last_success"),
+            (pl.col("_p").fill_null(False) | pl.col("state_paused").fill_null(False)).alias("_p"),
+        )
+        untouched = facts.join(batch_facts.select("connector_id"), on="connector_id", how="anti")
+    else:
+        untouched = None
+    batch_facts = batch_facts.select(
+        "connector_id", "state_last_success", "state_last_start",
+        pl.col("_p").fill_null(False).alias("state_paused"),
+    ).cast(_FACTS_SCHEMA)
+    if untouched is not None and untouched.height:
+        batch_facts = pl.concat([untouched.select(list(_FACTS_SCHEMA)).cast(_FACTS_SCHEMA), batch_facts])
+    return new_state, batch_facts.sort("connector_id")

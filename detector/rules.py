@@ -1,0 +1,101 @@
+"""Deterministic rules: hard evidence that a sync cannot be trusted. They always win.
+
+Each rule is a vectorised predicate over the batch. A hit names the rule and says what it
+saw. Rules see the reference sync (see :mod:`detector.features`), so "count to zero" means
+the count fell to zero from a non-zero reference, and "field entirely null" means a field
+that was populated now is null on every record.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR"]
+
+#: A sync is overdue when the data it replaces is this many usual intervals old (and at
+#: least an hour late), e.g. an hourly connector that skipped two syncs.
+OVERDUE_FACTOR = 3.0
+
+RULES = {
+    "sync_failed": "the connector reported the sync as failed",
+    "auth_failure": "the connector could not authenticate",
+    "count_to_zero": "a resource type that had records returned none",
+    "resource_missing": "a resource type the connector always reports is missing",
+    "field_entirely_null": "a field that was populated is null on every record",
+    "overdue_sync": "the sync arrived long after the connector's usual interval",
+}
+
+
+def _fmt(x: pl.Expr) -> pl.Expr:
+    return x.cast(pl.Int64).cast(pl.String)
+
+
+def rule_hits(
+    syncs: pl.DataFrame,
+    features: pl.DataFrame,
+    *,
+    intervals: pl.DataFrame,
+    expected_resources: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """One row per rule hit: ``row, rule, detail``.
+
+    Parameters
+    ----------
+    syncs, features : pl.DataFrame
+        From :func:`detector.features.build_features`.
+    intervals : pl.DataFrame
+        ``connector_id, interval_s``.
+    expected_resources : pl.DataFrame, optional
+        ``connector_id, resource`` the connector always reported in history.
+    """
+    status_hits = pl.concat(
+        [
+            syncs.filter(pl.col("status") == "failed").select(
+                "row",
+                pl.lit("sync_failed").alias("rule"),
+                pl.format("status failed (error_class {})", pl.col("error_class").fill_null("none"))
+                .alias("detail"),
+            ),
+            syncs.filter(pl.col("error_class") == "auth").select(
+                "row", pl.lit("auth_failure").alias("rule"),
+                pl.format("error_class auth with status {}", pl.col("status")).alias("detail"),
+            ),
+        ]
+    )
+    zero = features.filter(
+        (pl.col("kind") == "count") & (pl.col("value") == 0) & (pl.col("reference") > 0)
+    ).select(
+        "row", pl.lit("count_to_zero").alias("rule"),
+        pl.format("{} returned 0 records (previously {})", pl.col("resource"),
+                  _fmt(pl.col("reference"))).alias("detail"),
+    )
+    all_null = features.filter(
+        (pl.col("kind") == "rate") & (pl.col("value") >= 1.0) & (pl.col("reference") < 1.0)
+        & (pl.col("current_size").fill_null(1) > 0)
+    ).select(
+        "row", pl.lit("field_entirely_null").alias("rule"),
+        pl.format("{} is null on all records (previously {}% null)",
+                  pl.col("measure").str.replace(".null_rate.", ".", literal=True),
+                  (pl.col("reference") * 100).round(1)).alias("detail"),
+    )
+    late = syncs.join(intervals, on="connector_id", how="inner").filter(
+        (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("interval_s"))
+        & (pl.col("fresh_gap_s") - pl.col("interval_s") > 3600.0)
+    ).select(
+        "row", pl.lit("overdue_sync").alias("rule"),
+        pl.format("{} h since the previous successful sync (usual interval {} h)",
+                  (pl.col("fresh_gap_s") / 3600).round(1),
+                  (pl.col("interval_s") / 3600).round(1)).alias("detail"),
+    )
+    parts = [status_hits, zero, all_null, late]
+    if expected_resources is not None and expected_resources.height:
+        reported = features.filter(pl.col("kind") == "count").select("row", "resource")
+        want = syncs.filter(pl.col("status") != "failed").select("row", "connector_id").join(
+            expected_resources, on="connector_id", how="inner"
+        )
+        missing = want.join(reported, on=["row", "resource"], how="anti").select(
+            "row", pl.lit("resource_missing").alias("rule"),
+            pl.format("{} is missing from the sync", pl.col("resource")).alias("detail"),
+        )
+        parts.append(missing)
+    return pl.concat(parts).unique(["row", "rule", "detail"], maintain_order=True)

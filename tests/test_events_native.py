@@ -1,0 +1,184 @@
+"""Native events: built events meet native-event.schema.json; ids and bytes are stable."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from event_samples import (
+    SCORED_AT,
+    all_findings,
+    invalid_event,
+    pause_event,
+    proceed_event,
+    stale_event,
+    violation,
+)
+
+from detector.events import native
+from detector.events.native import NativeEventError, Reason, RuleHit, sync_scored
+
+SCHEMA_PATH = Path(__file__).parents[1] / "detector" / "schemas" / "native-event.schema.json"
+
+
+@pytest.fixture(scope="module")
+def schema_validator() -> jsonschema.Draft202012Validator:
+    # Read from the file, not through detector.events.native: the file is the contract.
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def every_event() -> dict[str, dict]:
+    return {**all_findings(), "proceed": proceed_event()}
+
+
+@pytest.mark.parametrize("name", sorted(every_event()))
+def test_built_events_meet_the_schema(schema_validator, name):
+    event = json.loads(native.to_json(every_event()[name]))  # what a consumer reads
+    errors = [e.message for e in schema_validator.iter_errors(event)]
+    assert errors == []
+
+
+def test_architecture_example_meets_the_schema(schema_validator):
+    # The example in docs/architecture.md, plus the two keys the variants need.
+    example = {
+        "event_version": "1", "event_type": "sync_scored",
+        "event_id": native.event_id("sync_scored", "okta-prod", "okta-prod:1"),
+        "sync_id": "okta-prod:1", "connector_id": "okta-prod", "connector_kind": "okta",
+        "scored_at": "2026-11-20T14:03:41.000Z", "model_version": "3", "decision": "pause",
+        "severity": "high", "criticality": "standard", "score": 1.7, "cutoff": 1.2,
+        "tail_probability": 0.0003,
+        "reasons": [{"metric": "user.count_change", "observed": 8000, "expected": 18400,
+                     "expected_range": [18300, 18500], "distance": 41.2, "description": "..."}],
+        "rule_hits": [{"rule": "count_to_zero", "detail": "resource 'group' returned 0 records"}],
+        "connector_paused": False, "cold_start": False, "replay": False,
+    }
+    assert list(schema_validator.iter_errors(example)) == []
+    native.validate(example)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda e: e.pop("sync_id"), "sync_id"),
+        (lambda e: e.update(decision="stop"), "decision"),
+        (lambda e: e.update(tail_probability=1.5), "tail_probability"),
+        (lambda e: e.update(scored_at="2026-11-20 14:03"), "scored_at"),
+        (lambda e: e["reasons"][0].update(expected_range=[1]), "expected_range"),
+        (lambda e: e.update(extra=1), "extra"),
+        (lambda e: e.update(event_type="something"), "event_type"),
+    ],
+)
+def test_schema_rejects_broken_events(schema_validator, mutate, needle):
+    event = json.loads(native.to_json(pause_event()))
+    mutate(event)
+    assert list(schema_validator.iter_errors(event)), "schema accepted a broken event"
+    with pytest.raises(NativeEventError, match=needle):
+        native.validate(event)
+
+
+def test_event_id_is_deterministic_and_namespace_is_pinned():
+    # Changing the namespace would change every finding uid SOAR tools de-duplicate on.
+    assert str(native.EVENT_NAMESPACE) == "323bf08e-e3bc-5610-9573-e614e1c20a9a"
+    a, b = pause_event(), pause_event()
+    assert a["event_id"] == b["event_id"]
+    assert uuid.UUID(a["event_id"]).version == 5
+    assert pause_event(sync_id="other")["event_id"] != a["event_id"]
+    # The decision and the time do not change identity: a replay is the same finding.
+    assert pause_event(replay=True, scored_at="2027-01-01T00:00:00Z")["event_id"] == a["event_id"]
+    assert a["event_id"] == native.event_id("sync_scored", a["connector_id"], a["sync_id"])
+
+
+def test_stale_episode_keeps_its_id_across_checks():
+    first = stale_event(checked_at="2026-11-20T18:00:00Z")
+    later = stale_event(checked_at="2026-11-20T19:00:00Z")
+    assert first["event_id"] == later["event_id"]
+    assert later["overdue_by_s"] == 6 * 3600  # 7 h since the last sync, 1 h interval
+    assert first["overdue_by_s"] == 5 * 3600
+    assert stale_event(last_sync_at="2026-11-20T13:00:00Z")["event_id"] != first["event_id"]
+
+
+def test_stale_without_last_sync_needs_overdue():
+    with pytest.raises(NativeEventError, match="overdue_by_s is required"):
+        stale_event(last_sync_at=None)
+
+
+def test_to_json_has_documented_key_order_whatever_the_input_order():
+    event = pause_event()
+    shuffled = dict(reversed(list(event.items())))
+    shuffled["reasons"] = [dict(reversed(list(r.items()))) for r in event["reasons"]]
+    assert native.to_json(shuffled) == native.to_json(event)
+    keys = list(json.loads(native.to_json(event)))
+    assert keys[:4] == ["event_version", "event_type", "event_id", "sync_id"]
+    assert keys == list(native.schema()["$defs"]["sync_scored"]["required"])
+    assert "\n" not in native.to_json(event)
+
+
+def test_timestamps_are_normalised_to_utc_milliseconds():
+    event = pause_event(scored_at="2026-11-20T15:03:41.5+01:00")
+    assert event["scored_at"] == "2026-11-20T14:03:41.500Z"
+    with pytest.raises(NativeEventError, match="no timezone offset"):
+        pause_event(scored_at="2026-11-20T14:03:41")
+
+
+def test_numpy_numbers_become_json_numbers_and_nan_is_refused():
+    event = pause_event(score=np.float64(1.25), cutoff=np.float32(1.0),
+                        reasons=[Reason("m", np.int64(3), 5.0, (4, 6), 1.0, "m is low")])
+    text = native.to_json(event)
+    assert json.loads(text)["score"] == 1.25
+    assert json.loads(text)["reasons"][0]["observed"] == 3
+    with pytest.raises(NativeEventError, match="score must be finite"):
+        pause_event(score=math.nan)
+    with pytest.raises(NativeEventError, match="must be a number"):
+        pause_event(cutoff="high")
+
+
+def test_reasons_and_rule_hits_accept_mappings():
+    event = sync_scored(
+        sync_id="s", connector_id="c", scored_at=SCORED_AT, decision="review", severity="low",
+        reasons=[{"metric": "m", "observed": 1, "expected": 2, "expected_range": [1.5, None],
+                  "distance": 0.5, "description": "m fell"}],
+        rule_hits=[{"rule": "stale", "detail": "late"}],
+    )
+    assert event["reasons"][0]["expected_range"] == [1.5, None]
+    assert event["rule_hits"] == [RuleHit("stale", "late").to_dict()]
+
+
+def test_invalid_record_is_a_pause_without_the_raw_text():
+    event = invalid_event()
+    assert event["decision"] == "pause"
+    assert event["rule_hits"][0]["rule"] == "invalid_record"
+    assert event["violation"]["message"] == str(violation())
+    assert '"count": -1' not in native.to_json(event)  # raw text may hold personal data
+    assert len(event["raw_sha256"]) == 64
+    # No sync_id: the raw text's hash keeps the id stable across re-reads of the input.
+    a = invalid_event(sync_id=None, record="line 9", line=9)
+    b = invalid_event(sync_id=None, record="line 12", line=12)
+    assert a["event_id"] == b["event_id"]
+
+
+def test_invalid_record_needs_a_connector():
+    with pytest.raises(NativeEventError, match="names none"):
+        invalid_event(connector_id=None)
+
+
+def test_invalid_record_from_the_real_contract_violation(schema_validator):
+    contract = pytest.importorskip("detector.contract")
+    v = contract.Violation(record="line 2", field="status", rule="must be one of ...", line=2,
+                           sync_id="x:1", connector_id="x", raw='{"status": "odd"}')
+    event = native.invalid_record(v, scored_at=SCORED_AT)
+    assert list(schema_validator.iter_errors(event)) == []
+    assert event["violation"]["message"] == str(v)
+
+
+def test_event_time_reads_the_variant_time_field():
+    assert native.event_time(stale_event()).isoformat() == "2026-11-20T18:00:00+00:00"
+    assert native.event_time(pause_event()).isoformat() == "2026-11-20T14:03:41+00:00"

@@ -1,0 +1,1 @@
+"""syncguard training: dataset -> fit -> backtest -> register."""
