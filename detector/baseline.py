@@ -41,6 +41,7 @@ _MIN_EVENT_MEAN = 0.05
 _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
+_STD_SHARE = 0.3
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
 
 
@@ -201,12 +202,16 @@ class SeasonalBaseline:
             (pl.col("abs_dev").median() * 1.4826).alias("mad_scale"),
             # Half the 10-90% range guards against a MAD of zero on mostly-constant series.
             ((pl.col("x").quantile(0.9) - pl.col("x").quantile(0.1)) / 2.563).alias("iqr_scale"),
+            pl.col("x").std().fill_null(0.0).alias("std"),
         )
         floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=1e-9, return_dtype=pl.Float64)
         series = overall.join(scales, on=keys).with_columns(
             pl.max_horizontal(
                 pl.col("mad_scale"),
                 0.5 * pl.col("iqr_scale"),
+                # Discrete series (integer seconds, k of n records) have a MAD of zero and
+                # steps far larger than it; a share of the plain deviation keeps them sane.
+                _STD_SHARE * pl.col("std"),
                 floor,
                 pl.when(pl.col("kind") == "level")
                 .then(pl.col("center").abs() * 0.01)

@@ -37,6 +37,7 @@ from detector.rules import rule_hits
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
 
 POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
+_CALIBRATORS = ("forest", "max_z", "forest_paused", "max_z_paused")
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _FACTS_SCHEMA = {
@@ -203,8 +204,8 @@ class FleetModel:
         step("calibration")
         n_groups = len(groups)
         self.calibrators_ = {
-            "forest": TailCalibrator().fit(oos["forest"], oos["group"], n_groups=n_groups),
-            "max_z": TailCalibrator().fit(oos["max_z"], oos["group"], n_groups=n_groups),
+            name: TailCalibrator().fit(oos[name], oos["group"], n_groups=n_groups)
+            for name in _CALIBRATORS
         }
         return self
 
@@ -227,7 +228,9 @@ class FleetModel:
                 # Pooled: hold out whole connectors, the way a cold start meets the model.
                 frame = frame.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b"))
             halves.append((frame, key, half if key == "connector_id" else None))
-        scores: dict[str, list[np.ndarray]] = {"forest": [], "max_z": [], "group": []}
+        scores: dict[str, list[np.ndarray]] = {
+            "forest": [], "max_z": [], "group": [], "forest_paused": [], "max_z_paused": [],
+        }
         for fold in (False, True):
             fit_parts, score_parts = [], []
             for frame, key, _ in halves:
@@ -253,12 +256,22 @@ class FleetModel:
                 pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
-            for g, (m, _) in enumerate(score_mats):
+            # The same syncs judged as a paused connector's would be: levels against the
+            # sync just before. Paused scoring gets calibrators of its own.
+            paused_mats = self._group_matrices(
+                base.residuals(sc, ivals, against_reference=pl.lit(True))
+                if base else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
+                group_index,
+            )
+            for g, ((m, _), (mp, _)) in enumerate(zip(score_mats, paused_mats, strict=True)):
                 if len(m) == 0 or len(fit_mats[g][0]) == 0:
                     continue
                 gi = np.full(len(m), g)
                 scores["forest"].append(forest.score_samples(m, gi))
-                scores["max_z"].append(np.abs(m).max(axis=1) if m.shape[1] else np.zeros(len(m)))
+                scores["max_z"].append(_max_abs(m))
+                scores["forest_paused"].append(forest.score_samples(mp, gi))
+                scores["max_z_paused"].append(_max_abs(mp))
                 scores["group"].append(gi)
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()}
 
@@ -372,13 +385,7 @@ class FleetModel:
             groups = np.concatenate([p[2] for p in parts])
         else:
             x, rows, groups = np.zeros((0, width)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        p_forest = self.calibrators_["forest"].tail_probability(
-            self.forest_.score_samples(x, groups), groups
-        ) if len(x) else np.zeros(0)
-        p_max = self.calibrators_["max_z"].tail_probability(
-            np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x)), groups
-        ) if len(x) else np.zeros(0)
-        p = combine_tail_probabilities(p_forest, p_max) if len(x) else np.zeros(0)
+        p = self._tail_probability(x, rows, groups, syncs)
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
         )
@@ -389,6 +396,21 @@ class FleetModel:
         decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
         return {"syncs": syncs, "features": features, "resid": all_resid, "hits": hits,
                 "decided": decided}
+
+    def _tail_probability(self, x, rows, groups, syncs) -> np.ndarray:
+        """Combined tail probability of each residual vector, per its connector's mode."""
+        if not len(x):
+            return np.zeros(0)
+        paused_rows = syncs.filter(pl.col("paused"))["row"].to_numpy()
+        paused = np.isin(rows, paused_rows)
+        forest_s, max_z = self.forest_.score_samples(x, groups), _max_abs(x)
+        out = []
+        for suffix in ("", "_paused"):
+            out.append(combine_tail_probabilities(
+                self.calibrators_["forest" + suffix].tail_probability(forest_s, groups),
+                self.calibrators_["max_z" + suffix].tail_probability(max_z, groups),
+            ))
+        return np.where(paused, out[1], out[0])
 
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
         policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
@@ -544,7 +566,7 @@ class FleetModel:
         )
         model.calibrators_ = {
             key: TailCalibrator.from_arrays(arrays, f"calibration/{key}/")
-            for key in ("forest", "max_z")
+            for key in _CALIBRATORS
         }
         model.groups_ = [str(g) for g in arrays["groups"]]
         pol = config["policy"]
@@ -555,6 +577,10 @@ class FleetModel:
 
 
 # ---------------------------------------------------------------- helpers
+def _max_abs(x: np.ndarray) -> np.ndarray:
+    return np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
+
+
 def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
     return syncs.group_by("connector_id").agg(
         pl.col("connector_kind").first(),

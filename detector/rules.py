@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR"]
+__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
 #: least an hour late), e.g. an hourly connector that skipped two syncs.
 OVERDUE_FACTOR = 3.0
+
+#: Rules on counts and fields need this many records at the reference sync to speak.
+MIN_RECORDS = 5
 
 RULES = {
     "sync_failed": "the connector reported the sync as failed",
@@ -63,15 +66,19 @@ def rule_hits(
         ]
     )
     zero = features.filter(
-        (pl.col("kind") == "count") & (pl.col("value") == 0) & (pl.col("reference") > 0)
+        (pl.col("kind") == "count") & (pl.col("value") == 0)
+        & (pl.col("reference") >= MIN_RECORDS)
     ).select(
         "row", pl.lit("count_to_zero").alias("rule"),
         pl.format("{} returned 0 records (previously {})", pl.col("resource"),
                   _fmt(pl.col("reference"))).alias("detail"),
     )
+    # Only a field that was really populated: on a 7-record set whose field is 90% null,
+    # all-null is one record away and happens in normal life.
+    populated = (1.0 - pl.col("reference")) * pl.col("exposure").fill_null(0.0)
     all_null = features.filter(
         (pl.col("kind") == "rate") & (pl.col("value") >= 1.0) & (pl.col("reference") < 1.0)
-        & (pl.col("current_size").fill_null(1) > 0)
+        & (populated >= MIN_RECORDS) & (pl.col("current_size").fill_null(0) >= MIN_RECORDS)
     ).select(
         "row", pl.lit("field_entirely_null").alias("rule"),
         pl.format("{} is null on all records (previously {}% null)",

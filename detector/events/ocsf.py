@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from detector import __version__
-from detector.events.native import EVENT_NAMESPACE, event_time
+from detector.events.native import EVENT_NAMESPACE, event_time, validate
 
 __all__ = [
     "OCSF_VERSION",
@@ -123,10 +123,14 @@ def to_detection_finding(
     ------
     ValueError
         For a ``proceed`` event or an unknown ``event_type``.
+    NativeEventError
+        If ``event`` breaks the native event schema.
     """
     kind = event.get("event_type")
     if kind not in ("sync_scored", "connector_stale", "invalid_record"):
         raise ValueError(f"cannot map event_type {kind!r} to an OCSF finding")
+    # A malformed native event would give a malformed finding: refuse it here, readably.
+    validate(event)
     if not is_finding(event):
         raise ValueError(
             f"sync {event.get('sync_id')!r} was decided 'proceed': only pause and review "

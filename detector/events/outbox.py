@@ -16,8 +16,12 @@ The tables come from store migration 3 (``OUTBOX_MIGRATION_SQL``).
 
 from __future__ import annotations
 
+import math
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ __all__ = [
     "Outbox",
     "OutboxItem",
     "OutboxFullError",
+    "lease_owner",
 ]
 
 DEFAULT_MAX_ROWS = 100_000
@@ -48,13 +53,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_attempt_at REAL,
     last_error TEXT,
     UNIQUE (sink, idempotency_key)
-);
+) STRICT;
 CREATE INDEX IF NOT EXISTS outbox_sink_id ON outbox (sink, id);
 CREATE TABLE IF NOT EXISTS outbox_lease (
     sink TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     expires_at REAL NOT NULL
-);
+) STRICT;
 """
 # AUTOINCREMENT (not plain rowid) so ids never go back after deletes: id order is send order.
 
@@ -144,9 +149,11 @@ class Outbox:
             )
 
     @classmethod
-    def open(cls, path: str | Path, **kwargs: object) -> Outbox:
+    def open(
+        cls, path: str | Path, *, sink: str = "webhook", max_rows: int = DEFAULT_MAX_ROWS
+    ) -> Outbox:
         """Open the outbox in the store file at ``path`` on its own connection."""
-        return cls(connect(path), **kwargs)  # type: ignore[arg-type]
+        return cls(connect(path), sink=sink, max_rows=max_rows)
 
     def enqueue(self, body: bytes, *, idempotency_key: str, event_id: str | None = None) -> bool:
         """Append one event; a body already queued under the same key is not queued twice.
@@ -220,7 +227,9 @@ class Outbox:
         Parameters
         ----------
         owner : str
-            Unique per process (and sink object).
+            Unique per process and sink object, ``"<host>:<pid>:<nonce>"`` (see
+            `lease_owner`); a lease whose owner names this host and a process that no longer
+            exists is taken over at once.
         ttl_s : float
             The lease lapses after this long without renewal (a crashed owner frees it).
 
@@ -231,12 +240,17 @@ class Outbox:
         """
         now = self._clock()
         with atomic(self.conn):
+            row = self.conn.execute(
+                "SELECT owner FROM outbox_lease WHERE sink = ?", (self.sink,)
+            ).fetchone()
+            # A holder that crashed on this host frees the lease at once, not after its TTL.
+            stale_before = math.inf if row and _dead_local_owner(row[0]) else now
             self.conn.execute(
                 "INSERT INTO outbox_lease (sink, owner, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (sink) DO UPDATE SET owner = excluded.owner, "
                 "expires_at = excluded.expires_at "
                 "WHERE outbox_lease.owner = excluded.owner OR outbox_lease.expires_at < ?",
-                (self.sink, owner, now + ttl_s, now),
+                (self.sink, owner, now + ttl_s, stale_before),
             )
             holder = self.conn.execute(
                 "SELECT owner FROM outbox_lease WHERE sink = ?", (self.sink,)
@@ -249,3 +263,23 @@ class Outbox:
             self.conn.execute(
                 "DELETE FROM outbox_lease WHERE sink = ? AND owner = ?", (self.sink, owner)
             )
+
+
+def lease_owner() -> str:
+    """A new lease owner id for this process: ``"<host>:<pid>:<nonce>"``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """True if ``owner`` names a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by another user
+    return False

@@ -34,11 +34,9 @@ import http.client
 import logging
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 from detector import __version__
 from detector.errors import UsageError
 from detector.events.formats import Formatter
-from detector.events.outbox import Outbox, OutboxItem
+from detector.events.outbox import Outbox, OutboxItem, lease_owner
 from detector.events.sinks import SinkBase, SinkReport
 
 __all__ = [
@@ -326,7 +324,7 @@ class WebhookSink(SinkBase):
         self._rng = rng or random.Random()
         self._opener = urllib.request.build_opener(_NoRedirect())
         # Unique per sink object so two sinks in one process never share a lease.
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._owner = lease_owner()
         self._lease_ttl_s = self.retry.worst_case_s + 30.0
         self._blocked = False
         self._closed = False
@@ -443,7 +441,8 @@ class WebhookSink(SinkBase):
         except urllib.error.HTTPError as exc:
             retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             exc.close()
-            return _Attempt(exc.code, f"HTTP {exc.code} {exc.reason}", retry_after)
+            # The reason phrase is the receiver's text: scrub it like any other.
+            return _Attempt(exc.code, self._scrub(f"HTTP {exc.code} {exc.reason}"), retry_after)
         except urllib.error.URLError as exc:
             return _Attempt(None, self._scrub(_describe(exc.reason)))
         except (TimeoutError, OSError, http.client.HTTPException) as exc:

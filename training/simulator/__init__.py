@@ -10,6 +10,6 @@ reviews), :mod:`.holidays` (regional lulls), :mod:`.fleet` (orchestration).
 """
 
 from .faults import FAULT_CLASSES
-from .fleet import DEFAULT_START, simulate_fleet, write_fleet
+from .fleet import DEFAULT_START, describe_fleet, simulate_fleet, write_fleet
 
-__all__ = ["DEFAULT_START", "FAULT_CLASSES", "simulate_fleet", "write_fleet"]
+__all__ = ["DEFAULT_START", "FAULT_CLASSES", "describe_fleet", "simulate_fleet", "write_fleet"]

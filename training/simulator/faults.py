@@ -195,7 +195,7 @@ def _instability(state: State, ix: np.ndarray, rng: np.random.Generator) -> None
     """Slow, erroring API: latency x3-20, many errors and retries, longer syncs."""
     k = len(ix)
     state.lat_mult[ix] = rng.uniform(3.0, 20.0) * np.exp(rng.normal(0, 0.1, k))
-    err = rng.poisson(_pages(state, ix) * rng.uniform(0.02, 0.2) + 3)
+    err = 3 + rng.poisson(_pages(state, ix) * rng.uniform(0.02, 0.2))
     state.err_add[ix] += err
     state.retry_add[ix] += rng.poisson(err * 0.2)
 
