@@ -149,7 +149,9 @@ class SeasonalBaseline:
         k = self.key
         rows = features.join(intervals, on="connector_id", how="left").with_columns(
             transform_expr(
-                pl.col("value"), kind=pl.col("kind"), reference=pl.col("reference"),
+                pl.col("value"),
+                kind=pl.col("kind"),
+                reference=pl.col("reference"),
                 size=pl.col("current_size"),
             ).alias("x"),
             self._exposure_expr().alias("exposure_eff"),
@@ -190,11 +192,15 @@ class SeasonalBaseline:
             buckets = rows.group_by([*keys, "bucket"]).agg(
                 pl.col("x").median().alias("bucket_x"), pl.len().alias("bucket_n")
             )
-        profile = buckets.join(overall.select(*keys, "center"), on=keys).with_columns(
-            self._shrunk(pl.col("bucket_x"), pl.col("bucket_n"), pl.col("center")).alias(
-                "expected"
+        profile = (
+            buckets.join(overall.select(*keys, "center"), on=keys)
+            .with_columns(
+                self._shrunk(pl.col("bucket_x"), pl.col("bucket_n"), pl.col("center")).alias(
+                    "expected"
+                )
             )
-        ).select(*keys, "bucket", "expected")
+            .select(*keys, "bucket", "expected")
+        )
         resid = rows.join(profile, on=[*keys, "bucket"], how="left").with_columns(
             (pl.col("x") - pl.col("expected")).abs().alias("abs_dev")
         )
@@ -205,19 +211,23 @@ class SeasonalBaseline:
             pl.col("x").std().fill_null(0.0).alias("std"),
         )
         floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=1e-9, return_dtype=pl.Float64)
-        series = overall.join(scales, on=keys).with_columns(
-            pl.max_horizontal(
-                pl.col("mad_scale"),
-                0.5 * pl.col("iqr_scale"),
-                # Discrete series (integer seconds, k of n records) have a MAD of zero and
-                # steps far larger than it; a share of the plain deviation keeps them sane.
-                _STD_SHARE * pl.col("std"),
-                floor,
-                pl.when(pl.col("kind") == "level")
-                .then(pl.col("center").abs() * 0.01)
-                .otherwise(0.0),
-            ).alias("scale")
-        ).select(*keys, "kind", "center", "scale", "n")
+        series = (
+            overall.join(scales, on=keys)
+            .with_columns(
+                pl.max_horizontal(
+                    pl.col("mad_scale"),
+                    0.5 * pl.col("iqr_scale"),
+                    # Discrete series (integer seconds, k of n records) have a MAD of zero and
+                    # steps far larger than it; a share of the plain deviation keeps them sane.
+                    _STD_SHARE * pl.col("std"),
+                    floor,
+                    pl.when(pl.col("kind") == "level")
+                    .then(pl.col("center").abs() * 0.01)
+                    .otherwise(0.0),
+                ).alias("scale")
+            )
+            .select(*keys, "kind", "center", "scale", "n")
+        )
         return series, profile
 
     def _fit_events(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -240,16 +250,20 @@ class SeasonalBaseline:
             pl.col("v_w").sum().alias("sum_v"), pl.col("exposure_eff").sum().alias("sum_e")
         )
         s = self.shrinkage
-        profile = buckets.join(overall, on=keys).with_columns(
-            (
-                (pl.col("sum_v") + s * pl.col("rate") * pl.col("mean_exposure"))
-                / (pl.col("sum_e") + s * pl.col("mean_exposure"))
-            ).alias("expected")
-        ).select(*keys, "bucket", "expected")
-        moments = rows.join(profile, on=[*keys, "bucket"]).with_columns(
-            (pl.col("expected") * pl.col("exposure_eff")).clip(lower_bound=_MIN_EVENT_MEAN).alias(
-                "mu"
+        profile = (
+            buckets.join(overall, on=keys)
+            .with_columns(
+                (
+                    (pl.col("sum_v") + s * pl.col("rate") * pl.col("mean_exposure"))
+                    / (pl.col("sum_e") + s * pl.col("mean_exposure"))
+                ).alias("expected")
             )
+            .select(*keys, "bucket", "expected")
+        )
+        moments = rows.join(profile, on=[*keys, "bucket"]).with_columns(
+            (pl.col("expected") * pl.col("exposure_eff"))
+            .clip(lower_bound=_MIN_EVENT_MEAN)
+            .alias("mu")
         )
         dispersion = moments.group_by(keys).agg(
             (
@@ -257,11 +271,18 @@ class SeasonalBaseline:
                 / (pl.col("mu") ** 2).sum()
             ).alias("dispersion")
         )
-        series = overall.join(dispersion, on=keys).with_columns(
-            pl.col("dispersion").fill_nan(1.0).fill_null(1.0).clip(_MIN_DISPERSION, _MAX_DISPERSION),
-            pl.lit(0.0).alias("center"),
-            pl.lit(1.0).alias("scale"),
-        ).select(*keys, "kind", "center", "scale", "rate", "dispersion", "n")
+        series = (
+            overall.join(dispersion, on=keys)
+            .with_columns(
+                pl.col("dispersion")
+                .fill_nan(1.0)
+                .fill_null(1.0)
+                .clip(_MIN_DISPERSION, _MAX_DISPERSION),
+                pl.lit(0.0).alias("center"),
+                pl.lit(1.0).alias("scale"),
+            )
+            .select(*keys, "kind", "center", "scale", "rate", "dispersion", "n")
+        )
         return series, profile
 
     # --------------------------------------------------------------- score
@@ -305,7 +326,9 @@ class SeasonalBaseline:
             .join(self.profile_, on=[*keys, "bucket"], how="left")
             .with_columns(
                 transform_expr(
-                    pl.col("value"), kind=pl.col("kind"), reference=pl.col("reference"),
+                    pl.col("value"),
+                    kind=pl.col("kind"),
+                    reference=pl.col("reference"),
                     size=pl.col("current_size"),
                 ).alias("x"),
                 self._exposure_expr().alias("exposure_eff"),
@@ -325,9 +348,7 @@ class SeasonalBaseline:
             .then(pl.col("scale") * math.sqrt(2.0))
             .otherwise(pl.col("scale"))
             .alias("scale"),
-        ).with_columns(
-            (1.0 / (1.0 + (-pl.col("expected_x")).exp())).alias("expected_x_raw")
-        )
+        ).with_columns((1.0 / (1.0 + (-pl.col("expected_x")).exp())).alias("expected_x_raw"))
         count_floor = 1.0 / (pl.col("reference").fill_null(0.0) + 1.0)
         binom_floor = 1.0 / (n * p * (1.0 - p)).sqrt()
         rows = rows.with_columns(
@@ -349,12 +370,12 @@ class SeasonalBaseline:
         z = rows["z"].to_numpy(allow_copy=True).astype(float, copy=True)
         if mask.any():
             z[mask] = nb_signed_z(
-                ev["value"].to_numpy()[mask], ev["mu"].to_numpy()[mask],
+                ev["value"].to_numpy()[mask],
+                ev["mu"].to_numpy()[mask],
                 ev["dispersion"].to_numpy()[mask],
             )
         z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
-        return rows.with_columns(pl.Series("z", z)).drop("expected", "rate", "center",
-                                                          strict=False)
+        return rows.with_columns(pl.Series("z", z)).drop("expected", "rate", "center", strict=False)
 
     def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Observed, expected and expected range in the measure's own units.
@@ -430,12 +451,14 @@ def _stl_bucket_medians(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
         smooth = res.seasonal + np.median(res.trend)
         stamps = pl.Series(grid * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
         buckets = ((stamps.dt.weekday() - 1) * 6 + stamps.dt.hour() // 4).cast(pl.Int16)
-        frame = pl.DataFrame({"bucket": buckets, "bucket_x": smooth}).group_by("bucket").agg(
-            pl.col("bucket_x").median(), pl.len().cast(pl.UInt32).alias("bucket_n")
+        frame = (
+            pl.DataFrame({"bucket": buckets, "bucket_x": smooth})
+            .group_by("bucket")
+            .agg(pl.col("bucket_x").median(), pl.len().cast(pl.UInt32).alias("bucket_n"))
         )
-        out.append(frame.with_columns(
-            *[pl.lit(v).alias(k) for k, v in zip(keys, key_values, strict=True)]
-        ))
+        out.append(
+            frame.with_columns(*[pl.lit(v).alias(k) for k, v in zip(keys, key_values, strict=True)])
+        )
     if not out:
         return medians
     stl = pl.concat(out).select(*keys, "bucket", "bucket_x", "bucket_n")

@@ -76,8 +76,8 @@ class TailCalibrator:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         for g in np.flatnonzero(sizes >= self.min_group_size):
             body[g] = np.quantile(scores[order[starts[g] : starts[g] + sizes[g]]], levels)
-        fallback = np.nanmedian(body, axis=0) if np.isfinite(body).any() else np.quantile(
-            scores, levels
+        fallback = (
+            np.nanmedian(body, axis=0) if np.isfinite(body).any() else np.quantile(scores, levels)
         )
         body[~np.isfinite(body[:, 0])] = fallback
         # Each group's tail is measured in units of its own upper body width.
@@ -130,9 +130,16 @@ class TailCalibrator:
             np.clip(alpha / self.tail_fraction, 1e-300, 1.0), self.shape_, scale=self.scale_
         )
         levels = _LEVELS * (1.0 - self.tail_fraction)
-        body_cut = np.array(
-            [np.interp(1.0 - a, levels, b) for a, b in zip(alpha, self.body_[groups], strict=True)]
-        ) if (~in_tail).any() else top
+        body_cut = (
+            np.array(
+                [
+                    np.interp(1.0 - a, levels, b)
+                    for a, b in zip(alpha, self.body_[groups], strict=True)
+                ]
+            )
+            if (~in_tail).any()
+            else top
+        )
         return np.where(in_tail, top + q * width, body_cut)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:

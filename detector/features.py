@@ -94,8 +94,14 @@ def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFr
         ((pl.col("started_at") - pl.col("_prev_start")).dt.total_microseconds() / 1e6).alias(
             "gap_s"
         ),
-    ).drop("_ok_finish", "_prior_ok", "_prev_start", "state_last_success", "state_last_start",
-           strict=False)
+    ).drop(
+        "_ok_finish",
+        "_prior_ok",
+        "_prev_start",
+        "state_last_success",
+        "state_last_start",
+        strict=False,
+    )
 
 
 def build_features(
@@ -138,9 +144,9 @@ def build_features(
     facts = connector_facts
     syncs = _timing(
         syncs,
-        None if facts is None else facts.select(
-            "connector_id", "state_last_success", "state_last_start"
-        ),
+        None
+        if facts is None
+        else facts.select("connector_id", "state_last_success", "state_last_start"),
     )
     paused = pl.lit(False)
     if facts is not None and facts.height and "state_paused" in facts.columns:
@@ -155,10 +161,12 @@ def build_features(
         [c for c in ("state_paused", "paused_seq") if c in syncs.columns]
     )
 
-    rows = pl.concat([measures.select("row", "measure", "value", "resource", "kind"),
-                      _sync_measures(syncs)])
-    info = syncs.select("row", "connector_id", "connector_kind", "started_at", "seq", "bucket",
-                        "gap_s", "paused")
+    rows = pl.concat(
+        [measures.select("row", "measure", "value", "resource", "kind"), _sync_measures(syncs)]
+    )
+    info = syncs.select(
+        "row", "connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused"
+    )
     rows = rows.join(info, on="row", how="inner").with_columns(
         pl.lit(False).alias("is_state"), pl.lit(None, dtype=pl.Float64).alias("ref_value")
     )
@@ -208,7 +216,19 @@ def build_features(
         .alias("exposure")
     )
     features = rows.select(
-        "row", "connector_id", "connector_kind", "started_at", "measure", "kind", "resource",
-        "value", "reference", "exposure", "current_size", "bucket", "gap_s", "paused",
+        "row",
+        "connector_id",
+        "connector_kind",
+        "started_at",
+        "measure",
+        "kind",
+        "resource",
+        "value",
+        "reference",
+        "exposure",
+        "current_size",
+        "bucket",
+        "gap_s",
+        "paused",
     ).sort("row", "measure")
     return syncs.sort("row"), features

@@ -111,8 +111,10 @@ class ArrayIsolationForest:
             raise ValueError("n_estimators must be >= 1 and max_samples >= 2")
         if not groups:
             raise ValueError("fit needs at least one group")
-        jobs = [(x, self.n_estimators, self.max_samples, self.random_state + i)
-                for i, x in enumerate(groups)]
+        jobs = [
+            (x, self.n_estimators, self.max_samples, self.random_state + i)
+            for i, x in enumerate(groups)
+        ]
         if self.n_jobs > 1 and len(jobs) > 1:
             from joblib import Parallel, delayed
 
@@ -129,7 +131,9 @@ class ArrayIsolationForest:
         return {
             "feature": np.concatenate([p["feature"] for p in parts]),
             "threshold": np.concatenate([p["threshold"] for p in parts]),
-            "left": np.concatenate([shift(p["left"], o) for p, o in zip(parts, offsets, strict=True)]),
+            "left": np.concatenate(
+                [shift(p["left"], o) for p, o in zip(parts, offsets, strict=True)]
+            ),
             "right": np.concatenate(
                 [shift(p["right"], o) for p, o in zip(parts, offsets, strict=True)]
             ),

@@ -20,7 +20,14 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["MEASURE_KINDS", "measure_kind", "measure_kind_expr", "to_struct_frame", "syncs_frame", "measures_frame"]
+__all__ = [
+    "MEASURE_KINDS",
+    "measure_kind",
+    "measure_kind_expr",
+    "to_struct_frame",
+    "syncs_frame",
+    "measures_frame",
+]
 
 RESOURCE_STATS = ("count", "added", "removed", "modified", "duplicates")
 API_FIELDS = ("requests", "errors", "retries", "latency_p50_ms", "latency_p95_ms")
@@ -66,8 +73,7 @@ def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
         .when(measure.is_in(["api.errors", "api.retries"]))
         .then(pl.lit("events"))
         .when(
-            measure.str.starts_with("api.")
-            | measure.is_in(["sync.duration_s", "sync.freshness"])
+            measure.str.starts_with("api.") | measure.is_in(["sync.duration_s", "sync.freshness"])
         )
         .then(pl.lit("log"))
         .when(measure.str.contains(".null_rate.", literal=True))
@@ -78,7 +84,9 @@ def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
     )
 
 
-def to_struct_frame(records: Iterable[Mapping[str, Any]] | pl.DataFrame | pl.Series) -> pl.DataFrame:
+def to_struct_frame(
+    records: Iterable[Mapping[str, Any]] | pl.DataFrame | pl.Series,
+) -> pl.DataFrame:
     """Return a frame with one column per top-level record key (nested keys as structs).
 
     Accepts parsed records, a frame that already has that shape, a frame from the store
@@ -98,9 +106,7 @@ def to_struct_frame(records: Iterable[Mapping[str, Any]] | pl.DataFrame | pl.Ser
 
 def _timestamp(column: str) -> pl.Expr:
     return (
-        pl.col(column)
-        .str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
-        .alias(column)
+        pl.col(column).str.to_datetime(time_zone="UTC", time_unit="us", strict=False).alias(column)
     )
 
 

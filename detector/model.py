@@ -48,7 +48,9 @@ _FACTS_SCHEMA = {
 }
 
 
-def prepare(records: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def prepare(
+    records: Iterable[Mapping[str, Any]] | pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Records (dicts, a struct frame, or a store history frame) -> (syncs, measures)."""
     wide = to_struct_frame(records)
     return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
@@ -73,9 +75,12 @@ class ScoreResult:
         """Per-sync decision dicts (native event fields without transport metadata)."""
         reasons = self.reasons.group_by("sync_id", maintain_order=True).agg(
             pl.struct(
-                "metric", "observed", "expected",
+                "metric",
+                "observed",
+                "expected",
                 pl.concat_list("range_lo", "range_hi").alias("expected_range"),
-                "distance", "description",
+                "distance",
+                "description",
             ).alias("reasons")
         )
         hits = self.rule_hits.group_by("sync_id", maintain_order=True).agg(
@@ -145,9 +150,7 @@ class FleetModel:
         self.policy = policy
 
     # ================================================================== fit
-    def fit(
-        self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None
-    ) -> FleetModel:
+    def fit(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None) -> FleetModel:
         """Fit on clean history (records, a struct frame or a store history frame).
 
         ``progress``, when given, is called with a short phase name as fitting goes on.
@@ -197,8 +200,10 @@ class FleetModel:
             group_index,
         )
         self.forest_ = ArrayIsolationForest(
-            n_estimators=self.n_estimators, max_samples=self.max_samples,
-            random_state=self.random_state, n_jobs=self.n_jobs,
+            n_estimators=self.n_estimators,
+            max_samples=self.max_samples,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
         ).fit([m for m, _ in matrices])
 
         step("calibration")
@@ -214,13 +219,18 @@ class FleetModel:
         halves = []
         for frame, key in ((per_connector, "connector_id"), (pooled, "connector_kind")):
             if key == "connector_id":
-                half = (pl.col("seq") * 2 // pl.col("seq").max().over("connector_id") + 1).clip(
-                    upper_bound=2
-                ) if "seq" in frame.columns else None
+                half = (
+                    (pl.col("seq") * 2 // pl.col("seq").max().over("connector_id") + 1).clip(
+                        upper_bound=2
+                    )
+                    if "seq" in frame.columns
+                    else None
+                )
                 frame = frame.join(
-                    frame.select("row", "connector_id").unique().with_columns(
-                        pl.col("row").rank("ordinal").over("connector_id").alias("seq")
-                    ), on=["row", "connector_id"],
+                    frame.select("row", "connector_id")
+                    .unique()
+                    .with_columns(pl.col("row").rank("ordinal").over("connector_id").alias("seq")),
+                    on=["row", "connector_id"],
                 ).with_columns(
                     (pl.col("seq") * 2 > pl.col("seq").max().over("connector_id")).alias("_b")
                 )
@@ -229,30 +239,46 @@ class FleetModel:
                 frame = frame.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b"))
             halves.append((frame, key, half if key == "connector_id" else None))
         scores: dict[str, list[np.ndarray]] = {
-            "forest": [], "max_z": [], "group": [], "forest_paused": [], "max_z_paused": [],
+            "forest": [],
+            "max_z": [],
+            "group": [],
+            "forest_paused": [],
+            "max_z_paused": [],
         }
         for fold in (False, True):
             fit_parts, score_parts = [], []
             for frame, key, _ in halves:
-                fit_parts.append((frame.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False), key))
-                score_parts.append((frame.filter(pl.col("_b") != fold).drop("_b", "seq", strict=False), key))
+                fit_parts.append(
+                    (frame.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False), key)
+                )
+                score_parts.append(
+                    (frame.filter(pl.col("_b") != fold).drop("_b", "seq", strict=False), key)
+                )
             (fc, _), (fp, _) = fit_parts
             (sc, _), (sp, _) = score_parts
             if fc.height == 0 and fp.height == 0:
                 continue
-            base = SeasonalBaseline(method=self.baseline_method).fit(fc, ivals) if fc.height else None
+            base = (
+                SeasonalBaseline(method=self.baseline_method).fit(fc, ivals) if fc.height else None
+            )
             pbase = SeasonalBaseline(key="connector_kind").fit(fp, ivals)
             fit_mats = self._group_matrices(
-                base.residuals(fc, ivals) if base else fc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                base.residuals(fc, ivals)
+                if base
+                else fc.head(0).with_columns(pl.lit(0.0).alias("z")),
                 pbase.residuals(fp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
             forest = ArrayIsolationForest(
-                n_estimators=max(20, self.n_estimators // 2), max_samples=self.max_samples,
-                random_state=self.random_state + 1000, n_jobs=self.n_jobs,
+                n_estimators=max(20, self.n_estimators // 2),
+                max_samples=self.max_samples,
+                random_state=self.random_state + 1000,
+                n_jobs=self.n_jobs,
             ).fit([m for m, _ in fit_mats])
             score_mats = self._group_matrices(
-                base.residuals(sc, ivals) if base else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                base.residuals(sc, ivals)
+                if base
+                else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
                 pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
@@ -260,7 +286,8 @@ class FleetModel:
             # sync just before. Paused scoring gets calibrators of its own.
             paused_mats = self._group_matrices(
                 base.residuals(sc, ivals, against_reference=pl.lit(True))
-                if base else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                if base
+                else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
                 pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
@@ -300,12 +327,17 @@ class FleetModel:
     def _matrix(self, resid: pl.DataFrame, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scatter long residual rows into a (syncs x width) matrix per their group layout."""
         gidx = pl.DataFrame({"group": self.groups_, "g": np.arange(len(self.groups_))})
-        placed = resid.select("row", "group", "measure", "z").join(
-            self.columns_, on=["group", "measure"], how="inner"
-        ).join(gidx, on="group")
-        keys = resid.select("row", "group").unique(maintain_order=True).join(
-            gidx, on="group", how="inner"
-        ).with_row_index("i")
+        placed = (
+            resid.select("row", "group", "measure", "z")
+            .join(self.columns_, on=["group", "measure"], how="inner")
+            .join(gidx, on="group")
+        )
+        keys = (
+            resid.select("row", "group")
+            .unique(maintain_order=True)
+            .join(gidx, on="group", how="inner")
+            .with_row_index("i")
+        )
         placed = placed.join(keys.select("row", "group", "i"), on=["row", "group"])
         x = np.zeros((keys.height, width))
         x[placed["i"].to_numpy(), placed["col"].to_numpy()] = np.clip(
@@ -318,7 +350,9 @@ class FleetModel:
         if not hasattr(self, "forest_"):
             raise RuntimeError("this FleetModel is not fitted yet: call fit first")
 
-    def initial_state(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def initial_state(
+        self, history: Iterable[Mapping[str, Any]] | pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """State and facts at the end of ``history`` (every history sync taken as accepted)."""
         syncs, measures = prepare(history)
         syncs, features = build_features(syncs, measures)
@@ -347,9 +381,11 @@ class FleetModel:
         first = self._score_pass(syncs, measures, state, facts, None)
         already = facts.filter(pl.col("state_paused")).select("connector_id")
         new_pauses = (
-            first["decided"].filter(pl.col("decision") == "pause")
+            first["decided"]
+            .filter(pl.col("decision") == "pause")
             .join(already, on="connector_id", how="anti")
-            .group_by("connector_id").agg((pl.col("seq").min() + 1).alias("paused_seq"))
+            .group_by("connector_id")
+            .agg((pl.col("seq").min() + 1).alias("paused_seq"))
         )
         final = first
         if new_pauses.height:
@@ -373,7 +409,9 @@ class FleetModel:
             .alias("connector_kind")
         )
         resid = self.baseline_.residuals(own_rows, ivals)
-        pooled_resid = self.pooled_baseline_.residuals(cold_rows, ivals, against_reference=pl.lit(True))
+        pooled_resid = self.pooled_baseline_.residuals(
+            cold_rows, ivals, against_reference=pl.lit(True)
+        )
         width = int(self.columns_["col"].max()) + 1
         parts = []
         for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
@@ -394,8 +432,13 @@ class FleetModel:
             syncs, features, intervals=ivals, expected_resources=self.expected_resources_
         )
         decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
-        return {"syncs": syncs, "features": features, "resid": all_resid, "hits": hits,
-                "decided": decided}
+        return {
+            "syncs": syncs,
+            "features": features,
+            "resid": all_resid,
+            "hits": hits,
+            "decided": decided,
+        }
 
     def _tail_probability(self, x, rows, groups, syncs) -> np.ndarray:
         """Combined tail probability of each residual vector, per its connector's mode."""
@@ -406,16 +449,20 @@ class FleetModel:
         forest_s, max_z = self.forest_.score_samples(x, groups), _max_abs(x)
         out = []
         for suffix in ("", "_paused"):
-            out.append(combine_tail_probabilities(
-                self.calibrators_["forest" + suffix].tail_probability(forest_s, groups),
-                self.calibrators_["max_z" + suffix].tail_probability(max_z, groups),
-            ))
+            out.append(
+                combine_tail_probabilities(
+                    self.calibrators_["forest" + suffix].tail_probability(forest_s, groups),
+                    self.calibrators_["max_z" + suffix].tail_probability(max_z, groups),
+                )
+            )
         return np.where(paused, out[1], out[0])
 
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
         policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
-        top = resid.filter(pl.col("z").abs() >= 3.0).group_by("row").agg(
-            pl.col("measure").is_in(list(PERFORMANCE_MEASURES)).all().alias("perf_only")
+        top = (
+            resid.filter(pl.col("z").abs() >= 3.0)
+            .group_by("row")
+            .agg(pl.col("measure").is_in(list(PERFORMANCE_MEASURES)).all().alias("perf_only"))
         )
         frame = (
             syncs.join(scored, on="row", how="left")
@@ -436,20 +483,27 @@ class FleetModel:
         rules = pl.col("n_rules").fill_null(0) > 0
         review = (pl.col("on_breach") == "review") | pl.col("perf_only").fill_null(False)
         decision = (
-            pl.when(rules).then(pl.lit("pause"))
-            .when(breach & review).then(pl.lit("review"))
-            .when(breach).then(pl.lit("pause"))
+            pl.when(rules)
+            .then(pl.lit("pause"))
+            .when(breach & review)
+            .then(pl.lit("review"))
+            .when(breach)
+            .then(pl.lit("pause"))
             .otherwise(pl.lit("proceed"))
         )
         severity = (
-            pl.when(decision == "pause").then(pl.col("severity"))
-            .when(decision == "review").then(pl.lit("low"))
+            pl.when(decision == "pause")
+            .then(pl.col("severity"))
+            .when(decision == "review")
+            .then(pl.lit("low"))
             .otherwise(pl.lit("info"))
         )
         return frame.with_columns(
             decision.alias("decision"),
             severity.alias("severity"),
-            (-pl.col("tail_probability").clip(lower_bound=1e-300).log10()).alias("score"),
+            (-pl.col("tail_probability").clip(lower_bound=1e-300).log10())
+            .clip(lower_bound=0.0)
+            .alias("score"),
             (-pl.col("alpha").log10()).alias("cutoff"),
             (~pl.col("connector_id").is_in(list(known))).alias("cold_start"),
         )
@@ -457,24 +511,37 @@ class FleetModel:
     def _result(self, final, state, facts) -> ScoreResult:
         decided = final["decided"]
         paused_after = (
-            (pl.col("decision") == "pause").cast(pl.Int32).cum_sum().over(
-                "connector_id", order_by="seq"
-            )
+            (pl.col("decision") == "pause")
+            .cast(pl.Int32)
+            .cum_sum()
+            .over("connector_id", order_by="seq")
             > 0
         ) | pl.col("paused")
         decided = decided.with_columns(paused_after.alias("connector_paused"))
         results = decided.sort("row").select(
-            "sync_id", "connector_id", "connector_kind", "started_at", "decision", "severity",
-            "criticality", "score", "cutoff", "tail_probability", "connector_paused",
-            "cold_start", "paused",
+            "sync_id",
+            "connector_id",
+            "connector_kind",
+            "started_at",
+            "decision",
+            "severity",
+            "criticality",
+            "score",
+            "cutoff",
+            "tail_probability",
+            "connector_paused",
+            "cold_start",
+            "paused",
         )
         flagged = decided.filter(pl.col("decision") != "proceed")["row"]
         resid = final["resid"].filter(pl.col("row").is_in(flagged.implode()))
         baseline_rows = []
         for base, is_pooled in ((self.baseline_, False), (self.pooled_baseline_, True)):
-            part = resid.filter(pl.col("connector_kind").is_in(
-                base.series_["connector_kind"].unique().to_list()) if is_pooled
-                else pl.col("connector_id").is_in(base.series_["connector_id"].unique().to_list()))
+            part = resid.filter(
+                pl.col("connector_kind").is_in(base.series_["connector_kind"].unique().to_list())
+                if is_pooled
+                else pl.col("connector_id").is_in(base.series_["connector_id"].unique().to_list())
+            )
             if part.height:
                 baseline_rows.append(base.expected_raw(part))
         explained = pl.concat(baseline_rows, how="diagonal_relaxed") if baseline_rows else None
@@ -482,14 +549,24 @@ class FleetModel:
         reasons = (
             reasons_frame(explained, flagged).join(ids, on="row").sort("row", "rank")
             if explained is not None and explained.height
-            else pl.DataFrame(schema={"sync_id": pl.String, "rank": pl.Int64, "metric": pl.String,
-                                      "observed": pl.Float64, "expected": pl.Float64,
-                                      "range_lo": pl.Float64, "range_hi": pl.Float64,
-                                      "distance": pl.Float64, "description": pl.String})
+            else pl.DataFrame(
+                schema={
+                    "sync_id": pl.String,
+                    "rank": pl.Int64,
+                    "metric": pl.String,
+                    "observed": pl.Float64,
+                    "expected": pl.Float64,
+                    "range_lo": pl.Float64,
+                    "range_hi": pl.Float64,
+                    "distance": pl.Float64,
+                    "description": pl.String,
+                }
+            )
         )
         hits = final["hits"].join(ids, on="row").sort("row")
-        new_state, new_facts = _next_state(final["syncs"], final["features"], state, facts,
-                                           decided=decided)
+        new_state, new_facts = _next_state(
+            final["syncs"], final["features"], state, facts, decided=decided
+        )
         return ScoreResult(
             results=results,
             reasons=reasons.drop("row", strict=False),
@@ -504,9 +581,11 @@ class FleetModel:
         self._check_fitted()
         arrays: dict[str, np.ndarray] = {}
         frames = {
-            "intervals": self.intervals_, "columns": self.columns_,
+            "intervals": self.intervals_,
+            "columns": self.columns_,
             "expected_resources": self.expected_resources_,
-            "baseline.series": self.baseline_.series_, "baseline.profile": self.baseline_.profile_,
+            "baseline.series": self.baseline_.series_,
+            "baseline.profile": self.baseline_.profile_,
             "pooled.series": self.pooled_baseline_.series_,
             "pooled.profile": self.pooled_baseline_.profile_,
         }
@@ -523,12 +602,17 @@ class FleetModel:
             arrays.update(cal.to_arrays(f"calibration/{key}/"))
         arrays["groups"] = np.asarray(self.groups_, dtype=str)
         config = {
-            "n_estimators": self.n_estimators, "max_samples": self.max_samples,
-            "min_history": self.min_history, "baseline_method": self.baseline_method,
-            "random_state": self.random_state, "frames": schemas,
-            "policy": {"criticalities": self.policy_.criticalities,
-                       "rules": list(self.policy_.rules),
-                       "default_criticality": self.policy_.default_criticality},
+            "n_estimators": self.n_estimators,
+            "max_samples": self.max_samples,
+            "min_history": self.min_history,
+            "baseline_method": self.baseline_method,
+            "random_state": self.random_state,
+            "frames": schemas,
+            "policy": {
+                "criticalities": self.policy_.criticalities,
+                "rules": list(self.policy_.rules),
+                "default_criticality": self.policy_.default_criticality,
+            },
         }
         return arrays, config
 
@@ -536,8 +620,10 @@ class FleetModel:
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], config: Mapping) -> FleetModel:
         """Rebuild a fitted model from :meth:`to_arrays` output."""
         model = cls(
-            n_estimators=config["n_estimators"], max_samples=config["max_samples"],
-            min_history=config["min_history"], baseline_method=config["baseline_method"],
+            n_estimators=config["n_estimators"],
+            max_samples=config["max_samples"],
+            min_history=config["min_history"],
+            baseline_method=config["baseline_method"],
             random_state=config["random_state"],
         )
 
@@ -565,13 +651,15 @@ class FleetModel:
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("forest/")}
         )
         model.calibrators_ = {
-            key: TailCalibrator.from_arrays(arrays, f"calibration/{key}/")
-            for key in _CALIBRATORS
+            key: TailCalibrator.from_arrays(arrays, f"calibration/{key}/") for key in _CALIBRATORS
         }
         model.groups_ = [str(g) for g in arrays["groups"]]
         pol = config["policy"]
-        model.policy_ = Policy(criticalities=pol["criticalities"], rules=tuple(pol["rules"]),
-                               default_criticality=pol["default_criticality"])
+        model.policy_ = Policy(
+            criticalities=pol["criticalities"],
+            rules=tuple(pol["rules"]),
+            default_criticality=pol["default_criticality"],
+        )
         model.policy = model.policy_
         return model
 
@@ -582,11 +670,15 @@ def _max_abs(x: np.ndarray) -> np.ndarray:
 
 
 def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
-    return syncs.group_by("connector_id").agg(
-        pl.col("connector_kind").first(),
-        pl.col("gap_s").drop_nulls().median().fill_null(86400.0).alias("interval_s"),
-        pl.len().alias("n_syncs"),
-    ).sort("connector_id")
+    return (
+        syncs.group_by("connector_id")
+        .agg(
+            pl.col("connector_kind").first(),
+            pl.col("gap_s").drop_nulls().median().fill_null(86400.0).alias("interval_s"),
+            pl.len().alias("n_syncs"),
+        )
+        .sort("connector_id")
+    )
 
 
 def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
@@ -602,15 +694,22 @@ def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
 
 
 def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
-    ok = syncs.filter(pl.col("status") != "failed").group_by("connector_id").agg(
-        pl.len().alias("n_ok")
+    ok = (
+        syncs.filter(pl.col("status") != "failed")
+        .group_by("connector_id")
+        .agg(pl.len().alias("n_ok"))
     )
-    seen = features.filter(pl.col("kind") == "count").group_by("connector_id", "resource").agg(
-        pl.len().alias("n_seen")
+    seen = (
+        features.filter(pl.col("kind") == "count")
+        .group_by("connector_id", "resource")
+        .agg(pl.len().alias("n_seen"))
     )
-    return seen.join(ok, on="connector_id").filter(
-        (pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10)
-    ).select("connector_id", "resource").sort("connector_id", "resource")
+    return (
+        seen.join(ok, on="connector_id")
+        .filter((pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10))
+        .select("connector_id", "resource")
+        .sort("connector_id", "resource")
+    )
 
 
 def _with_fleet_copy(features: pl.DataFrame) -> pl.DataFrame:
@@ -627,9 +726,11 @@ def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFra
     n = syncs.filter(pl.col("status") != "failed").group_by(key).agg(pl.len().alias("n"))
     present = features.group_by(key, "measure").agg(pl.col("row").n_unique().alias("k"))
     kept = present.join(n, on=key).filter(pl.col("k") >= _MIN_SERIES_SHARE * pl.col("n"))
-    return kept.sort(key, "measure").with_columns(
-        pl.int_range(pl.len()).over(key).alias("col")
-    ).select(pl.col(key).alias("group"), "measure", "col")
+    return (
+        kept.sort(key, "measure")
+        .with_columns(pl.int_range(pl.len()).over(key).alias("col"))
+        .select(pl.col(key).alias("group"), "measure", "col")
+    )
 
 
 def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -642,18 +743,33 @@ def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFra
         rows = rows.with_columns(pl.lit(False).alias("held"))
     rows = rows.sort("connector_id", "measure", "started_at", "row")
     last = rows.group_by("connector_id", "measure").agg(pl.col("value").last())
-    ref = rows.filter(~pl.col("held").fill_null(False)).group_by("connector_id", "measure").agg(
-        pl.col("value").last().alias("ref_value")
+    ref = (
+        rows.filter(~pl.col("held").fill_null(False))
+        .group_by("connector_id", "measure")
+        .agg(pl.col("value").last().alias("ref_value"))
     )
     batch_state = last.join(ref, on=["connector_id", "measure"], how="left")
     if state is not None and state.height:
-        old = state.join(batch_state.select("connector_id", "measure"), on=["connector_id", "measure"], how="anti")
+        old = state.join(
+            batch_state.select("connector_id", "measure"),
+            on=["connector_id", "measure"],
+            how="anti",
+        )
         prev_ref = state.select("connector_id", "measure", pl.col("ref_value").alias("_old_ref"))
-        batch_state = batch_state.join(prev_ref, on=["connector_id", "measure"], how="left").with_columns(
-            pl.coalesce("ref_value", "_old_ref").alias("ref_value")
-        ).drop("_old_ref")
-        batch_state = pl.concat([old.select(list(STATE_SCHEMA)), batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA)])
-    new_state = batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("connector_id", "measure")
+        batch_state = (
+            batch_state.join(prev_ref, on=["connector_id", "measure"], how="left")
+            .with_columns(pl.coalesce("ref_value", "_old_ref").alias("ref_value"))
+            .drop("_old_ref")
+        )
+        batch_state = pl.concat(
+            [
+                old.select(list(STATE_SCHEMA)),
+                batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA),
+            ]
+        )
+    new_state = (
+        batch_state.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA).sort("connector_id", "measure")
+    )
 
     paused_now = (
         decided.group_by("connector_id").agg(
@@ -662,12 +778,21 @@ def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFra
         if decided is not None
         else syncs.select("connector_id").unique().with_columns(pl.lit(False).alias("_p"))
     )
-    batch_facts = syncs.group_by("connector_id").agg(
-        pl.col("finished_at").filter(pl.col("status") != "failed").max().alias("state_last_success"),
-        pl.col("started_at").max().alias("state_last_start"),
-    ).join(paused_now, on="connector_id", how="left")
+    batch_facts = (
+        syncs.group_by("connector_id")
+        .agg(
+            pl.col("finished_at")
+            .filter(pl.col("status") != "failed")
+            .max()
+            .alias("state_last_success"),
+            pl.col("started_at").max().alias("state_last_start"),
+        )
+        .join(paused_now, on="connector_id", how="left")
+    )
     if facts is not None and facts.height:
-        batch_facts = batch_facts.join(facts, on="connector_id", how="left", suffix="_old").with_columns(
+        batch_facts = batch_facts.join(
+            facts, on="connector_id", how="left", suffix="_old"
+        ).with_columns(
             pl.coalesce("state_last_success", "state_last_success_old").alias("state_last_success"),
             (pl.col("_p").fill_null(False) | pl.col("state_paused").fill_null(False)).alias("_p"),
         )
@@ -675,9 +800,13 @@ def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFra
     else:
         untouched = None
     batch_facts = batch_facts.select(
-        "connector_id", "state_last_success", "state_last_start",
+        "connector_id",
+        "state_last_success",
+        "state_last_start",
         pl.col("_p").fill_null(False).alias("state_paused"),
     ).cast(_FACTS_SCHEMA)
     if untouched is not None and untouched.height:
-        batch_facts = pl.concat([untouched.select(list(_FACTS_SCHEMA)).cast(_FACTS_SCHEMA), batch_facts])
+        batch_facts = pl.concat(
+            [untouched.select(list(_FACTS_SCHEMA)).cast(_FACTS_SCHEMA), batch_facts]
+        )
     return new_state, batch_facts.sort("connector_id")

@@ -56,52 +56,71 @@ def rule_hits(
             syncs.filter(pl.col("status") == "failed").select(
                 "row",
                 pl.lit("sync_failed").alias("rule"),
-                pl.format("status failed (error_class {})", pl.col("error_class").fill_null("none"))
-                .alias("detail"),
+                pl.format(
+                    "status failed (error_class {})", pl.col("error_class").fill_null("none")
+                ).alias("detail"),
             ),
             syncs.filter(pl.col("error_class") == "auth").select(
-                "row", pl.lit("auth_failure").alias("rule"),
+                "row",
+                pl.lit("auth_failure").alias("rule"),
                 pl.format("error_class auth with status {}", pl.col("status")).alias("detail"),
             ),
         ]
     )
     zero = features.filter(
-        (pl.col("kind") == "count") & (pl.col("value") == 0)
-        & (pl.col("reference") >= MIN_RECORDS)
+        (pl.col("kind") == "count") & (pl.col("value") == 0) & (pl.col("reference") >= MIN_RECORDS)
     ).select(
-        "row", pl.lit("count_to_zero").alias("rule"),
-        pl.format("{} returned 0 records (previously {})", pl.col("resource"),
-                  _fmt(pl.col("reference"))).alias("detail"),
+        "row",
+        pl.lit("count_to_zero").alias("rule"),
+        pl.format(
+            "{} returned 0 records (previously {})", pl.col("resource"), _fmt(pl.col("reference"))
+        ).alias("detail"),
     )
     # Only a field that was really populated: on a 7-record set whose field is 90% null,
     # all-null is one record away and happens in normal life.
     populated = (1.0 - pl.col("reference")) * pl.col("exposure").fill_null(0.0)
     all_null = features.filter(
-        (pl.col("kind") == "rate") & (pl.col("value") >= 1.0) & (pl.col("reference") < 1.0)
-        & (populated >= MIN_RECORDS) & (pl.col("current_size").fill_null(0) >= MIN_RECORDS)
+        (pl.col("kind") == "rate")
+        & (pl.col("value") >= 1.0)
+        & (pl.col("reference") < 1.0)
+        & (populated >= MIN_RECORDS)
+        & (pl.col("current_size").fill_null(0) >= MIN_RECORDS)
     ).select(
-        "row", pl.lit("field_entirely_null").alias("rule"),
-        pl.format("{} is null on all records (previously {}% null)",
-                  pl.col("measure").str.replace(".null_rate.", ".", literal=True),
-                  (pl.col("reference") * 100).round(1)).alias("detail"),
+        "row",
+        pl.lit("field_entirely_null").alias("rule"),
+        pl.format(
+            "{} is null on all records (previously {}% null)",
+            pl.col("measure").str.replace(".null_rate.", ".", literal=True),
+            (pl.col("reference") * 100).round(1),
+        ).alias("detail"),
     )
-    late = syncs.join(intervals, on="connector_id", how="inner").filter(
-        (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("interval_s"))
-        & (pl.col("fresh_gap_s") - pl.col("interval_s") > 3600.0)
-    ).select(
-        "row", pl.lit("overdue_sync").alias("rule"),
-        pl.format("{} h since the previous successful sync (usual interval {} h)",
-                  (pl.col("fresh_gap_s") / 3600).round(1),
-                  (pl.col("interval_s") / 3600).round(1)).alias("detail"),
+    late = (
+        syncs.join(intervals, on="connector_id", how="inner")
+        .filter(
+            (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("interval_s"))
+            & (pl.col("fresh_gap_s") - pl.col("interval_s") > 3600.0)
+        )
+        .select(
+            "row",
+            pl.lit("overdue_sync").alias("rule"),
+            pl.format(
+                "{} h since the previous successful sync (usual interval {} h)",
+                (pl.col("fresh_gap_s") / 3600).round(1),
+                (pl.col("interval_s") / 3600).round(1),
+            ).alias("detail"),
+        )
     )
     parts = [status_hits, zero, all_null, late]
     if expected_resources is not None and expected_resources.height:
         reported = features.filter(pl.col("kind") == "count").select("row", "resource")
-        want = syncs.filter(pl.col("status") != "failed").select("row", "connector_id").join(
-            expected_resources, on="connector_id", how="inner"
+        want = (
+            syncs.filter(pl.col("status") != "failed")
+            .select("row", "connector_id")
+            .join(expected_resources, on="connector_id", how="inner")
         )
         missing = want.join(reported, on=["row", "resource"], how="anti").select(
-            "row", pl.lit("resource_missing").alias("rule"),
+            "row",
+            pl.lit("resource_missing").alias("rule"),
             pl.format("{} is missing from the sync", pl.col("resource")).alias("detail"),
         )
         parts.append(missing)

@@ -237,7 +237,7 @@ def test_counts_follow_churn_between_consecutive_normal_syncs(fleet: dict) -> No
 
 def test_weekend_churn_per_record_is_lower_than_weekday(fleet: dict) -> None:
     week = defaultdict(list)
-    for r0, r1, meta in _clean_pairs(fleet):
+    for _, r1, meta in _clean_pairs(fleet):
         if meta["connector_kind"] not in HUMAN_KINDS or meta["interval_h"] > 6:
             continue
         prim = next(iter(r1["resources"].values()))
@@ -348,14 +348,14 @@ def test_fault_classes_have_their_signatures(fleet: dict) -> None:
     def counts(rec: dict) -> dict[str, int]:
         return {t: s["count"] for t, s in rec["resources"].items()}
 
-    for before, during, _ in _episodes(fleet, "auth_failure"):
+    for _, during, _ in _episodes(fleet, "auth_failure"):
         for rec, _ in during:
             assert rec["status"] == "failed" and rec["error_class"] == "auth"
             assert "resources" not in rec
-    for before, during, _ in _episodes(fleet, "empty_success"):
+    for _, during, _ in _episodes(fleet, "empty_success"):
         rec = during[0][0]
         assert rec["status"] == "succeeded" and 0 in counts(rec).values()
-    for before, during, _ in _episodes(fleet, "partial_reported"):
+    for _, during, _ in _episodes(fleet, "partial_reported"):
         assert all(rec["status"] == "partial" for rec, _ in during)
     for before, during, _ in _episodes(fleet, "partial_silent"):
         rec, prev = during[0][0], before[-1][0]

@@ -24,7 +24,13 @@ import polars as pl
 from detector.features import build_features
 from detector.model import FleetModel, prepare
 
-__all__ = ["BacktestReport", "run_backtest", "fixed_threshold_decisions", "evaluate", "format_table"]
+__all__ = [
+    "BacktestReport",
+    "run_backtest",
+    "fixed_threshold_decisions",
+    "evaluate",
+    "format_table",
+]
 
 
 @dataclass
@@ -41,10 +47,17 @@ class BacktestReport:
 
 
 def _labels_frame(labels: Iterable[Mapping[str, Any]] | pl.DataFrame) -> pl.DataFrame:
-    frame = labels if isinstance(labels, pl.DataFrame) else pl.from_dicts(list(labels), infer_schema_length=None)
+    frame = (
+        labels
+        if isinstance(labels, pl.DataFrame)
+        else pl.from_dicts(list(labels), infer_schema_length=None)
+    )
     return frame.select(
-        "sync_id", "connector_id", "label",
-        pl.col("class").cast(pl.String), pl.col("episode").cast(pl.String),
+        "sync_id",
+        "connector_id",
+        "label",
+        pl.col("class").cast(pl.String),
+        pl.col("episode").cast(pl.String),
     )
 
 
@@ -55,7 +68,8 @@ def _labelled(labels: pl.DataFrame, syncs: pl.DataFrame) -> pl.DataFrame:
         .join(labels.drop("connector_id"), on="sync_id", how="inner")
         .sort("connector_id", "started_at")
         .with_columns(
-            (pl.col("label").shift(1).over("connector_id") == "anomaly").fill_null(False)
+            (pl.col("label").shift(1).over("connector_id") == "anomaly")
+            .fill_null(False)
             .alias("after_fault")
         )
     )
@@ -63,9 +77,11 @@ def _labelled(labels: pl.DataFrame, syncs: pl.DataFrame) -> pl.DataFrame:
 
 def _scorable_normal(labels: pl.DataFrame, syncs: pl.DataFrame) -> pl.DataFrame:
     """Normal syncs that count: not the first one after a fault, when the data comes back."""
-    return _labelled(labels, syncs).filter(
-        (pl.col("label") == "normal") & ~pl.col("after_fault")
-    ).select("sync_id")
+    return (
+        _labelled(labels, syncs)
+        .filter((pl.col("label") == "normal") & ~pl.col("after_fault"))
+        .select("sync_id")
+    )
 
 
 def evaluate(
@@ -77,8 +93,9 @@ def evaluate(
     """
     frame = (
         _labelled(labels, syncs)
-        .join(decisions.select("sync_id", "decision"), on="sync_id", how="left",
-              maintain_order="left")
+        .join(
+            decisions.select("sync_id", "decision"), on="sync_id", how="left", maintain_order="left"
+        )
         .with_columns((pl.col("decision") == "pause").fill_null(False).alias("paused"))
     )
     anomalies = frame.filter(pl.col("label") == "anomaly")
@@ -86,15 +103,20 @@ def evaluate(
         pl.col("paused").any().alias("caught"), pl.col("paused").first().alias("first_caught")
     )
     normal = frame.filter((pl.col("label") == "normal") & ~pl.col("after_fault"))
-    per_class = episodes.group_by("class").agg(
-        pl.len().alias("episodes"), pl.col("caught").mean().alias("recall")
-    ).sort("class")
+    per_class = (
+        episodes.group_by("class")
+        .agg(pl.len().alias("episodes"), pl.col("caught").mean().alias("recall"))
+        .sort("class")
+    )
     n_normal = max(normal.height, 1)
     metrics = {
         "episodes": float(episodes.height),
-        "episode_recall": float(episodes["caught"].mean() or 0.0) if episodes.height else float("nan"),
+        "episode_recall": float(episodes["caught"].mean() or 0.0)
+        if episodes.height
+        else float("nan"),
         "first_sync_recall": float(episodes["first_caught"].mean() or 0.0)
-        if episodes.height else float("nan"),
+        if episodes.height
+        else float("nan"),
         "normal_syncs": float(normal.height),
         "false_pauses": float(normal["paused"].sum()),
         "false_pauses_per_1000": 1000.0 * float(normal["paused"].sum()) / n_normal,
@@ -137,9 +159,9 @@ def fixed_threshold_decisions(
         "okta_20pct_users": per_type.filter(
             user_like & (pl.col("prev") > 100) & (pl.col("lost") > 0.2 * pl.col("prev"))
         ),
-        "entra_500_deletes": per_type.group_by("row").agg(pl.col("lost").sum()).filter(
-            pl.col("lost") >= 500
-        ),
+        "entra_500_deletes": per_type.group_by("row")
+        .agg(pl.col("lost").sum())
+        .filter(pl.col("lost") >= 500),
         "conductorone_halves": per_type.filter(
             (pl.col("prev") > 0) & (pl.col("count") <= 0.5 * pl.col("prev"))
         ),
@@ -152,10 +174,14 @@ def fixed_threshold_decisions(
         feats.join(syncs.select("row", "started_at"), on="row", how="left", suffix="_s")
         .sort("connector_id", "measure", "started_at")
         .with_columns(
-            pl.col("value").rolling_mean_by("started_at", window_size="14d", closed="left")
-            .over("connector_id", "measure").alias("m"),
-            pl.col("value").rolling_std_by("started_at", window_size="14d", closed="left")
-            .over("connector_id", "measure").alias("s"),
+            pl.col("value")
+            .rolling_mean_by("started_at", window_size="14d", closed="left")
+            .over("connector_id", "measure")
+            .alias("m"),
+            pl.col("value")
+            .rolling_std_by("started_at", window_size="14d", closed="left")
+            .over("connector_id", "measure")
+            .alias("s"),
         )
         .filter((pl.col("s") > 0) & ((pl.col("value") - pl.col("m")).abs() > 3 * pl.col("s")))
     )
@@ -164,10 +190,9 @@ def fixed_threshold_decisions(
     test_rows = syncs.filter(is_test).select("row", "sync_id")
     for name, hits in rules.items():
         hit_rows = hits.select("row").unique()
-        out[name] = test_rows.join(hit_rows.with_columns(pl.lit("pause").alias("decision")),
-                                   on="row", how="left").select(
-            "sync_id", pl.col("decision").fill_null("proceed")
-        )
+        out[name] = test_rows.join(
+            hit_rows.with_columns(pl.lit("pause").alias("decision")), on="row", how="left"
+        ).select("sync_id", pl.col("decision").fill_null("proceed"))
     return out
 
 
@@ -219,9 +244,9 @@ def run_backtest(
             rows.append({"method": name, **metrics})
             classes.append(per_class.with_columns(pl.lit(name).alias("method")))
         report.quality = pl.DataFrame(rows)
-        report.per_class = pl.concat(classes).pivot(
-            "method", index="class", values="recall"
-        ).sort("class")
+        report.per_class = (
+            pl.concat(classes).pivot("method", index="class", values="recall").sort("class")
+        )
         normal = breach.join(_scorable_normal(label_frame, t_syncs), on="sync_id")
     else:
         normal = breach
@@ -239,13 +264,30 @@ def run_backtest(
 def format_table(report: BacktestReport) -> str:
     """The quality, per-class and calibration tables as plain text."""
     lines = []
-    with pl.Config(tbl_rows=100, tbl_cols=20, tbl_width_chars=200, float_precision=3,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+    with pl.Config(
+        tbl_rows=100,
+        tbl_cols=20,
+        tbl_width_chars=200,
+        float_precision=3,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+    ):
         if report.quality is not None:
-            lines += ["Quality (test window)", str(report.quality.select(
-                "method", "episodes", "episode_recall", "first_sync_recall",
-                "false_pauses", "normal_syncs", "false_pauses_per_1000", "min_class_recall",
-            ))]
+            lines += [
+                "Quality (test window)",
+                str(
+                    report.quality.select(
+                        "method",
+                        "episodes",
+                        "episode_recall",
+                        "first_sync_recall",
+                        "false_pauses",
+                        "normal_syncs",
+                        "false_pauses_per_1000",
+                        "min_class_recall",
+                    )
+                ),
+            ]
         if report.per_class is not None:
             lines += ["Episode recall per fault class", str(report.per_class)]
     c = report.calibration

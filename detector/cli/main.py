@@ -13,14 +13,14 @@ from typing import Any
 import click
 
 from detector import __version__
-from detector.cli import demo, ingest, simulate, status
+from detector.cli import backtest, demo, ingest, simulate, status
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
 __all__ = ["cli", "COMMANDS"]
 
 COMMANDS: list[click.Command] = [simulate.command, ingest.command, status.command,
-                                 demo.command]
+                                 backtest.command, demo.command]
 """Registered subcommands; a new command module appends its ``command`` here."""
 
 DEBUG_ENV = "SYNCGUARD_DEBUG"

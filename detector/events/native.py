@@ -469,9 +469,13 @@ def schema() -> dict[str, Any]:
 
 
 @cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator(kind: str | None = None) -> jsonschema.Draft202012Validator:
+    """Validator for one variant (``kind``) or, for unknown kinds, the whole schema."""
+    root = schema()
+    # Validating the chosen variant directly gives readable errors; oneOf errors are not.
+    target = {"$defs": root["$defs"], **root["$defs"][kind]} if kind else root
     return jsonschema.Draft202012Validator(
-        schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        target, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
 
 
@@ -486,15 +490,7 @@ def validate(event: Mapping[str, Any]) -> None:
     if not isinstance(event, Mapping):
         raise NativeEventError(f"a native event must be an object, got {type(event).__name__}")
     kind = event.get("event_type")
-    # Validate against the chosen variant directly: oneOf errors are unreadable.
-    root = schema()
-    if kind in _KEY_ORDER:
-        sub = {"$defs": root["$defs"], **root["$defs"][kind]}
-        validator = jsonschema.Draft202012Validator(
-            sub, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-        )
-    else:
-        validator = _validator()
+    validator = _validator(kind if kind in _KEY_ORDER else None)
     errors = sorted(validator.iter_errors(dict(event)), key=lambda e: list(e.absolute_path))
     if errors:
         where = event.get("event_id") or event.get("sync_id") or event.get("connector_id")

@@ -378,14 +378,18 @@ class WebhookSink(SinkBase):
         if self._blocked:
             return
         while True:
+            # Lease first, then read: rows read while holding it cannot be another
+            # process's already-delivered rows.
+            if not self._outbox.acquire(self._owner, self._lease_ttl_s):
+                _log.info("webhook %s: another syncguard process is delivering the outbox; "
+                          "queued events wait for it", self.url)
+                return
             items = self._outbox.head(limit=50)
             if not items:
                 return
             for item in items:
                 # Renewed per item: the lease outlives the worst case of one delivery.
                 if not self._outbox.acquire(self._owner, self._lease_ttl_s):
-                    _log.info("webhook %s: another syncguard process is delivering the "
-                              "outbox; queued events wait for it", self.url)
                     return
                 if not self._deliver(item):
                     self._blocked = True

@@ -41,7 +41,9 @@ class Policy:
             if (
                 ("id" in rule and rule["id"] == connector_id)
                 or ("glob" in rule and fnmatch.fnmatchcase(connector_id, rule["glob"]))
-                or ("kind" in rule and connector_kind is not None and rule["kind"] == connector_kind)
+                or (
+                    "kind" in rule and connector_kind is not None and rule["kind"] == connector_kind
+                )
             ):
                 return rule["criticality"]
         return self.default_criticality

@@ -181,7 +181,7 @@ def simulate_fleet(
     amb_ok = [i for i, s in enumerate(states) if s.conn.entitlement_types()]
     n_amb = round(ambiguous_rate * len(amb_ok) * active_days / 30)
     order = [amb_ok[j] for j in plan.permutation(len(amb_ok))] if amb_ok else []
-    for k in range(0):
+    for k in range(n_amb):
         c = order[k % len(order)]
         s = states[c]
         rng = _episode_rng(seed, 2, k)

@@ -76,6 +76,14 @@ def _holidays(region: str, year: int) -> dict[dt.date, float]:
         days += [d(year, 4, 21), d(year, 5, 1), d(year, 9, 7), d(year, 10, 12), d(year, 11, 2),
                  d(year, 11, 15)]
     days.append(d(year, 12, 25))
+    if region in ("US", "UK"):
+        # A holiday on a weekend is observed on the nearest (US) or next (UK) weekday.
+        for day in list(days):
+            if day.weekday() == 5:
+                days.append(day - dt.timedelta(days=1) if region == "US"
+                            else day + dt.timedelta(days=2))
+            elif day.weekday() == 6:
+                days.append(day + dt.timedelta(days=1))
     out = dict.fromkeys(days, 1.0)
     # Year-end week: not a holiday everywhere, but quiet almost everywhere.
     if region == "JP":

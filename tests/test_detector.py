@@ -1,0 +1,243 @@
+"""The detector on a real simulated fleet: fit, score in time order, explain, persist."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from detector.calibration import TailCalibrator
+from detector.errors import UsageError
+from detector.forest import ArrayIsolationForest
+from detector.frame import measure_kind, measures_frame, to_struct_frame
+from detector.model import FleetModel
+from detector.modelfile import load_model_dir, save_model_dir
+from detector.policy import Policy, load_policy
+from training.simulator import simulate_fleet
+
+CUT = "2026-06-29"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    records, labels = simulate_fleet(8, 42, seed=21)
+    label = {lab["sync_id"]: lab["label"] for lab in labels}
+    history = [r for r in records if r["started_at"] < CUT]
+    test = [r for r in records if r["started_at"] >= CUT and label[r["sync_id"]] == "normal"]
+    clean = [r for r in history if label[r["sync_id"]] == "normal"]
+    model = FleetModel(n_estimators=30).fit(clean)
+    state, facts = model.initial_state(history)
+    return model, history, test, state, facts
+
+
+def _last_normal(fleet, connector_prefix: str) -> dict:
+    _, history, test, _, _ = fleet
+    return next(r for r in test if r["connector_id"].startswith(connector_prefix))
+
+
+def _score_one(fleet, record):
+    model, _, _, state, facts = fleet
+    return model.score([record], state=state, facts=facts)
+
+
+def test_measure_kind_expression_matches_function():
+    names = [
+        "user.count",
+        "user.removed",
+        "user.null_rate.email",
+        "api.errors",
+        "api.latency_p95_ms",
+        "metric.mfa",
+        "sync.duration_s",
+        "group.duplicates",
+    ]
+    record = {
+        "sync_id": "a",
+        "connector_id": "c",
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:00Z",
+        "status": "succeeded",
+        "resources": {
+            "user": {"count": 3, "removed": 1, "null_rates": {"email": 0.1}},
+            "group": {"count": 2, "duplicates": 0},
+        },
+        "api": {"errors": 0, "latency_p95_ms": 3.0},
+        "metrics": {"mfa": 0.9},
+    }
+    frame = measures_frame(to_struct_frame([record]))
+    kinds = dict(zip(frame["measure"], frame["kind"], strict=True))
+    for name in names:
+        if name in kinds:
+            assert kinds[name] == measure_kind(name), name
+    assert kinds["user.null_rate.email"] == "rate"
+    assert kinds["user.removed"] == "events"
+
+
+def test_array_forest_matches_scikit_learn():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5))
+    ours = ArrayIsolationForest(n_estimators=40, random_state=7).fit([x])
+    ref = IsolationForest(n_estimators=40, max_samples=256, random_state=7).fit(x)
+    probe = rng.normal(size=(50, 5)) * 3
+    np.testing.assert_allclose(
+        ours.score_samples(probe, np.zeros(50, int)), -ref.score_samples(probe), rtol=1e-12
+    )
+
+
+def test_calibrator_far_tail_within_factor_two():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(4), 3000)
+    scores = rng.standard_t(df=5, size=groups.size) * (1 + groups)
+    cal = TailCalibrator().fit(scores, groups, n_groups=4)
+    fresh = rng.standard_t(df=5, size=(4, 200_000)) * (1 + np.arange(4))[:, None]
+    for alpha in (1e-2, 1e-3):
+        cut = cal.cutoff(np.full(4, alpha), np.arange(4))
+        realised = (fresh > cut[:, None]).mean()
+        assert 0.5 * alpha <= realised <= 2 * alpha, (alpha, realised)
+
+
+def test_normal_sync_proceeds_with_score_and_cutoff(fleet):
+    record = _last_normal(fleet, "okta")
+    result = _score_one(fleet, record).results.row(0, named=True)
+    assert result["decision"] == "proceed"
+    assert result["score"] < result["cutoff"]
+    assert 0.0 <= result["tail_probability"] <= 1.0
+
+
+def test_partial_dataset_pauses_with_count_reason(fleet):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    user = record["resources"]["user"]
+    lost = user["count"] // 2
+    user["count"] -= lost
+    user["removed"] = user.get("removed", 0) + lost
+    out = _score_one(fleet, record)
+    assert out.results["decision"][0] == "pause"
+    metrics = out.reasons["metric"].to_list()
+    assert metrics and any(m.startswith("user.") for m in metrics[:2]), metrics
+    top = out.reasons.row(0, named=True)
+    assert top["expected"] is not None and top["range_lo"] <= top["expected"] <= top["range_hi"]
+    assert "expected" in top["description"]
+
+
+def test_schema_drift_pauses_and_names_the_field(fleet):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    record["resources"]["user"]["null_rates"]["email"] = 0.97
+    out = _score_one(fleet, record)
+    assert out.results["decision"][0] == "pause"
+    assert "user.null_rate.email" in out.reasons["metric"].to_list()
+
+
+def test_duplicates_from_retry_loop_pause(fleet):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    user = record["resources"]["user"]
+    user["duplicates"] = user["count"] // 5
+    user["count"] += user["duplicates"]
+    assert _score_one(fleet, record).results["decision"][0] == "pause"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        (lambda r: r.update(status="failed", error_class="timeout", resources={}), "sync_failed"),
+        (lambda r: r.update(error_class="auth", status="failed"), "auth_failure"),
+        (lambda r: r["resources"]["user"].update(count=0), "count_to_zero"),
+        (lambda r: r["resources"]["user"]["null_rates"].update(email=1.0), "field_entirely_null"),
+    ],
+)
+def test_rules_always_win(fleet, mutate, rule):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    mutate(record)
+    out = _score_one(fleet, record)
+    assert out.results["decision"][0] == "pause"
+    assert rule in out.rule_hits["rule"].to_list()
+
+
+def test_unknown_connector_is_scored_cold(fleet):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    record["connector_id"] = "okta-brand-new"
+    record["sync_id"] = "okta-brand-new:1"
+    result = _score_one(fleet, record).results.row(0, named=True)
+    assert result["cold_start"] is True
+    assert result["decision"] in ("proceed", "review", "pause")
+
+
+def test_batch_equals_one_at_a_time(fleet):
+    model, _, test, state, facts = fleet
+    batch = test[:60]
+    # A fault in the middle, so the paused mode is exercised too.
+    batch = copy.deepcopy(batch)
+    victim = next(i for i, r in enumerate(batch[10:], 10) if r["connector_id"].startswith("okta"))
+    batch[victim]["resources"]["user"]["count"] //= 3
+    whole = model.score(batch, state=state, facts=facts).results
+    one_by_one = []
+    s, f = state, facts
+    for record in sorted(batch, key=lambda r: r["started_at"]):
+        out = model.score([record], state=s, facts=f)
+        s, f = out.state, out.facts
+        one_by_one.append(out.results)
+    single = pl.concat(one_by_one)
+    joined = whole.join(single, on="sync_id", suffix="_single")
+    assert joined.height == len(batch)
+    assert (joined["decision"] == joined["decision_single"]).all()
+    np.testing.assert_allclose(joined["score"], joined["score_single"], rtol=1e-9, atol=1e-9)
+    assert (joined["connector_paused"] == joined["connector_paused_single"]).all()
+    assert whole.filter(pl.col("decision") == "pause").height >= 1
+
+
+def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:12]
+    for record in okta[2:]:  # a level shift from the third sync on that nobody fixes
+        record["resources"]["user"]["null_rates"]["manager"] = 0.6
+    out = model.score(okta, state=state, facts=facts).results
+    decisions = out["decision"].to_list()
+    assert decisions[2] == "pause"
+    assert decisions[4:].count("pause") <= 1
+    assert out["connector_paused"].to_list()[3:] == [True] * (len(okta) - 3)
+
+
+def test_model_round_trips_through_a_model_file(fleet, tmp_path):
+    model, _, test, state, facts = fleet
+    arrays, config = model.to_arrays()
+    save_model_dir(tmp_path / "m", arrays=arrays, config=config)
+    loaded = load_model_dir(tmp_path / "m")
+    again = FleetModel.from_arrays(loaded.arrays, loaded.config)
+    a = model.score(test[:40], state=state, facts=facts).results
+    b = again.score(test[:40], state=state, facts=facts).results
+    assert a["decision"].to_list() == b["decision"].to_list()
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-9)
+
+
+def test_policy_matches_id_glob_kind(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        '[[connector]]\nid = "hr-main"\ncriticality = "leaver"\n'
+        '[[connector]]\nglob = "vault-*"\ncriticality = "nhi"\n'
+        '[[connector]]\nkind = "github"\ncriticality = "reporting"\n'
+        "[criticality.standard]\nbudget_days = 60\n"
+    )
+    policy = load_policy(path)
+    assert policy.criticality_of("hr-main", "workday") == "leaver"
+    assert policy.criticality_of("vault-prod", "vault") == "nhi"
+    assert policy.criticality_of("gh", "github") == "reporting"
+    assert policy.criticality_of("okta-1", "okta") == "standard"
+    assert policy.criticalities["standard"]["budget_days"] == 60
+    alpha = Policy.alpha(np.array([1 / 30]), np.array([3600.0]))[0]
+    assert alpha == pytest.approx(1 / 720)
+
+
+def test_policy_errors_name_the_problem(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[connector]]\nglob = "x*"\ncriticality = "vip"\n')
+    with pytest.raises(UsageError, match="connector rule 1: criticality must be one of"):
+        load_policy(path)
+
+
+def test_fit_needs_history():
+    with pytest.raises(ValueError, match="at least one sync"):
+        FleetModel().fit([])
+    with pytest.raises(RuntimeError, match="call fit first"):
+        FleetModel().score([])
