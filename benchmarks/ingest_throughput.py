@@ -54,6 +54,36 @@ def median_rate(n: int, runs: int, job: Callable[[int], None]) -> tuple[float, f
     return n / mid, mid
 
 
+def measure(records: list[dict[str, Any]], tmp: Path,
+            runs: int) -> list[tuple[str, float, float]]:
+    """Time each stage over ``records``; rows of (stage, records/s, median seconds)."""
+    n = len(records)
+    path = tmp / "syncs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    lines = path.read_bytes().splitlines(keepends=True)
+
+    def parse(_: int) -> None:
+        accepted = sum(hasattr(r, "content_hash") for r in parse_lines(lines))
+        if accepted != n:
+            raise SystemExit(f"benchmark input has {n - accepted} rejected records")
+
+    stores = [tmp / f"store-{run}.sqlite" for run in range(runs)]
+
+    def ingest(run: int, expect: str) -> None:
+        with Store.open(stores[run]) as store:
+            report = store.ingest(read_inputs([str(path)]), source="bench", actor="bench")
+        if report.counts()[expect] != n:
+            raise SystemExit(f"unexpected ingest outcome: {report.counts()}")
+
+    stages: list[tuple[str, Callable[[int], None]]] = [
+        ("validate_record (parsed dicts)", lambda _: [validate_record(r) for r in records]),
+        ("parse_lines (JSON Lines bytes -> Accepted)", parse),
+        ("read_inputs + Store.ingest, fresh store", lambda run: ingest(run, "accepted")),
+        ("read_inputs + Store.ingest, all replays", lambda run: ingest(run, "replayed")),
+    ]
+    return [(name, *median_rate(n, runs, job)) for name, job in stages]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connectors", type=int, default=100)
@@ -63,46 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     records, origin = load_fleet(args.connectors, args.days, args.seed)
-    n = len(records)
-    tmp = Path(tempfile.mkdtemp(prefix="syncguard-bench-"))
-    path = tmp / "syncs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    lines = path.read_bytes().splitlines(keepends=True)
-    size_mib = path.stat().st_size / 2**20
-
-    def check(results: list[Any]) -> None:
-        bad = [r for r in results if not hasattr(r, "content_hash")]
-        if bad:
-            raise SystemExit(f"benchmark input has {len(bad)} rejected records, e.g. {bad[0]}")
-
-    rows: list[tuple[str, float, float]] = []
-    rate, sec = median_rate(n, args.runs, lambda _: [validate_record(r) for r in records])
-    rows.append(("validate_record (parsed dicts)", rate, sec))
-    rate, sec = median_rate(n, args.runs, lambda _: check(list(parse_lines(lines))))
-    rows.append(("parse_lines (JSON Lines bytes -> Accepted)", rate, sec))
-
-    stores = [tmp / f"store-{run}.sqlite" for run in range(args.runs)]
-
-    def ingest(run: int) -> None:
-        with Store.open(stores[run]) as store:
-            report = store.ingest(read_inputs([str(path)]), source="bench", actor="bench")
-        assert report.accepted == n, report.counts()
-
-    rate, sec = median_rate(n, args.runs, ingest)
-    rows.append(("read_inputs + Store.ingest, fresh store", rate, sec))
-
-    def replay(run: int) -> None:
-        with Store.open(stores[run]) as store:
-            report = store.ingest(read_inputs([str(path)]), source="bench", actor="bench")
-        assert report.replayed == n, report.counts()
-
-    rate, sec = median_rate(n, args.runs, replay)
-    rows.append(("read_inputs + Store.ingest, all replays", rate, sec))
-
+    with tempfile.TemporaryDirectory(prefix="syncguard-bench-") as tmp:
+        rows = measure(records, Path(tmp), args.runs)
     print(f"fleet: {args.connectors} connectors x {args.days} days, seed {args.seed}: "
-          f"{n} records, {size_mib:.1f} MiB JSON Lines")
+          f"{len(records)} records (~{len(json.dumps(records[0]))} bytes each)")
     print(f"records from: {origin}")
-    print(f"median of {args.runs} runs\n")
+    print(f"median of {args.runs} runs; store stages use a fresh store per run\n")
     print(f"{'stage':<46} {'records/s':>10} {'seconds':>8}")
     for name, rate, sec in rows:
         print(f"{name:<46} {rate:>10,.0f} {sec:>8.2f}")

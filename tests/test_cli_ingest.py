@@ -176,6 +176,11 @@ def _fake_simulator(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     fake = types.ModuleType("training.simulator")
     fake.write_fleet = write_fleet  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "training.simulator", fake)
+    # Once the real simulator is imported, `from training import simulator` reads the
+    # package attribute, not sys.modules: patch both.
+    import training
+
+    monkeypatch.setattr(training, "simulator", fake, raising=False)
     return calls
 
 
