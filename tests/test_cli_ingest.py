@@ -230,3 +230,14 @@ def test_real_process_exit_codes_and_home_env(tmp_path: Path) -> None:
     assert "Traceback" not in usage.stderr
     status = run_syncguard("status", "--json", home=home)
     assert [r["connector_id"] for r in json.loads(status.stdout)] == ["okta-prod"]
+
+
+def test_real_simulator_output_meets_the_contract(tmp_path: Path) -> None:
+    pytest.importorskip("training.simulator")
+    home = tmp_path / "h"
+    simulated = run_syncguard("simulate", "--connectors", "4", "--days", "3", "--seed", "1",
+                              "--out", tmp_path / "fleet", home=home)
+    assert simulated.returncode == 0, simulated.stderr
+    ingested = run_syncguard("ingest", tmp_path / "fleet" / "syncs.jsonl", home=home)
+    assert ingested.returncode == 0, ingested.stderr
+    assert ingested.stdout.endswith("0 replayed, 0 conflicts, 0 rejected\n")

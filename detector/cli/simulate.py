@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,7 +20,7 @@ def load_simulator() -> ModuleType:
     """Import ``training.simulator`` lazily: scoring never needs it, and importing it
     costs time on every other command."""
     try:
-        import training.simulator as simulator
+        simulator = importlib.import_module("training.simulator")
     except ImportError as exc:
         raise SyncguardError(f"the fleet simulator is not available: {exc}") from exc
     if not hasattr(simulator, "write_fleet"):
