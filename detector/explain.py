@@ -26,11 +26,6 @@ def _num(x: pl.Expr) -> pl.Expr:
     )
 
 
-def _metric_name(measure: pl.Expr) -> pl.Expr:
-    """``user.count`` stays; count reasons are about the change, churn about the count."""
-    return measure
-
-
 def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.DataFrame:
     """Ranked reasons per sync row (top :data:`MAX_REASONS` with ``|z| >= REASON_Z``).
 
@@ -62,7 +57,7 @@ def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.Data
     return picked.select(
         "row",
         "rank",
-        _metric_name(pl.col("measure")).alias("metric"),
+        pl.col("measure").alias("metric"),
         pl.col("value").alias("observed"),
         pl.col("expected_raw").alias("expected"),
         "range_lo",

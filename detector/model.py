@@ -178,7 +178,7 @@ class FleetModel:
         self.columns_ = pl.concat(
             [
                 _layout(per_connector, "connector_id", syncs),
-                _layout(pooled, "connector_kind", _with_fleet_copy_syncs(syncs)),
+                _layout(pooled, "connector_kind", _with_fleet_copy(syncs)),
             ]
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
@@ -219,13 +219,6 @@ class FleetModel:
         halves = []
         for frame, key in ((per_connector, "connector_id"), (pooled, "connector_kind")):
             if key == "connector_id":
-                half = (
-                    (pl.col("seq") * 2 // pl.col("seq").max().over("connector_id") + 1).clip(
-                        upper_bound=2
-                    )
-                    if "seq" in frame.columns
-                    else None
-                )
                 frame = frame.join(
                     frame.select("row", "connector_id")
                     .unique()
@@ -237,7 +230,7 @@ class FleetModel:
             else:
                 # Pooled: hold out whole connectors, the way a cold start meets the model.
                 frame = frame.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b"))
-            halves.append((frame, key, half if key == "connector_id" else None))
+            halves.append((frame, key))
         scores: dict[str, list[np.ndarray]] = {
             "forest": [],
             "max_z": [],
@@ -247,7 +240,7 @@ class FleetModel:
         }
         for fold in (False, True):
             fit_parts, score_parts = [], []
-            for frame, key, _ in halves:
+            for frame, key in halves:
                 fit_parts.append(
                     (frame.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False), key)
                 )
@@ -316,13 +309,8 @@ class FleetModel:
             x, rows, group = self._matrix(frame.with_columns(pl.col(key).alias("group")), width)
             for g in np.unique(group):
                 sel = group == g
-                name = self._group_names[g]
-                out[group_index[name]] = (x[sel], rows[sel])
+                out[group_index[self.groups_[g]]] = (x[sel], rows[sel])
         return out
-
-    @property
-    def _group_names(self) -> list[str]:
-        return self.groups_
 
     def _matrix(self, resid: pl.DataFrame, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scatter long residual rows into a (syncs x width) matrix per their group layout."""
@@ -712,13 +700,9 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
     )
 
 
-def _with_fleet_copy(features: pl.DataFrame) -> pl.DataFrame:
+def _with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows for the pooled models: each kind, plus every row again under kind ``"*"``."""
-    return pl.concat([features, features.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
-
-
-def _with_fleet_copy_syncs(syncs: pl.DataFrame) -> pl.DataFrame:
-    return pl.concat([syncs, syncs.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
+    return pl.concat([frame, frame.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
 
 
 def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFrame:
