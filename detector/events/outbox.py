@@ -11,7 +11,8 @@ the order and stops two processes sending the same row at once. A process that c
 between a 2xx and the delete re-sends that row next time with the same
 ``Idempotency-Key``, which receivers use to de-duplicate.
 
-The tables come from store migration 3 (``OUTBOX_MIGRATION_SQL``).
+The tables come from store migration 3 (``OUTBOX_MIGRATION_SQL``, kept in
+`detector.events.outbox_schema` so the store can import it without a cycle).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.errors import StoreError, SyncguardError
+from detector.events.outbox_schema import OUTBOX_MIGRATION, OUTBOX_MIGRATION_SQL
 from detector.store.db import atomic, connect
 
 __all__ = [
@@ -41,29 +43,6 @@ __all__ = [
 
 DEFAULT_MAX_ROWS = 100_000
 
-OUTBOX_MIGRATION_SQL = """\
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    event_id TEXT,
-    body BLOB NOT NULL,
-    enqueued_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_attempt_at REAL,
-    last_error TEXT,
-    UNIQUE (sink, idempotency_key)
-) STRICT;
-CREATE INDEX IF NOT EXISTS outbox_sink_id ON outbox (sink, id);
-CREATE TABLE IF NOT EXISTS outbox_lease (
-    sink TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL
-) STRICT;
-"""
-# AUTOINCREMENT (not plain rowid) so ids never go back after deletes: id order is send order.
-
-OUTBOX_MIGRATION: tuple[int, str, str] = (3, "outbox", OUTBOX_MIGRATION_SQL)
 
 
 class OutboxFullError(SyncguardError):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from detector.errors import StoreError
+from detector.events.outbox_schema import OUTBOX_MIGRATION
 from detector.store.db import atomic
 
 __all__ = ["Migration", "MIGRATIONS", "migrate", "applied_versions"]
@@ -117,6 +118,82 @@ BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only');
 END;
 """),
+    Migration(2, "scores_pauses_labels_state", """
+-- One row per scored sync: the single decision it ever gets (a replay returns this row).
+CREATE TABLE scores (
+    sync_id          TEXT PRIMARY KEY REFERENCES syncs (sync_id),
+    connector_id     TEXT NOT NULL,
+    started_ts       REAL NOT NULL,   -- epoch seconds of the sync's start, for ordering
+    scored_at        TEXT NOT NULL,   -- RFC 3339, UTC, "Z"
+    model_version    TEXT,            -- NULL when no model could be loaded (unscorable)
+    decision         TEXT NOT NULL CHECK (decision IN ('pause', 'review', 'proceed')),
+    severity         TEXT NOT NULL,
+    criticality      TEXT,
+    score            REAL,
+    cutoff           REAL,
+    tail_probability REAL,
+    connector_paused INTEGER NOT NULL CHECK (connector_paused IN (0, 1)),
+    cold_start       INTEGER NOT NULL CHECK (cold_start IN (0, 1)),
+    unscorable       INTEGER NOT NULL DEFAULT 0 CHECK (unscorable IN (0, 1)),
+    reasons          TEXT NOT NULL DEFAULT '[]',   -- JSON array, most important first
+    rule_hits        TEXT NOT NULL DEFAULT '[]',   -- JSON array
+    event            TEXT NOT NULL                 -- the native sync_scored event, JSON
+) STRICT;
+CREATE INDEX scores_connector_started ON scores (connector_id, started_ts);
+CREATE INDEX scores_decision ON scores (decision, connector_id);
+
+-- The pause ledger: a pause stays open (closed_at NULL) until a person resumes it.
+CREATE TABLE pauses (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector_id   TEXT NOT NULL,
+    opened_sync_id TEXT,              -- the sync whose decision opened it (NULL: a rejected
+                                      -- record without a sync_id)
+    opened_at      TEXT NOT NULL,
+    reason         TEXT NOT NULL,     -- main reason: a rule name, a metric, invalid_record,
+                                      -- unscorable
+    reasons        TEXT NOT NULL DEFAULT '[]',   -- JSON: every reason and rule hit
+    closed_at      TEXT,
+    closed_by      TEXT,
+    close_reason   TEXT,
+    false_positive INTEGER NOT NULL DEFAULT 0 CHECK (false_positive IN (0, 1)),
+    CHECK ((closed_at IS NULL) = (closed_by IS NULL))
+) STRICT;
+-- At most one open pause per connector, even with several scorers at once.
+CREATE UNIQUE INDEX pauses_one_open ON pauses (connector_id) WHERE closed_at IS NULL;
+CREATE INDEX pauses_opened_sync ON pauses (opened_sync_id);
+
+-- People's verdicts on syncs (the latest per sync; every change is in the audit log).
+CREATE TABLE labels (
+    sync_id TEXT PRIMARY KEY REFERENCES syncs (sync_id),
+    label   TEXT NOT NULL CHECK (label IN ('fault', 'normal')),
+    actor   TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    at      TEXT NOT NULL
+) STRICT;
+
+-- What the next scoring run starts from (detector.features.STATE_SCHEMA): per connector
+-- and measure, the value at the last scored sync and at the last sync not paused.
+CREATE TABLE scoring_state (
+    connector_id  TEXT NOT NULL,
+    measure       TEXT NOT NULL,
+    value         REAL,
+    ref_value     REAL,
+    model_version TEXT,
+    updated_at    TEXT NOT NULL,
+    PRIMARY KEY (connector_id, measure)
+) STRICT, WITHOUT ROWID;
+
+-- Per connector facts the next run starts from; times as epoch microseconds (exact).
+CREATE TABLE connector_facts (
+    connector_id    TEXT PRIMARY KEY,
+    last_success_us INTEGER,          -- finish of the last sync that did not fail
+    last_start_us   INTEGER,          -- start of the last scored sync
+    paused          INTEGER NOT NULL CHECK (paused IN (0, 1)),
+    model_version   TEXT,
+    updated_at      TEXT NOT NULL
+) STRICT;
+"""),
+    Migration(*OUTBOX_MIGRATION),
 ]
 
 
