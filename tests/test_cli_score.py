@@ -1,0 +1,232 @@
+"""``score``, ``resume``, ``label``, ``status`` and ``check-freshness`` through the CLI.
+
+Exit codes, stdout/stderr split, OCSF output checked against the compiled 1.8.0 schema,
+and the pause/resume/label round trips with their audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import make_record, write_jsonl
+from ocsf_check import OcsfValidator, compile_schema
+from scoring_support import Fleet, ingest_history
+
+from detector.cli.main import cli
+from detector.events.native import validate
+from detector.home import Home
+from detector.store import Store
+
+pytest_plugins = ["scoring_fixtures"]  # fleet, scoring_home
+
+def _cli(home: Home, *args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--home", str(home.root), *args], input=stdin,
+                              catch_exceptions=False)
+
+
+def _events(result: Result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _audit(home: Home, action: str) -> list[tuple]:
+    with Store.open(home.store_path) as store:
+        return [(e.actor, e.subject, e.reason, e.details)
+                for e in store.audit_entries(action=action)]
+
+
+@pytest.fixture
+def scored(scoring_home: Home, fleet: Fleet, tmp_path: Path) -> Result:
+    """The test window scored through the CLI."""
+    return _cli(scoring_home, "score", str(write_jsonl(tmp_path / "test.jsonl", fleet.test)))
+
+
+@pytest.fixture
+def paused(scoring_home: Home, scored: Result) -> tuple[Home, str]:
+    """The home after scoring, and a connector with an open pause."""
+    connector = next(e["connector_id"] for e in _events(scored) if e["decision"] == "pause")
+    return scoring_home, connector
+
+
+def _first_proceed(fleet: Fleet) -> dict:
+    """A sync the model lets through, of a connector that never pauses in the window."""
+    state, facts = fleet.model.initial_state(fleet.history)
+    res = fleet.model.score(fleet.test, state=state, facts=facts).results
+    calm = set(res["connector_id"]) - set(res.filter(res["decision"] != "proceed")
+                                          ["connector_id"])
+    return next(r for r in fleet.test if r["connector_id"] in sorted(calm))
+
+
+def test_exit_0_when_every_sync_proceeds(scoring_home: Home, fleet: Fleet) -> None:
+    record = _first_proceed(fleet)
+    result = _cli(scoring_home, "score", "-", stdin=json.dumps(record) + "\n")
+    assert result.exit_code == 0, result.stderr
+    (event,) = _events(result)
+    validate(event)
+    assert event["decision"] == "proceed" and event["sync_id"] == record["sync_id"]
+    assert "scored 1 syncs with model v1: 0 pause, 0 review, 1 proceed" in result.stderr
+
+
+def test_exit_3_names_the_pauses_on_stderr(scored: Result, fleet: Fleet,
+                                          scoring_home: Home) -> None:
+    assert scored.exit_code == 3
+    events = _events(scored)
+    assert [e["sync_id"] for e in events] == [r["sync_id"] for r in fleet.test]
+    with Store.open(scoring_home.store_path) as store:
+        opened = [r[0] for r in store.conn.execute("SELECT connector_id FROM pauses")]
+    assert opened and f"pauses opened: {', '.join(sorted(opened))}" in scored.stderr
+    assert [s for _a, s, _r, _d in _audit(scoring_home, "pause")] == opened
+    assert scored.stdout.count("\n") == len(fleet.test)  # nothing but events on stdout
+
+
+def test_exit_4_on_rejected_input(scoring_home: Home, fleet: Fleet) -> None:
+    bad = dict(fleet.test[0], started_at="yesterday")
+    result = _cli(scoring_home, "score", stdin=json.dumps(bad) + "\n")
+    assert result.exit_code == 4
+    assert "rejected: -: line 1" in result.stderr and "started_at" in result.stderr
+    (event,) = _events(result)
+    assert event["event_type"] == "invalid_record" and event["decision"] == "pause"
+
+
+def test_exit_2_on_usage_errors(scoring_home: Home, tmp_path: Path) -> None:
+    result = _cli(scoring_home, "score", str(tmp_path / "missing.jsonl"))
+    assert result.exit_code == 2 and "no such file" in result.stderr
+    result = _cli(scoring_home, "score", "--format", "xml")
+    assert result.exit_code == 2
+
+
+def test_exit_1_when_the_store_cannot_be_opened(tmp_path: Path, fleet: Fleet) -> None:
+    home = Home(tmp_path / "home").ensure()
+    home.store_path.write_bytes(b"this is not a sqlite database" * 100)
+    result = _cli(home, "score", stdin=fleet.lines(fleet.test[:1])[0] + "\n")
+    assert result.exit_code == 1 and "error: cannot open the store" in result.stderr
+
+
+def test_ocsf_format_validates_against_the_compiled_schema(scoring_home: Home, fleet: Fleet,
+                                                           tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "test.jsonl", fleet.test)
+    out_file = tmp_path / "findings.jsonl"
+    result = _cli(scoring_home, "score", "--format", "ocsf", "--events-file", str(out_file),
+                  str(path))
+    findings = _events(result)
+    assert result.exit_code == 3
+    assert findings and len(findings) < len(fleet.test)  # proceed is not a finding
+    validator = OcsfValidator(compile_schema())
+    for finding in findings:
+        assert validator.validate(finding, "detection_finding") == []
+        assert finding["class_uid"] == 2004 and finding["finding_info"]["uid"]
+        assert finding["finding_info"]["analytic"] and finding["remediation"]["desc"]
+    assert [json.loads(x) for x in out_file.read_text().splitlines()] == findings
+    assert f"events: {len(findings)} to {out_file}" in result.stderr
+
+
+def test_resume_round_trip(paused: tuple[Home, str], fleet: Fleet) -> None:
+    home, connector = paused
+    status = json.loads(_cli(home, "status", "--json").stdout)
+    row = next(r for r in status if r["connector_id"] == connector)
+    assert row["open_pause"] and row["last_decision"] in ("pause", "review", "proceed")
+    assert "open pauses" in _cli(home, "status").stdout
+
+    result = _cli(home, "resume", connector, "--by", "ann", "--reason", "bulk re-org, expected",
+                  "--false-positive")
+    assert result.exit_code == 0, result.stderr
+    assert f"resumed {connector}" in result.stdout and "false positive" in result.stdout
+    with Store.open(home.store_path) as store:
+        row = store.conn.execute(
+            "SELECT closed_by, close_reason, false_positive FROM pauses WHERE connector_id = ?",
+            (connector,)).fetchone()
+        refs = store.conn.execute(
+            "SELECT count(*) FROM scoring_state WHERE connector_id = ? "
+            "AND ref_value IS NOT value", (connector,)).fetchone()
+        facts = store.conn.execute("SELECT paused FROM connector_facts WHERE connector_id = ?",
+                                   (connector,)).fetchone()
+    assert row == ("ann", "bulk re-org, expected", 1)
+    assert refs == (0,) and facts == (0,)  # the accepted values are the new reference
+    (entry,) = _audit(home, "resume")
+    assert entry[:3] == ("ann", connector, "bulk re-org, expected")
+    assert entry[3]["false_positive"] is True
+
+    again = _cli(home, "resume", connector, "--by", "ann", "--reason", "again")
+    assert again.exit_code == 2 and "has no open pause" in again.stderr
+    unknown = _cli(home, "resume", "nope", "--by", "ann", "--reason", "x")
+    assert unknown.exit_code == 2 and "is not a connector in the store" in unknown.stderr
+    missing = _cli(home, "resume", connector, "--reason", "x")
+    assert missing.exit_code == 2 and "--by" in missing.stderr
+
+
+def test_pause_then_resume_lets_the_connector_through(scoring_home: Home,
+                                                       fleet: Fleet) -> None:
+    first = _first_proceed(fleet)
+    own = [r for r in fleet.test if r["connector_id"] == first["connector_id"]][:4]
+    failed = dict(own[1], status="failed", error_class="timeout")
+
+    def score(record: dict) -> tuple[int, dict]:
+        result = _cli(scoring_home, "score", stdin=json.dumps(record) + "\n")
+        (event,) = _events(result)
+        return result.exit_code, event
+
+    assert score(own[0])[0] == 0
+    code, event = score(failed)
+    assert (code, event["decision"], event["rule_hits"][0]["rule"]) == (3, "pause", "sync_failed")
+    code, event = score(own[2])  # judged, but the connector stays held until resumed
+    assert (code, event["connector_paused"]) == (3, True)
+    _cli(scoring_home, "resume", first["connector_id"], "--by", "ann", "--reason", "retried ok")
+    code, event = score(own[3])
+    assert (code, event["decision"], event["connector_paused"]) == (0, "proceed", False)
+
+
+def test_label_round_trip(scoring_home: Home, fleet: Fleet) -> None:
+    sync_id = fleet.history[3]["sync_id"]
+    first = _cli(scoring_home, "label", sync_id, "fault", "--by", "bo", "--reason", "partial")
+    assert first.exit_code == 0 and first.stdout == f"labelled {sync_id} fault\n"
+    second = _cli(scoring_home, "label", sync_id, "normal", "--by", "cy", "--reason", "re-run")
+    assert second.stdout == f"labelled {sync_id} normal (was fault)\n"
+    with Store.open(scoring_home.store_path) as store:
+        rows = store.conn.execute("SELECT sync_id, label, actor, reason FROM labels").fetchall()
+    assert rows == [(sync_id, "normal", "cy", "re-run")]
+    trail = _audit(scoring_home, "label")
+    assert [(a, r, d["label"], d["previous"]) for a, _s, r, d in trail] == [
+        ("bo", "partial", "fault", None), ("cy", "re-run", "normal", "fault")]
+    bad = _cli(scoring_home, "label", "no-such-sync", "fault", "--by", "bo", "--reason", "x")
+    assert bad.exit_code == 2 and "is not in the store" in bad.stderr
+    wrong = _cli(scoring_home, "label", sync_id, "maybe", "--by", "bo", "--reason", "x")
+    assert wrong.exit_code == 2
+
+
+def test_check_freshness_emits_stale_events(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home").ensure()
+    now = datetime.now(UTC)
+    fresh = [make_record("okta-live", i, start=now - timedelta(hours=10 - i)) for i in range(10)]
+    dead = [make_record("workday-dead", i, kind="workday",
+                        start=now - timedelta(hours=40 - i)) for i in range(10)]
+    ingest_history(home, fresh + dead)
+    out_file = tmp_path / "stale.jsonl"
+    result = _cli(home, "check-freshness", "--events-file", str(out_file))
+    assert result.exit_code == 3, result.stderr
+    (event,) = _events(result)
+    validate(event)
+    assert event["event_type"] == "connector_stale" and event["connector_id"] == "workday-dead"
+    assert event["expected_interval_s"] == 3600 and event["overdue_by_s"] > 25 * 3600
+    assert event["severity"] == "medium" and event["criticality"] == "standard"
+    assert json.loads(out_file.read_text()) == event
+    assert "checked 2 connectors: 1 overdue: workday-dead" in result.stderr
+    assert [s for _a, s, _r, _d in _audit(home, "stale")] == ["workday-dead"]
+    status = {r["connector_id"]: r for r in json.loads(_cli(home, "status", "--json").stdout)}
+    assert status["workday-dead"]["freshness"]["overdue"] is True
+    assert status["okta-live"]["freshness"]["overdue"] is False
+    # The same quiet spell gives the same event id (one finding in SOAR).
+    again = _events(_cli(home, "check-freshness"))
+    assert again[0]["event_id"] == event["event_id"]
+
+
+def test_check_freshness_exit_0_when_all_fresh(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home").ensure()
+    now = datetime.now(UTC)
+    ingest_history(home, [make_record("okta-live", i, start=now - timedelta(hours=5 - i))
+                          for i in range(5)])
+    result = _cli(home, "check-freshness")
+    assert result.exit_code == 0 and result.stdout == ""
+

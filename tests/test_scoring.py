@@ -1,0 +1,264 @@
+"""The scoring service on a real store and a real (small) fitted model.
+
+Exactly-once decisions, replays, input order, time order across runs, fail closed, and a
+crash mid-batch that a rerun finishes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import polars as pl
+import pytest
+from scoring_support import Fleet, ingest_history, install_champion
+
+from detector.contract import parse_lines
+from detector.events.native import validate
+from detector.events.sinks import StdoutSink
+from detector.home import Home
+from detector.modelfile import ARRAYS_NAME
+from detector.scoring import Scorer, load_scoring_model, score_items
+from detector.store import Store
+
+pytest_plugins = ["scoring_fixtures"]  # fleet, scoring_home
+
+def _score(home: Home, lines: list[str], **kw):
+    out = io.StringIO()
+    with Store.open(home.store_path) as store:
+        run = score_items(home, store, parse_lines(lines, source="t"), source="t",
+                          actor="tester", sinks=[StdoutSink(stream=out)], **kw)
+    return run, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _table(home: Home, sql: str) -> list[tuple]:
+    with Store.open(home.store_path) as store:
+        return store.conn.execute(sql).fetchall()
+
+
+def _batch_decisions(fleet: Fleet, records: list[dict]) -> dict[str, str]:
+    state, facts = fleet.model.initial_state(fleet.history)
+    result = fleet.model.score(records, state=state, facts=facts)
+    return dict(zip(result.results["sync_id"], result.results["decision"], strict=True))
+
+
+def test_batch_scores_every_sync_once_in_input_order(scoring_home: Home, fleet: Fleet) -> None:
+    shuffled = fleet.test[::-1]  # input order is not time order
+    run, events = _score(scoring_home, fleet.lines(shuffled))
+    assert [e["sync_id"] for e in events] == [r["sync_id"] for r in shuffled]
+    assert run.scored == len(shuffled) and run.replayed == 0
+    for event in events:
+        validate(event)
+        assert event["model_version"] == "1" and not event["replay"]
+    # The same decisions as the model scoring the whole window from the end of history.
+    assert {e["sync_id"]: e["decision"] for e in events} == _batch_decisions(fleet, fleet.test)
+    rows = _table(scoring_home, "SELECT count(*), count(DISTINCT sync_id) FROM scores")
+    assert rows == [(len(shuffled), len(shuffled))]
+    assert run.decisions()["pause"] > 0 and run.exit_code == 3
+
+
+def test_one_sync_at_a_time_gives_the_batch_decisions(scoring_home: Home, fleet: Fleet) -> None:
+    # One connector that pauses and stays paused, one scored cold (pooled model).
+    window = [r for r in fleet.test if r["connector_id"] in ("entra-contoso-01",
+                                                             "aws-iam-prod-01")]
+    singles = {}
+    for line in fleet.lines(window):  # each sync in its own run: state persisted between
+        _run, events = _score(scoring_home, [line])
+        singles[events[0]["sync_id"]] = events[0]["decision"]
+    batch = _batch_decisions(fleet, window)
+    assert "pause" in batch.values() and singles == batch
+
+
+def test_rescoring_replays_the_stored_decision(scoring_home: Home, fleet: Fleet) -> None:
+    lines = fleet.lines(fleet.test[:30])
+    _run, first = _score(scoring_home, lines)
+    audit_before = _table(scoring_home, "SELECT count(*) FROM audit_log WHERE action='score'")
+    run, again = _score(scoring_home, lines + lines[:2])  # and a repeat within the input
+    assert run.scored == 0 and run.replayed == 32
+    assert all(e["replay"] for e in again)
+    strip = [{k: v for k, v in e.items() if k != "replay"} for e in again]
+    assert strip[:30] == [{k: v for k, v in e.items() if k != "replay"} for e in first]
+    assert _table(scoring_home, "SELECT count(*) FROM scores") == [(30,)]
+    assert _table(scoring_home,
+                  "SELECT count(*) FROM audit_log WHERE action='score'") == audit_before
+
+
+def test_repeat_within_one_input_is_one_decision(scoring_home: Home, fleet: Fleet) -> None:
+    line = fleet.lines(fleet.test[:1])[0]
+    run, events = _score(scoring_home, [line, line])
+    assert [e["replay"] for e in events] == [False, True]
+    assert events[0]["event_id"] == events[1]["event_id"] and run.scored == 1
+
+
+def test_rejected_record_pauses_its_connector(scoring_home: Home, fleet: Fleet) -> None:
+    bad = dict(fleet.test[0], status="exploded")
+    nameless = {"sync_id": "x"}
+    run, events = _score(scoring_home, [json.dumps(bad), json.dumps(nameless),
+                                        fleet.lines(fleet.test[1:2])[0]])
+    assert run.exit_code == 4 and len(run.ingest.rejected) == 2
+    invalid = events[0]
+    assert invalid["event_type"] == "invalid_record" and invalid["decision"] == "pause"
+    assert invalid["connector_id"] == bad["connector_id"]
+    assert invalid["violation"]["field"] == "status"
+    assert len(events) == 2  # the record naming no connector has no connector to pause
+    pauses = _table(scoring_home, "SELECT connector_id, reason, opened_sync_id FROM pauses")
+    assert (bad["connector_id"], "invalid_record", bad["sync_id"]) in pauses
+
+
+def test_conflict_exits_4_and_returns_the_first_version(scoring_home: Home,
+                                                        fleet: Fleet) -> None:
+    record = fleet.test[0]
+    _score(scoring_home, fleet.lines([record]))
+    changed = dict(record, finished_at=record["started_at"])
+    run, events = _score(scoring_home, [json.dumps(changed)])
+    assert run.exit_code == 4 and len(run.ingest.conflicts) == 1
+    assert events[0]["sync_id"] == record["sync_id"] and events[0]["replay"]
+
+
+def test_missing_model_fails_closed(tmp_path, fleet: Fleet) -> None:
+    home = Home(tmp_path / "home").ensure()
+    ingest_history(home, fleet.history)
+    run, events = _score(home, fleet.lines(fleet.test[:5]))
+    assert run.exit_code == 3 and run.unscorable and "no champion model" in run.unscorable
+    for event in events:
+        validate(event)
+        assert event["decision"] == "pause" and event["model_version"] is None
+        assert event["rule_hits"][0]["rule"] == "unscorable"
+    reasons = _table(home, "SELECT reason FROM pauses")
+    assert sorted(set(reasons)) == [("unscorable",)]
+    # The decision is final: a working model later replays it, never a second decision.
+    install_champion(home, fleet.model)
+    run, again = _score(home, fleet.lines(fleet.test[:5]))
+    assert run.scored == 0 and [e["decision"] for e in again] == ["pause"] * 5
+
+
+def test_tampered_model_fails_closed_naming_the_file(scoring_home: Home,
+                                                     fleet: Fleet) -> None:
+    arrays = scoring_home.model_cache_dir / "1" / ARRAYS_NAME
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    run, events = _score(scoring_home, fleet.lines(fleet.test[:3]))
+    assert {e["decision"] for e in events} == {"pause"}
+    assert str(arrays) in run.unscorable and "integrity check" in run.unscorable
+    assert str(arrays) in events[0]["rule_hits"][0]["detail"]
+
+
+def test_left_behind_syncs_are_scored_first_in_time_order(scoring_home: Home,
+                                                          fleet: Fleet) -> None:
+    cid = fleet.test[0]["connector_id"]
+    own = [r for r in fleet.test if r["connector_id"] == cid]
+    _score(scoring_home, fleet.lines(own[:3]))
+    ingest_history(scoring_home, own[3:8])  # stored by a run that crashed before scoring
+    _run, events = _score(scoring_home, fleet.lines(own[8:9]))
+    scored = [r[0] for r in _table(
+        scoring_home, f"SELECT sync_id FROM scores WHERE connector_id = '{cid}' "
+        "ORDER BY started_ts")]
+    assert scored == [r["sync_id"] for r in own[:9]]
+    assert events[0]["sync_id"] == own[8]["sync_id"] and not events[0]["replay"]
+    decided = dict(_table(scoring_home, "SELECT sync_id, decision FROM scores"))
+    assert decided == {k: v for k, v in _batch_decisions(fleet, own[:9]).items()}
+
+
+class _Crash(BaseException):
+    """Stands for the process dying (not an error the service may catch)."""
+
+
+class _CrashingModel:
+    """The real model, dying on its ``crash_on``-th call."""
+
+    def __init__(self, model, crash_on: int) -> None:
+        self._model, self._left = model, crash_on
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def score(self, *args, **kwargs):
+        self._left -= 1
+        if self._left == 0:
+            raise _Crash
+        return self._model.score(*args, **kwargs)
+
+
+def test_crash_mid_batch_loses_nothing_and_a_rerun_finishes(scoring_home: Home,
+                                                            fleet: Fleet) -> None:
+    ids = [r["sync_id"] for r in fleet.test]
+    with Store.open(scoring_home.store_path) as store:
+        store.ingest(parse_lines(fleet.lines()), source="t")
+        model, version = load_scoring_model(scoring_home)
+        scorer = Scorer(store, _CrashingModel(model, 3), version, actor="t", chunk_syncs=100)
+        with pytest.raises(_Crash):
+            scorer.score(ids)
+    assert _table(scoring_home, "SELECT count(*) FROM scores") == [(200,)]  # 2 chunks
+    run, events = _score(scoring_home, fleet.lines())
+    assert run.scored == len(ids) - 200
+    assert sum(e["replay"] for e in events) == 200
+    assert _table(scoring_home, "SELECT count(*), count(DISTINCT sync_id) FROM scores") == [
+        (len(ids), len(ids))]
+    assert {e["sync_id"]: e["decision"] for e in events} == _batch_decisions(fleet, fleet.test)
+
+
+def test_scoring_failure_fails_closed(scoring_home: Home, fleet: Fleet) -> None:
+    class Broken(_CrashingModel):
+        def score(self, *args, **kwargs):
+            raise ValueError("boom")
+
+    with Store.open(scoring_home.store_path) as store:
+        store.ingest(parse_lines(fleet.lines(fleet.test[:4])), source="t")
+        model, version = load_scoring_model(scoring_home)
+        scorer = Scorer(store, Broken(model, 0), version, actor="t")
+        events = scorer.score([r["sync_id"] for r in fleet.test[:4]])
+    assert {e["decision"] for e in events.values()} == {"pause"}
+    hit = next(iter(events.values()))["rule_hits"][0]
+    assert hit == {"rule": "unscorable", "detail": "scoring failed: ValueError: boom"}
+
+
+def test_state_saved_is_what_the_model_returned(scoring_home: Home, fleet: Fleet) -> None:
+    _score(scoring_home, fleet.lines())
+    state, facts = fleet.model.initial_state(fleet.history)
+    result = fleet.model.score(fleet.test, state=state, facts=facts)
+    from detector.store.state import load_state
+
+    with Store.open(scoring_home.store_path) as store:
+        saved_state, saved_facts = load_state(store.conn, result.facts["connector_id"])
+    assert saved_state.equals(result.state.sort("connector_id", "measure"))
+    assert saved_facts.equals(result.facts.sort("connector_id"))
+
+
+def test_facts_schema_matches_the_model() -> None:
+    from detector import model
+    from detector.store.state import FACTS_SCHEMA
+
+    assert FACTS_SCHEMA == model._FACTS_SCHEMA
+
+
+def test_no_model_needed_without_records(tmp_path) -> None:
+    home = Home(tmp_path / "home").ensure()
+    run, events = _score(home, [json.dumps({"sync_id": "a", "connector_id": "c"})])
+    assert run.exit_code == 4 and run.unscorable is None
+    assert events[0]["event_type"] == "invalid_record"
+
+
+def test_paused_later_syncs_say_so_and_one_pause_per_connector(scoring_home: Home,
+                                                               fleet: Fleet) -> None:
+    _run, events = _score(scoring_home, fleet.lines())
+    frame = pl.DataFrame(events).select("connector_id", "decision", "connector_paused")
+    paused = frame.filter(pl.col("decision") == "pause")["connector_id"].unique().to_list()
+    opened = _table(scoring_home, "SELECT connector_id, count(*) FROM pauses "
+                                  "GROUP BY connector_id")
+    assert sorted(opened) == sorted((c, 1) for c in paused)
+    # After its first pause, every later sync of that connector carries connector_paused.
+    for cid in paused:
+        flags = frame.filter(pl.col("connector_id") == cid)
+        first = flags["decision"].to_list().index("pause")
+        assert all(flags["connector_paused"].to_list()[first:])
+
+
+def test_copy_of_home_scores_the_same(scoring_home: Home, fleet: Fleet, tmp_path) -> None:
+    """Scoring depends on nothing outside the home (no MLflow, no global state)."""
+    other = Home(tmp_path / "copy")
+    shutil.copytree(scoring_home.root, other.root)
+    _r1, a = _score(scoring_home, fleet.lines(fleet.test[:20]))
+    _r2, b = _score(other, fleet.lines(fleet.test[:20]))
+    assert [e["decision"] for e in a] == [e["decision"] for e in b]
