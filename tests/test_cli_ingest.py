@@ -103,7 +103,9 @@ def test_status_json_and_table(home: Path, tmp_path: Path) -> None:
     invoke(home, "ingest", str(write_jsonl(tmp_path / "in.jsonl", [*records, bad])))
     result = invoke(home, "status", "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == [
+    rows = json.loads(result.stdout)
+    # Scoring fields (last decision, open pause, freshness) are tested with scoring.
+    assert [{k: r[k] for k in list(r)[:7]} for r in rows] == [
         {"connector_id": "okta-0", "connector_kind": "okta", "syncs": 3,
          "last_sync": "2025-03-03T02:00:00Z", "last_status": "succeeded", "rejects": 0,
          "conflicts": 0},
@@ -111,11 +113,15 @@ def test_status_json_and_table(home: Path, tmp_path: Path) -> None:
          "last_sync": "2025-03-03T02:00:00Z", "last_status": "succeeded", "rejects": 1,
          "conflicts": 0},
     ]
+    assert [(r["last_decision"], r["open_pause"]) for r in rows] == [(None, None)] * 2
     table = invoke(home, "status").stdout.splitlines()
     assert table[0].split() == ["connector", "kind", "syncs", "last", "sync", "last",
-                                "status", "rejects", "conflicts"]
-    assert table[2].split() == ["workday-1", "workday", "3", "2025-03-03T02:00:00Z",
-                                "succeeded", "1", "0"]
+                                "status", "last", "decision", "pause", "freshness", "rejects",
+                                "conflicts"]
+    assert table[2].split()[:5] == ["workday-1", "workday", "3", "2025-03-03T02:00:00Z",
+                                    "succeeded"]
+    # Synced in 2025, hourly: long overdue. Then rejects, conflicts.
+    assert table[2].split()[-5] == "overdue" and table[2].split()[-2:] == ["1", "0"]
 
 
 def test_status_on_an_empty_home_does_not_create_a_store(home: Path) -> None:
