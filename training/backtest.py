@@ -222,6 +222,8 @@ def run_backtest(
     t0 = time.perf_counter()
     model.fit(fit_on, progress=progress)
     timings["fit_s"] = time.perf_counter() - t0
+    if progress is not None:
+        progress("scoring the test window")
     state, facts = model.initial_state(history)
     t0 = time.perf_counter()
     scored = model.score(test, state=state, facts=facts)

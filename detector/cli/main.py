@@ -13,15 +13,28 @@ from typing import Any
 import click
 
 from detector import __version__
-from detector.cli import backtest, demo, freshness, ingest, label, resume, score, simulate, status
+from detector.cli import (
+    backtest,
+    demo,
+    freshness,
+    ingest,
+    label,
+    models,
+    resume,
+    score,
+    simulate,
+    status,
+    train,
+)
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
 __all__ = ["cli", "COMMANDS"]
 
 COMMANDS: list[click.Command] = [simulate.command, ingest.command, status.command,
-                                 backtest.command, demo.command, score.command,
-                                 resume.command, label.command, freshness.command]
+                                 backtest.command, demo.command, train.command,
+                                 models.command, score.command, resume.command,
+                                 label.command, freshness.command]
 """Registered subcommands; a new command module appends its ``command`` here."""
 
 DEBUG_ENV = "SYNCGUARD_DEBUG"
