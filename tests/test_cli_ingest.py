@@ -210,16 +210,22 @@ def test_simulate_rejects_an_empty_fleet(home: Path, monkeypatch: pytest.MonkeyP
 
 def test_demo_simulates_ingests_and_shows_status(home: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector.cli import demo
+
     calls = _fake_simulator(monkeypatch)
-    result = invoke(home, "demo", "--connectors", "3", "--days", "2")
+    # Training is tested on a real fleet in test_cli_train.py; these records are too few.
+    trained: list[dict] = []
+    monkeypatch.setattr(demo, "train_step", lambda home, labels, **kw: trained.append(kw))
+    result = invoke(home, "demo", "--connectors", "3", "--days", "10")
     assert result.exit_code == 0, result.output
-    assert calls == [(home / "demo", 3, 2, 7)]
+    assert calls == [(home / "demo", 3, 10, 7)]
+    assert trained == [{"days": 10, "actor": trained[0]["actor"], "trees": 30}]
     lines = result.stdout.splitlines()
-    assert lines[0] == "ingested 6 records: 6 accepted, 0 replayed, 0 conflicts, 0 rejected"
+    assert lines[0] == "ingested 30 records: 30 accepted, 0 replayed, 0 conflicts, 0 rejected"
     assert lines[1].split()[0] == "connector" and len(lines) == 2 + 3
     # A second demo run replays: nothing is stored twice.
-    again = invoke(home, "demo", "--connectors", "3", "--days", "2")
-    assert again.stdout.splitlines()[0].startswith("ingested 6 records: 0 accepted, 6 replayed")
+    again = invoke(home, "demo", "--connectors", "3", "--days", "10")
+    assert again.stdout.splitlines()[0].startswith("ingested 30 records: 0 accepted, 30 replayed")
 
 
 def test_real_process_exit_codes_and_home_env(tmp_path: Path) -> None:

@@ -173,3 +173,26 @@ def test_help_of_each_command() -> None:
                  ["models", "promote"]):
         result = CliRunner().invoke(cli, [*args, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.stdout
+
+
+def test_demo_trains_registers_and_says_how_to_open_mlflow(tmp_path: Path) -> None:
+    home = tmp_path / "demo-home"
+    result = run(home, "demo", "--connectors", "6", "--days", "24", "--trees", "10")
+    assert result.exit_code == 0, result.output
+    assert "[3/4] training (10 trees per forest, last 6 days held out)" in result.stderr
+    db = home / "mlflow" / "mlflow.db"
+    assert "model version:   syncguard-fleet v1" in result.stdout
+    assert "champion:        yes (no champion yet)" in result.stdout
+    assert f"open the MLflow UI: mlflow ui --backend-store-uri 'sqlite:///{db}'" in result.stdout
+    assert "(labels: file)" in result.stdout  # the simulator's labels fed the backtest
+    assert champion_pointer(Home(home))["version"] == 1
+
+
+def test_demo_needs_enough_days_to_train(tmp_path: Path) -> None:
+    result = run(tmp_path / "h", "demo", "--days", "5")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --days must be at least 10: the demo trains on a week and backtests on the "
+        "days after it"
+    )
+    assert not (tmp_path / "h" / "demo").exists()

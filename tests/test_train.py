@@ -139,6 +139,17 @@ def test_training_frame_matches_store_history(verdicts: Store) -> None:
     assert frame.select(dataset.HISTORY_COLUMNS).equals(history)
 
 
+def test_values_first_seen_late_are_read(store: Store) -> None:
+    """Columns are declared, not inferred from the first rows (null there)."""
+    records = make_records(n_connectors=1, n_syncs=300)
+    records[-1] = {**records[-1], "status": "partial", "error_class": "timeout"}
+    _ingest(store, records)
+    _label(store, records[-2]["sync_id"], "fault")
+    frame = dataset.read_training_frame(store.conn)
+    assert frame["error_class"].drop_nulls().to_list() == ["timeout"]
+    assert frame["label"].drop_nulls().to_list() == ["fault"]
+
+
 def test_dataset_works_on_a_store_without_verdict_tables(tmp_path: Path) -> None:
     conn = connect(tmp_path / "old.sqlite")
     migrate(conn, MIGRATIONS[:1])  # a store from before scores, pauses and labels

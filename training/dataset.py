@@ -73,6 +73,15 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "exclusion": pl.String(),  # why: "labelled_fault", "paused" or null
 }
 
+_RAW_SCHEMA = {
+    **{c: pl.String() for c in ("sync_id", "connector_id", "connector_kind", "status")},
+    **{c: pl.String() for c in ("error_class", "record", "label")},
+    "started_ts": pl.Float64(),
+    "finished_ts": pl.Float64(),
+    "held": pl.Int64(),
+    "held_fp": pl.Int64(),
+}
+
 HISTORY_COLUMNS = list(FRAME_SCHEMA)[:8]
 """The store history columns (``Store.history()``), what :class:`FleetModel` fits on."""
 
@@ -180,6 +189,9 @@ def read_training_frame(
         _query(_tables(conn)),
         connection=conn,
         execute_options={"parameters": [lo, hi]},
+        # Declared, not inferred from the first rows: a column that is null there
+        # (error_class, label) would otherwise refuse the first value further down.
+        schema_overrides=_RAW_SCHEMA,
     )
 
     def as_time(col: str) -> pl.Expr:
