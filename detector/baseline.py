@@ -35,9 +35,14 @@ from scipy import special, stats
 
 __all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
 
-Z_CLIP = 50.0
+#: Residuals are clipped here only to keep them finite: calibration needs far tails.
+Z_CLIP = 1e4
+_TAIL_QUANTILE = 0.99
+_GAUSS_TAIL_Z = 2.576  # the 99th percentile of |z| for a Gaussian series
 _SHRINK = 4.0  # pseudo-observations pulling a bucket towards the series median
 _MIN_EVENT_MEAN = 0.05
+# A connector that has not said "partial" in its history: about one sync in a thousand.
+_MIN_PARTIAL_MEAN = 1e-3
 _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
@@ -106,7 +111,10 @@ class SeasonalBaseline:
     Attributes
     ----------
     series_ : pl.DataFrame
-        One row per series: key, measure, kind, center, scale, rate, dispersion.
+        One row per series: key, measure, kind, center, scale, rate, dispersion, and
+        ``tail_width``: the series' own 99th percentile of ``|z|`` in history over the
+        Gaussian one (at least 1). A small app whose counts jump with every team that
+        joins has wide tails; a large directory that moves by a few records does not.
     profile_ : pl.DataFrame
         Expected value (or event rate) per series and time-of-week bucket.
     """
@@ -162,6 +170,15 @@ class SeasonalBaseline:
         self.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed").sort(
             k, "measure", "bucket"
         )
+        in_sample = self.residuals(features, intervals, against_reference=pl.lit(False))
+        width = in_sample.group_by(k, "measure").agg(
+            (pl.col("z").abs().quantile(_TAIL_QUANTILE) / _GAUSS_TAIL_Z)
+            .clip(lower_bound=1.0)
+            .alias("tail_width")
+        )
+        self.series_ = self.series_.join(width, on=[k, "measure"], how="left").with_columns(
+            pl.col("tail_width").fill_null(1.0)
+        )
         return self
 
     def _exposure_expr(self) -> pl.Expr:
@@ -169,8 +186,9 @@ class SeasonalBaseline:
         size = pl.col("exposure").fill_null(pl.col("current_size")).fill_null(1.0)
         per_size = size.clip(lower_bound=1.0)
         gap = _gap_factor(pl.col("gap_s"), pl.col("interval_s"))
+        per_sync = pl.col("measure").str.starts_with("api.") | (pl.col("measure") == "sync.partial")
         return (
-            pl.when(pl.col("measure").str.starts_with("api."))
+            pl.when(per_sync)
             .then(pl.lit(1.0))
             .when(pl.col("measure").str.ends_with(".duplicates"))
             .then(pl.col("current_size").fill_null(1.0).clip(lower_bound=1.0))
@@ -358,9 +376,12 @@ class SeasonalBaseline:
             .then(pl.max_horizontal(pl.col("scale"), binom_floor))
             .otherwise(pl.col("scale"))
             .alias("scale"),
-            (pl.col("expected") * pl.col("exposure_eff"))
-            .clip(lower_bound=_MIN_EVENT_MEAN)
-            .alias("mu"),
+            pl.max_horizontal(
+                pl.col("expected") * pl.col("exposure_eff"),
+                pl.when(pl.col("measure") == "sync.partial")
+                .then(pl.lit(_MIN_PARTIAL_MEAN))
+                .otherwise(pl.lit(_MIN_EVENT_MEAN)),
+            ).alias("mu"),
         ).drop("expected_x_raw")
         z_level = ((pl.col("x") - pl.col("expected_x")) / pl.col("scale")).clip(-Z_CLIP, Z_CLIP)
         rows = rows.with_columns(z_level.alias("z"))
@@ -375,7 +396,10 @@ class SeasonalBaseline:
                 ev["dispersion"].to_numpy()[mask],
             )
         z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
-        return rows.with_columns(pl.Series("z", z)).drop("expected", "rate", "center", strict=False)
+        width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
+        return rows.with_columns(pl.Series("z", z)).with_columns(
+            (pl.col("z") / width.fill_null(1.0)).alias("z_tail")
+        ).drop("expected", "rate", "center", strict=False)
 
     def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Observed, expected and expected range in the measure's own units.

@@ -20,15 +20,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["TailCalibrator", "combine_tail_probabilities"]
+__all__ = ["TailCalibrator"]
 
 _LEVELS = np.linspace(0.0, 1.0, 21)
-
-
-def combine_tail_probabilities(*p: np.ndarray) -> np.ndarray:
-    """Bonferroni combination: a sync is as surprising as its most surprising score."""
-    stacked = np.vstack(p)
-    return np.clip(stacked.min(axis=0) * stacked.shape[0], 0.0, 1.0)
 
 
 class TailCalibrator:
@@ -40,13 +34,26 @@ class TailCalibrator:
         Share of each group's scores treated as the tail.
     min_group_size : int, default=10
         Groups with fewer held-out scores borrow the median body of all groups.
+    pool_shape : bool, default=True
+        Pool the tail shape across groups (few exceedances per group). With ``False``,
+        each group with at least ``min_tail`` exceedances gets a tail of its own (for
+        a few large groups whose tails differ, such as measure families).
+    min_width : float, default=1e-9
+        Floor of the body width that scales each group's exceedances.
+    min_tail : int, default=200
+        Exceedances a group needs for its own tail when ``pool_shape`` is ``False``.
+    log10_tail : bool, default=False
+        For scores that are already ``-log10`` of tail probabilities: beyond each group's
+        body the tail is ``10 ** -score`` (scaled to meet the body) rather than fitted.
+        A fitted tail would be dominated by the few largest held-out scores and flatten
+        where evidence is strongest.
 
     Attributes
     ----------
     body_ : ndarray of shape (n_groups, 21)
         Each group's body quantiles at levels ``0, 0.05 * (1 - tail_fraction), ...``.
-    shape_, scale_ : float
-        Pooled generalised Pareto parameters of scaled exceedances.
+    shape_, scale_ : ndarray of shape (n_groups,)
+        Generalised Pareto parameters of each group's scaled exceedances.
 
     Examples
     --------
@@ -59,9 +66,22 @@ class TailCalibrator:
     True
     """
 
-    def __init__(self, *, tail_fraction: float = 0.1, min_group_size: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        tail_fraction: float = 0.1,
+        min_group_size: int = 10,
+        pool_shape: bool = True,
+        min_width: float = 1e-9,
+        min_tail: int = 200,
+        log10_tail: bool = False,
+    ) -> None:
         self.tail_fraction = tail_fraction
         self.min_group_size = min_group_size
+        self.pool_shape = pool_shape
+        self.min_width = min_width
+        self.min_tail = min_tail
+        self.log10_tail = log10_tail
 
     def fit(self, scores: np.ndarray, groups: np.ndarray, *, n_groups: int) -> TailCalibrator:
         """Fit from held-out scores of normal syncs and each score's group index."""
@@ -81,18 +101,22 @@ class TailCalibrator:
         )
         body[~np.isfinite(body[:, 0])] = fallback
         # Each group's tail is measured in units of its own upper body width.
-        width = np.maximum(body[:, -1] - body[:, len(levels) // 2], 1e-9)
+        width = np.maximum(body[:, -1] - body[:, len(levels) // 2], self.min_width)
         excess = (scores - body[groups, -1]) / width[groups]
-        y = excess[excess > 0]
-        if len(y) >= 20:
-            shape, _, scale = stats.genpareto.fit(y, floc=0.0)
-            shape = float(np.clip(shape, -0.5, 0.5))
-        else:
-            shape, scale = 0.0, float(np.mean(y)) if len(y) else 1.0
+        tail = excess > 0
+        pooled = (0.0, 1.0) if self.log10_tail else _fit_gpd(excess[tail])
+        shape = np.full(n_groups, pooled[0])
+        scale = np.full(n_groups, pooled[1])
+        if self.log10_tail:
+            scale = 1.0 / (np.log(10.0) * width)
+        elif not self.pool_shape:
+            own = np.bincount(groups[tail], minlength=n_groups)
+            for g in np.flatnonzero(own >= self.min_tail):
+                shape[g], scale[g] = _fit_gpd(excess[tail & (groups == g)])
         self.body_ = body
         self.width_ = width
         self.shape_ = shape
-        self.scale_ = float(max(scale, 1e-9))
+        self.scale_ = np.maximum(scale, 1e-9)
         return self
 
     def _check_fitted(self) -> None:
@@ -115,7 +139,7 @@ class TailCalibrator:
         p = 1.0 - cdf
         excess = (scores - body[:, -1]) / self.width_[groups]
         tail = self.tail_fraction * stats.genpareto.sf(
-            np.maximum(excess, 0.0), self.shape_, loc=0.0, scale=self.scale_
+            np.maximum(excess, 0.0), self.shape_[groups], loc=0.0, scale=self.scale_[groups]
         )
         return np.clip(np.where(excess > 0, tail, p), 0.0, 1.0)
 
@@ -127,7 +151,9 @@ class TailCalibrator:
         width = self.width_[groups]
         in_tail = alpha < self.tail_fraction
         q = stats.genpareto.isf(
-            np.clip(alpha / self.tail_fraction, 1e-300, 1.0), self.shape_, scale=self.scale_
+            np.clip(alpha / self.tail_fraction, 1e-300, 1.0),
+            self.shape_[groups],
+            scale=self.scale_[groups],
         )
         levels = _LEVELS * (1.0 - self.tail_fraction)
         body_cut = (
@@ -147,14 +173,33 @@ class TailCalibrator:
         return {
             f"{prefix}body": self.body_,
             f"{prefix}width": self.width_,
-            f"{prefix}gpd": np.array([self.shape_, self.scale_, self.tail_fraction]),
+            f"{prefix}shape": self.shape_,
+            f"{prefix}scale": self.scale_,
+            f"{prefix}tail_fraction": np.array([self.tail_fraction]),
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> TailCalibrator:
-        shape, scale, tail_fraction = arrays[f"{prefix}gpd"]
-        cal = cls(tail_fraction=float(tail_fraction))
+        cal = cls(tail_fraction=float(arrays[f"{prefix}tail_fraction"][0]))
         cal.body_ = arrays[f"{prefix}body"]
         cal.width_ = arrays[f"{prefix}width"]
-        cal.shape_, cal.scale_ = float(shape), float(scale)
+        cal.shape_ = np.asarray(arrays[f"{prefix}shape"], dtype=float)
+        cal.scale_ = np.asarray(arrays[f"{prefix}scale"], dtype=float)
         return cal
+
+
+_MAX_TAIL_FIT = 5000  # exceedances per GPD fit: plenty for two parameters, and fast
+
+
+def _fit_gpd(y: np.ndarray) -> tuple[float, float]:
+    """Generalised Pareto shape and scale of exceedances ``y`` (exponential when few)."""
+    if len(y) < 20:
+        return 0.0, float(np.mean(y)) if len(y) else 1.0
+    if len(y) > _MAX_TAIL_FIT:
+        y = np.sort(y)[np.linspace(0, len(y) - 1, _MAX_TAIL_FIT).astype(int)]
+    shape, _, scale = stats.genpareto.fit(y, floc=0.0)
+    if shape < 0.0:
+        # A bounded tail would put an end to what normal syncs can do, and any normal sync
+        # beyond it would get probability zero: no lighter than exponential.
+        shape, scale = 0.0, float(np.mean(y))
+    return float(min(shape, 0.5)), float(scale)

@@ -61,9 +61,15 @@ def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:
     fresh = usable.filter(pl.col("fresh_gap_s").is_not_null()).select(
         "row", pl.lit("sync.freshness").alias("measure"), pl.col("fresh_gap_s").alias("value")
     )
-    out = pl.concat([duration, fresh]).with_columns(
+    # The connector's own word that the data is incomplete: an event, rare for most.
+    partial = usable.select(
+        "row",
+        pl.lit("sync.partial").alias("measure"),
+        (pl.col("status") == "partial").cast(pl.Float64).alias("value"),
+    )
+    out = pl.concat([duration, fresh, partial]).with_columns(
         pl.lit(None, dtype=pl.String).alias("resource"),
-        pl.lit("log").alias("kind"),
+        measure_kind_expr(pl.col("measure")).alias("kind"),
     )
     return out.select("row", "measure", "value", "resource", "kind")
 

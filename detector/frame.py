@@ -51,12 +51,16 @@ _SYNC_COLUMNS = {
 }
 
 
+#: Per-sync measures that are counts of events (one exposure per sync).
+_EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial")
+
+
 def measure_kind(measure: str) -> str:
     """Return the modelling kind of a measure name (one of :data:`MEASURE_KINDS`)."""
     if measure.startswith("metric."):
         return "level"
-    if measure.startswith("api."):
-        return "events" if measure in ("api.errors", "api.retries") else "log"
+    if measure.startswith("api.") or measure == "sync.partial":
+        return "events" if measure in _EVENT_MEASURES else "log"
     if measure == "sync.duration_s" or measure == "sync.freshness":
         return "log"
     if ".null_rate." in measure:
@@ -70,7 +74,7 @@ def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
     return (
         pl.when(measure.str.starts_with("metric."))
         .then(pl.lit("level"))
-        .when(measure.is_in(["api.errors", "api.retries"]))
+        .when(measure.is_in(list(_EVENT_MEASURES)))
         .then(pl.lit("events"))
         .when(
             measure.str.starts_with("api.") | measure.is_in(["sync.duration_s", "sync.freshness"])

@@ -6,6 +6,13 @@ Fitting (clean history: faults and unresolved pauses already left out)::
             -> isolation forest per connector (and per kind, pooled)
             -> calibrators fitted on held-out scores (two-fold cross-fitting in time)
 
+Calibration has two stages. Each *measure family* (counts falling, counts rising, null
+rates, durations, errors, ...) gets its own tail for the largest residual of the family:
+a retried burst of errors that doubles a sync's duration is common in normal life, a
+count 20 scales below its baseline is not, and one pooled "largest residual" cannot tell
+them apart. The most surprising of the family tails and the forest's tail probability
+then give one statistic, calibrated per connector against held-out normal syncs.
+
 Scoring a batch in time order (see :meth:`FleetModel.score`) runs the same chain, then
 rules and the decision. A connector's first pause in a batch switches its later syncs to
 "paused" mode (judged against the sync just before); nothing else depends on earlier
@@ -25,8 +32,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from detector.baseline import Z_CLIP, SeasonalBaseline
-from detector.calibration import TailCalibrator, combine_tail_probabilities
+from detector.baseline import SeasonalBaseline
+from detector.calibration import TailCalibrator
 from detector.explain import PERFORMANCE_MEASURES, reasons_frame
 from detector.features import STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
@@ -37,7 +44,11 @@ from detector.rules import rule_hits
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
 
 POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
-_CALIBRATORS = ("forest", "max_z", "forest_paused", "max_z_paused")
+_MODES = ("", "_paused")  # scored against the learned level, or against the sync before
+_STAGES = ("forest", "family", "combined")
+_CALIBRATORS = tuple(stage + mode for mode in _MODES for stage in _STAGES)
+_FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
+_FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _FACTS_SCHEMA = {
@@ -126,8 +137,11 @@ class FleetModel:
     baseline_, pooled_baseline_ : SeasonalBaseline
     forest_ : ArrayIsolationForest
         Groups are connectors with enough history, then kinds (pooled), then ``"*"``.
+    families_ : list of str
+        Measure families with a signed tail of their own (``count-``, ``api.errors+``...).
     calibrators_ : dict of str to TailCalibrator
-        ``"forest"`` and ``"max_z"`` calibrators over the same groups.
+        Per mode (``""`` and ``"_paused"``): ``forest`` (per group), ``family`` (one
+        group per measure family) and ``combined`` (per group).
     """
 
     def __init__(
@@ -183,6 +197,13 @@ class FleetModel:
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
+        self.families_ = sorted(
+            features.select(family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1))
+            .unique()
+            .to_series()
+            .to_list()
+        )
+        self.families_ = [f + sign for f in self.families_ for sign in "+-"]
         group_index = {g: i for i, g in enumerate(groups)}
 
         step("baselines")
@@ -204,15 +225,40 @@ class FleetModel:
             max_samples=self.max_samples,
             random_state=self.random_state,
             n_jobs=self.n_jobs,
-        ).fit([m for m, _ in matrices])
+        ).fit([m for m, _, _ in matrices])
 
         step("calibration")
-        n_groups = len(groups)
-        self.calibrators_ = {
-            name: TailCalibrator().fit(oos[name], oos["group"], n_groups=n_groups)
-            for name in _CALIBRATORS
-        }
+        self.calibrators_ = {}
+        n_fam = len(self.families_)
+        for mode in _MODES:
+            forest_s, fam, grp = oos["forest" + mode], oos["family" + mode], oos["group"]
+            self.calibrators_["forest" + mode] = TailCalibrator().fit(
+                forest_s, grp, n_groups=len(groups)
+            )
+            present = fam > 0
+            self.calibrators_["family" + mode] = TailCalibrator(
+                pool_shape=False, min_width=_FAMILY_MIN_WIDTH
+            ).fit(fam[present], np.nonzero(present)[1], n_groups=n_fam)
+            combined = self._combined_statistic(forest_s, fam, grp, mode)
+            self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
+                combined, grp, n_groups=len(groups)
+            )
         return self
+
+    def _combined_statistic(
+        self, forest_s: np.ndarray, fam: np.ndarray, groups: np.ndarray, mode: str
+    ) -> np.ndarray:
+        """``-log10`` of the smallest of the forest's and the families' tail probabilities."""
+        p_forest = self.calibrators_["forest" + mode].tail_probability(forest_s, groups)
+        p = p_forest
+        if fam.shape[1]:
+            rows, cols = np.nonzero(fam > 0)
+            p_fam = np.ones_like(fam)
+            p_fam[rows, cols] = self.calibrators_["family" + mode].tail_probability(
+                fam[rows, cols], cols
+            )
+            p = np.minimum(p, p_fam.min(axis=1))
+        return -np.log10(np.clip(p, 1e-300, 1.0))
 
     def _cross_fit_scores(self, per_connector, pooled, ivals, group_index) -> dict[str, np.ndarray]:
         """Held-out scores for every history sync: fit on one half in time, score the other."""
@@ -233,10 +279,10 @@ class FleetModel:
             halves.append((frame, key))
         scores: dict[str, list[np.ndarray]] = {
             "forest": [],
-            "max_z": [],
+            "family": [],
             "group": [],
             "forest_paused": [],
-            "max_z_paused": [],
+            "family_paused": [],
         }
         for fold in (False, True):
             fit_parts, score_parts = [], []
@@ -258,7 +304,7 @@ class FleetModel:
             fit_mats = self._group_matrices(
                 base.residuals(fc, ivals)
                 if base
-                else fc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                else fc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
                 pbase.residuals(fp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
@@ -267,11 +313,11 @@ class FleetModel:
                 max_samples=self.max_samples,
                 random_state=self.random_state + 1000,
                 n_jobs=self.n_jobs,
-            ).fit([m for m, _ in fit_mats])
+            ).fit([m for m, _, _ in fit_mats])
             score_mats = self._group_matrices(
                 base.residuals(sc, ivals)
                 if base
-                else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                else sc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
                 pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
@@ -280,40 +326,57 @@ class FleetModel:
             paused_mats = self._group_matrices(
                 base.residuals(sc, ivals, against_reference=pl.lit(True))
                 if base
-                else sc.head(0).with_columns(pl.lit(0.0).alias("z")),
+                else sc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
                 pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
                 group_index,
             )
-            for g, ((m, _), (mp, _)) in enumerate(zip(score_mats, paused_mats, strict=True)):
+            for g, ((m, _, f), (mp, _, fp_)) in enumerate(
+                zip(score_mats, paused_mats, strict=True)
+            ):
                 if len(m) == 0 or len(fit_mats[g][0]) == 0:
                     continue
                 gi = np.full(len(m), g)
                 scores["forest"].append(forest.score_samples(m, gi))
-                scores["max_z"].append(_max_abs(m))
+                scores["family"].append(f)
                 scores["forest_paused"].append(forest.score_samples(mp, gi))
-                scores["max_z_paused"].append(_max_abs(mp))
+                scores["family_paused"].append(fp_)
                 scores["group"].append(gi)
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()}
+        n_fam = len(self.families_)
+        return {
+            k: np.concatenate(v) if v else np.zeros((0, n_fam) if "family" in k else 0)
+            for k, v in scores.items()
+        }
 
     def _group_matrices(
         self, resid: pl.DataFrame, pooled_resid: pl.DataFrame, group_index: dict[str, int]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Zero-padded residual matrix (and row ids) per model group, in group order."""
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per model group, in group order: forest inputs, row ids and family maxima."""
         width = int(self.columns_["col"].max()) + 1
-        out: list[tuple[np.ndarray, np.ndarray]] = [
-            (np.zeros((0, width)), np.zeros(0, dtype=np.int64)) for _ in group_index
+        n_fam = len(self.families_)
+        out = [
+            (np.zeros((0, width)), np.zeros(0, dtype=np.int64), np.zeros((0, n_fam)))
+            for _ in group_index
         ]
         for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
             if frame.height == 0:
                 continue
-            x, rows, group = self._matrix(frame.with_columns(pl.col(key).alias("group")), width)
+            x, rows, group, fam = self._matrix(
+                frame.with_columns(pl.col(key).alias("group")), width
+            )
             for g in np.unique(group):
                 sel = group == g
-                out[group_index[self.groups_[g]]] = (x[sel], rows[sel])
+                out[group_index[self.groups_[g]]] = (x[sel], rows[sel], fam[sel])
         return out
 
-    def _matrix(self, resid: pl.DataFrame, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scatter long residual rows into a (syncs x width) matrix per their group layout."""
+    def _matrix(
+        self, resid: pl.DataFrame, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Scatter long residual rows into per-sync matrices.
+
+        Returns the forest inputs (syncs x width, per the group's layout, clipped), the row
+        ids, the group index, and each family's largest residual (syncs x families; 0 where
+        the family has no residual in the direction it names).
+        """
         gidx = pl.DataFrame({"group": self.groups_, "g": np.arange(len(self.groups_))})
         placed = (
             resid.select("row", "group", "measure", "z")
@@ -329,9 +392,23 @@ class FleetModel:
         placed = placed.join(keys.select("row", "group", "i"), on=["row", "group"])
         x = np.zeros((keys.height, width))
         x[placed["i"].to_numpy(), placed["col"].to_numpy()] = np.clip(
-            placed["z"].to_numpy(), -Z_CLIP, Z_CLIP
+            placed["z"].to_numpy(), -_FOREST_Z_CLIP, _FOREST_Z_CLIP
         )
-        return x, keys["row"].to_numpy(), keys["g"].to_numpy()
+        families = pl.DataFrame(
+            {"family": self.families_, "j": np.arange(len(self.families_), dtype=np.int64)}
+        )
+        fam = (
+            resid.select(
+                "row", "group", family_expr(pl.col("measure"), pl.col("z")), "z_tail"
+            )
+            .join(families, on="family", how="inner")
+            .join(keys.select("row", "group", "i"), on=["row", "group"])
+            .group_by("i", "j")
+            .agg(pl.col("z_tail").abs().max())
+        )
+        f = np.zeros((keys.height, len(self.families_)))
+        f[fam["i"].to_numpy(), fam["j"].to_numpy()] = fam["z_tail"].to_numpy()
+        return x, keys["row"].to_numpy(), keys["g"].to_numpy(), f
 
     # ================================================================ score
     def _check_fitted(self) -> None:
@@ -406,18 +483,21 @@ class FleetModel:
             if frame.height:
                 parts.append(self._matrix(frame.with_columns(pl.col(key).alias("group")), width))
         if parts:
-            x = np.vstack([p[0] for p in parts])
-            rows = np.concatenate([p[1] for p in parts])
-            groups = np.concatenate([p[2] for p in parts])
+            x, rows, groups, fam = (np.concatenate([p[k] for p in parts]) for k in range(4))
         else:
             x, rows, groups = np.zeros((0, width)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        p = self._tail_probability(x, rows, groups, syncs)
+            fam = np.zeros((0, len(self.families_)))
+        p = self._tail_probability(x, fam, rows, groups, syncs)
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
         )
         all_resid = pl.concat([resid, pooled_resid], how="diagonal_relaxed")
         hits = rule_hits(
-            syncs, features, intervals=ivals, expected_resources=self.expected_resources_
+            syncs,
+            features,
+            intervals=ivals,
+            expected_resources=self.expected_resources_,
+            partial_rates=self._partial_rates(syncs),
         )
         decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
         return {
@@ -428,21 +508,35 @@ class FleetModel:
             "decided": decided,
         }
 
-    def _tail_probability(self, x, rows, groups, syncs) -> np.ndarray:
-        """Combined tail probability of each residual vector, per its connector's mode."""
+    def _partial_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
+        """Each connector's learned rate of ``partial`` syncs (its kind's when cold)."""
+        def rates(base: SeasonalBaseline) -> pl.DataFrame:
+            return base.series_.filter(pl.col("measure") == "sync.partial").select(
+                base.key, pl.col("rate").alias("partial_rate")
+            )
+
+        conn = syncs.select("connector_id", "connector_kind").unique()
+        return (
+            conn.join(rates(self.baseline_), on="connector_id", how="left")
+            .join(rates(self.pooled_baseline_), on="connector_kind", how="left", suffix="_kind")
+            .select(
+                "connector_id",
+                pl.coalesce("partial_rate", "partial_rate_kind").alias("partial_rate"),
+            )
+            .drop_nulls()
+        )
+
+    def _tail_probability(self, x, fam, rows, groups, syncs) -> np.ndarray:
+        """Calibrated tail probability of each sync, per its connector's mode."""
         if not len(x):
             return np.zeros(0)
         paused_rows = syncs.filter(pl.col("paused"))["row"].to_numpy()
         paused = np.isin(rows, paused_rows)
-        forest_s, max_z = self.forest_.score_samples(x, groups), _max_abs(x)
+        forest_s = self.forest_.score_samples(x, groups)
         out = []
-        for suffix in ("", "_paused"):
-            out.append(
-                combine_tail_probabilities(
-                    self.calibrators_["forest" + suffix].tail_probability(forest_s, groups),
-                    self.calibrators_["max_z" + suffix].tail_probability(max_z, groups),
-                )
-            )
+        for mode in _MODES:
+            stat = self._combined_statistic(forest_s, fam, groups, mode)
+            out.append(self.calibrators_["combined" + mode].tail_probability(stat, groups))
         return np.where(paused, out[1], out[0])
 
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
@@ -589,6 +683,7 @@ class FleetModel:
         for key, cal in self.calibrators_.items():
             arrays.update(cal.to_arrays(f"calibration/{key}/"))
         arrays["groups"] = np.asarray(self.groups_, dtype=str)
+        arrays["families"] = np.asarray(self.families_, dtype=str)
         config = {
             "n_estimators": self.n_estimators,
             "max_samples": self.max_samples,
@@ -642,6 +737,7 @@ class FleetModel:
             key: TailCalibrator.from_arrays(arrays, f"calibration/{key}/") for key in _CALIBRATORS
         }
         model.groups_ = [str(g) for g in arrays["groups"]]
+        model.families_ = [str(f) for f in arrays["families"]]
         pol = config["policy"]
         model.policy_ = Policy(
             criticalities=pol["criticalities"],
@@ -653,8 +749,24 @@ class FleetModel:
 
 
 # ---------------------------------------------------------------- helpers
-def _max_abs(x: np.ndarray) -> np.ndarray:
-    return np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
+def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
+    """Signed measure family: ``count-`` for any resource's count below its baseline.
+
+    Resource measures lose their resource type (``user.count`` -> ``count``), null rates
+    their field; sync and API measures and custom metrics keep their own names.
+    """
+    base = (
+        pl.when(measure.str.starts_with("api.") | measure.str.starts_with("sync."))
+        .then(measure)
+        .when(measure.str.starts_with("metric."))
+        .then(pl.lit("metric"))
+        .when(measure.str.contains(".null_rate.", literal=True))
+        .then(pl.lit("null_rate"))
+        .otherwise(measure.str.split(".").list.last())
+    )
+    return pl.concat_str(base, pl.when(z >= 0).then(pl.lit("+")).otherwise(pl.lit("-"))).alias(
+        "family"
+    )
 
 
 def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS"]
+__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS", "MIN_POPULATED",
+           "MAX_PARTIAL_RATE"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
 #: least an hour late), e.g. an hourly connector that skipped two syncs.
@@ -18,6 +19,10 @@ OVERDUE_FACTOR = 3.0
 
 #: Rules on counts and fields need this many records at the reference sync to speak.
 MIN_RECORDS = 5
+#: Records expected to carry a field before all-null on it is a rule hit (exp(-20) ~ 2e-9).
+MIN_POPULATED = 20
+#: Connectors that report ``partial`` on more syncs than this have it judged by the model.
+MAX_PARTIAL_RATE = 0.01
 
 RULES = {
     "sync_failed": "the connector reported the sync as failed",
@@ -26,6 +31,7 @@ RULES = {
     "resource_missing": "a resource type the connector always reports is missing",
     "field_entirely_null": "a field that was populated is null on every record",
     "overdue_sync": "the sync arrived long after the connector's usual interval",
+    "partial_sync": "the connector reported its data as partial, which it rarely does",
 }
 
 
@@ -39,6 +45,7 @@ def rule_hits(
     *,
     intervals: pl.DataFrame,
     expected_resources: pl.DataFrame | None = None,
+    partial_rates: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per rule hit: ``row, rule, detail``.
 
@@ -76,15 +83,16 @@ def rule_hits(
             "{} returned 0 records (previously {})", pl.col("resource"), _fmt(pl.col("reference"))
         ).alias("detail"),
     )
-    # Only a field that was really populated: on a 7-record set whose field is 90% null,
-    # all-null is one record away and happens in normal life.
-    populated = (1.0 - pl.col("reference")) * pl.col("exposure").fill_null(0.0)
+    # Only a field that was really populated: if k records were expected to carry it,
+    # chance alone blanks them all about exp(-k) of the time (a 130-record set whose field
+    # is 96% null goes all-null every 200 syncs). The model judges the rarer fields.
+    size = pl.min_horizontal(pl.col("exposure").fill_null(0.0), pl.col("current_size").fill_null(0))
+    populated = (1.0 - pl.col("reference")) * size
     all_null = features.filter(
         (pl.col("kind") == "rate")
         & (pl.col("value") >= 1.0)
         & (pl.col("reference") < 1.0)
-        & (populated >= MIN_RECORDS)
-        & (pl.col("current_size").fill_null(0) >= MIN_RECORDS)
+        & (populated >= MIN_POPULATED)
     ).select(
         "row",
         pl.lit("field_entirely_null").alias("rule"),
@@ -111,6 +119,23 @@ def rule_hits(
         )
     )
     parts = [status_hits, zero, all_null, late]
+    if partial_rates is not None:
+        # The connector itself says the data is incomplete. Some connectors say so
+        # routinely (skipped objects they may not read); those are left to the model.
+        parts.append(
+            syncs.filter(pl.col("status") == "partial")
+            .join(partial_rates, on="connector_id", how="inner")
+            .filter(pl.col("partial_rate") < MAX_PARTIAL_RATE)
+            .select(
+                "row",
+                pl.lit("partial_sync").alias("rule"),
+                pl.format(
+                    "status partial (error_class {}); this connector's usual partial rate {}%",
+                    pl.col("error_class").fill_null("none"),
+                    (pl.col("partial_rate") * 100).round(2),
+                ).alias("detail"),
+            )
+        )
     if expected_resources is not None and expected_resources.height:
         reported = features.filter(pl.col("kind") == "count").select("row", "resource")
         want = (

@@ -241,3 +241,63 @@ def test_fit_needs_history():
         FleetModel().fit([])
     with pytest.raises(RuntimeError, match="call fit first"):
         FleetModel().score([])
+
+
+def test_calibrator_gives_each_family_its_own_tail():
+    rng = np.random.default_rng(1)
+    light = np.abs(rng.normal(size=20_000))  # a family whose extremes are rare
+    heavy = np.abs(rng.standard_t(df=2, size=20_000))  # one whose extremes are common
+    scores = np.concatenate([light, heavy])
+    groups = np.repeat([0, 1], 20_000)
+    own = TailCalibrator(pool_shape=False).fit(scores, groups, n_groups=2)
+    p = own.tail_probability(np.array([6.0, 6.0]), np.array([0, 1]))
+    assert p[0] < 1e-5 < 1e-2 < p[1]  # t(2): P(|T| > 6) is about 0.027
+    assert own.shape_[1] > own.shape_[0] >= 0.0  # never a bounded tail
+
+
+def test_log10_tail_extrapolates_minus_log10_scores():
+    rng = np.random.default_rng(2)
+    minus_log10_p = -np.log10(rng.uniform(size=50_000))  # calibrated p-values
+    cal = TailCalibrator(log10_tail=True).fit(minus_log10_p, np.zeros(50_000, int), n_groups=1)
+    p = cal.tail_probability(np.array([2.0, 6.0, 12.0]), np.zeros(3, int))
+    np.testing.assert_allclose(p, [1e-2, 1e-6, 1e-12], rtol=0.5)
+
+
+def test_connector_reporting_partial_data_pauses(fleet):
+    record = copy.deepcopy(_last_normal(fleet, "okta"))
+    record.update(status="partial", error_class="timeout")
+    out = _score_one(fleet, record)
+    assert out.results["decision"][0] == "pause"
+    assert "partial_sync" in out.rule_hits["rule"].to_list()
+
+
+def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
+    from detector.rules import MIN_POPULATED, rule_hits
+
+    def hits(reference: float, size: float) -> list[str]:
+        features = pl.DataFrame(
+            {
+                "row": [0],
+                "connector_id": ["c"],
+                "measure": ["user.null_rate.phone"],
+                "resource": ["user"],
+                "kind": ["rate"],
+                "value": [1.0],
+                "reference": [reference],
+                "exposure": [size],
+                "current_size": [size],
+            }
+        )
+        syncs = pl.DataFrame(
+            {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
+             "fresh_gap_s": [3600.0]},
+            schema_overrides={"error_class": pl.String},
+        )
+        intervals = pl.DataFrame(schema={"connector_id": pl.String, "interval_s": pl.Float64})
+        return rule_hits(syncs, features, intervals=intervals)["rule"].to_list()
+
+    # 130 records, 96% null: about 5 expected to carry the field; chance blanks them often.
+    assert "field_entirely_null" not in hits(0.96, 130.0)
+    # 100 records, half populated: blanking all of them is not chance.
+    assert "field_entirely_null" in hits(0.5, 100.0)
+    assert MIN_POPULATED >= 14  # exp(-14) < 1e-6 per field and sync
