@@ -52,7 +52,7 @@ from detector.errors import (
     SyncguardError,
 )
 from detector.events.native import format_timestamp, invalid_record, sync_scored
-from detector.events.scored import scored_events
+from detector.events.scored import ScoredEvents, scored_events
 from detector.events.sinks import Sink, encode
 from detector.home import Home
 from detector.store import IngestReport, Store, ledger, scores
@@ -239,8 +239,8 @@ class Scorer:
                     raise ModelError(self.unscorable or "no model")
                 state, facts = self._with_new_connectors(conn, todo, state, facts, open_before)
                 result = self.model.score(todo.select("record"), state=state, facts=facts)
-                events = scored_events(result.results, result.reasons, result.rule_hits,
-                                       scored_at=now, model_version=self.model_version)
+                batch = scored_events(result.results, result.reasons, result.rule_hits,
+                                      scored_at=now, model_version=self.model_version)
                 unscorable = False
             except (StoreError, KeyboardInterrupt):
                 raise
@@ -248,14 +248,14 @@ class Scorer:
                 why = str(exc) if isinstance(exc, ModelError) else (
                     f"scoring failed: {type(exc).__name__}: {exc}")
                 self.unscorable = self.unscorable or why
-                events = self._unscorable_events(todo, why, now)
+                batch = self._unscorable_events(todo, why, now)
                 result, unscorable = None, True
-            self._record(todo, events, now, unscorable)
-            self._open_pauses(events, open_before, now)
+            self._record(todo, batch, now, unscorable)
+            self._open_pauses(batch, open_before, now)
             if result is not None:
                 save_state(conn, result.state, result.facts, model_version=self.model_version,
                            now=now)
-        self.events.update((e["sync_id"], e) for e in events)
+        self.events.update(zip(batch.frame["sync_id"], batch.events, strict=True))
 
     def _with_new_connectors(self, conn, todo: pl.DataFrame, state: pl.DataFrame,
                              facts: pl.DataFrame,
@@ -275,14 +275,13 @@ class Scorer:
         return state, facts.with_columns(
             pl.col("connector_id").is_in(sorted(open_before)).alias("state_paused"))
 
-    def _unscorable_events(self, todo: pl.DataFrame, why: str,
-                           now: str) -> list[dict[str, Any]]:
+    def _unscorable_events(self, todo: pl.DataFrame, why: str, now: str) -> ScoredEvents:
         """Fail closed: a pause with the rule hit ``unscorable`` for every sync."""
         policy = self.policy().table(
             todo.select("connector_id", pl.col("connector_kind").fill_null("unknown")).unique())
         crit = dict(zip(policy["connector_id"], policy["criticality"], strict=True))
         sev = dict(zip(policy["connector_id"], policy["severity"], strict=True))
-        return [
+        events = [
             sync_scored(sync_id=sid, connector_id=cid, connector_kind=kind, scored_at=now,
                         decision="pause", severity=sev[cid], criticality=crit[cid],
                         model_version=self.model_version,
@@ -290,6 +289,8 @@ class Scorer:
             for sid, cid, kind in todo.select("sync_id", "connector_id",
                                               "connector_kind").iter_rows()
         ]
+        return ScoredEvents(pl.from_dicts(events, schema=_SCORE_VALUES), events,
+                            [encode(e) for e in events])
 
     def policy(self) -> Policy:
         """The model's connector policy, or the built-in one when there is no model."""
@@ -299,21 +300,22 @@ class Scorer:
 
         return load_policy()
 
-    def _record(self, todo: pl.DataFrame, events: list[dict[str, Any]], now: str,
+    def _record(self, todo: pl.DataFrame, batch: ScoredEvents, now: str,
                 unscorable: bool) -> None:
         """Scores and their audit rows, in the chunk's transaction."""
-        values = pl.from_dicts(events, schema=_SCORE_VALUES)
-        text = pl.DataFrame(
-            {"event": [encode(e) for e in events],
-             "reasons": [encode(e["reasons"]) if e["reasons"] else "[]" for e in events],
-             "rule_hits": [encode(e["rule_hits"]) if e["rule_hits"] else "[]"
-                           for e in events]},
-            schema={"event": pl.String, "reasons": pl.String, "rule_hits": pl.String},
-        )
+        has_lists = batch.frame.with_row_index("i").filter(
+            pl.col("decision") != "proceed")["i"]  # only pauses and reviews carry reasons
+        flagged = [(e["sync_id"], encode(e["reasons"]), encode(e["rule_hits"]))
+                   for e in (batch.events[i] for i in has_lists)]
+        lists = pl.DataFrame(flagged, schema={"sync_id": pl.String, "reasons": pl.String,
+                                              "rule_hits": pl.String}, orient="row")
         rows = (
-            pl.concat([values, text], how="horizontal")
+            batch.frame.select(list(_SCORE_VALUES))
+            .with_columns(pl.Series("event", batch.texts, dtype=pl.String))
+            .join(lists, on="sync_id", how="left", maintain_order="left")
             .join(todo.select("sync_id", "started_ts"), on="sync_id", maintain_order="left")
             .with_columns(
+                pl.col("reasons", "rule_hits").fill_null("[]"),
                 pl.lit(now).alias("scored_at"),
                 pl.lit(self.model_version, dtype=pl.String).alias("model_version"),
                 pl.col("connector_paused", "cold_start").cast(pl.Int64),
@@ -330,13 +332,13 @@ class Scorer:
             pl.lit("score").alias("action"), "sync_id", "decision", details.alias("details"),
         ).rows())
 
-    def _open_pauses(self, events: list[dict[str, Any]], open_before: set[str],
-                     now: str) -> None:
+    def _open_pauses(self, batch: ScoredEvents, open_before: set[str], now: str) -> None:
         """One pause per connector: at its first paused sync, unless one is open."""
         first: dict[str, dict[str, Any]] = {}
-        for event in events:  # pauses are few; events are in time order
+        paused = batch.frame.with_row_index("i").filter(pl.col("decision") == "pause")["i"]
+        for event in (batch.events[i] for i in paused):  # in time order
             cid = event["connector_id"]
-            if event["decision"] == "pause" and cid not in open_before and cid not in first:
+            if cid not in open_before and cid not in first:
                 first[cid] = event
         if first:
             opened = ledger.open_pause_many(

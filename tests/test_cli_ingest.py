@@ -208,8 +208,8 @@ def test_simulate_rejects_an_empty_fleet(home: Path, monkeypatch: pytest.MonkeyP
     assert result.stderr.endswith("error: --connectors and --days must be at least 1\n")
 
 
-def test_demo_simulates_ingests_and_shows_status(home: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_simulates_ingests_scores_and_shows_status(home: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from detector.cli import demo
 
     calls = _fake_simulator(monkeypatch)
@@ -221,11 +221,23 @@ def test_demo_simulates_ingests_and_shows_status(home: Path,
     assert calls == [(home / "demo", 3, 10, 7)]
     assert trained == [{"days": 10, "actor": trained[0]["actor"], "trees": 30}]
     lines = result.stdout.splitlines()
-    assert lines[0] == "ingested 30 records: 30 accepted, 0 replayed, 0 conflicts, 0 rejected"
-    assert lines[1].split()[0] == "connector" and len(lines) == 2 + 3
-    # A second demo run replays: nothing is stored twice.
-    again = invoke(home, "demo", "--connectors", "3", "--days", "10")
-    assert again.stdout.splitlines()[0].startswith("ingested 30 records: 0 accepted, 30 replayed")
+    # 10 hourly syncs per connector: the first half is history, the second half is scored.
+    assert lines[0] == "ingested 15 records: 15 accepted, 0 replayed, 0 conflicts, 0 rejected"
+    # Nothing was trained here: scoring fails closed, every sync paused as unscorable.
+    assert lines[1].startswith("scored 15 syncs with no model: 15 pause, 0 review, 0 proceed")
+    assert f"events: 15 native events in {home / 'events' / 'demo-events.jsonl'}" in lines
+    assert any(line.split()[:2] == ["method", "paused"] for line in lines)
+    table = lines.index("the same syncs, all methods (0 fault episodes injected):")
+    assert lines[table + 2].split()[:2] == ["syncguard", "15"]
+    status = lines.index("open pauses (resume with `syncguard resume CONNECTOR --by WHO "
+                         "--reason TEXT`):")
+    # Freshness as of the end of the simulated window, not of today.
+    assert all(" OPEN   ok (" in line for line in lines[status - 4:status - 1])
+    # A second demo run replays: nothing is stored or decided twice.
+    again = invoke(home, "demo", "--connectors", "3", "--days", "10").stdout.splitlines()
+    assert again[0].startswith("ingested 15 records: 0 accepted, 15 replayed")
+    assert again[1].startswith("scored 0 syncs with no model: 15 pause, 0 review, 0 proceed; "
+                               "15 replayed")
 
 
 def test_real_process_exit_codes_and_home_env(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Native ``sync_scored`` events for a whole batch of results, built column-wise.
 
 :func:`detector.events.native.sync_scored` builds and schema-validates one event at a time
-(about 0.25 ms each); a batch of thousands of syncs builds them here instead, with polars:
-every event of a batch has the same shape, so the shape is validated once per batch
-(the first event, and every pause and review with its reasons, go through the full JSON
-Schema) and the values are checked column by column (enums, finite numbers, ranges).
+(about 0.25 ms each); a batch of thousands of syncs builds them here instead, with polars,
+and serialises them with polars too. Every event of a batch has one of three shapes
+(no reasons or rule hits, with reasons, with rule hits), so the first event of each
+shape goes through the full JSON Schema, and every value is checked column by column
+(enums, finite numbers, ranges, non-empty names, rule name pattern).
 
 The model's reasons carry a *signed* distance (below expected is negative); the native
 event's ``distance`` is how far outside the range, so it is the absolute value here (the
@@ -14,6 +15,7 @@ model lists twice for one sync is kept once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -28,9 +30,13 @@ from detector.events.native import (
     validate,
 )
 
-__all__ = ["scored_events"]
+__all__ = ["ScoredEvents", "scored_events"]
 
 _REASON_NUMBERS = ("observed", "expected", "range_lo", "range_hi", "distance")
+_REASON = pl.Struct({"metric": pl.String, "observed": pl.Float64, "expected": pl.Float64,
+                     "expected_range": pl.List(pl.Float64), "distance": pl.Float64,
+                     "description": pl.String})
+_RULE_HIT = pl.Struct({"rule": pl.String, "detail": pl.String})
 
 
 def _finite(name: str) -> pl.Expr:
@@ -39,14 +45,18 @@ def _finite(name: str) -> pl.Expr:
     return pl.when(col.is_finite()).then(col).otherwise(None).alias(name)
 
 
+def _clean_reasons(reasons: pl.DataFrame) -> pl.DataFrame:
+    """Each metric once per sync, numbers finite or null, distance unsigned."""
+    return reasons.unique(["sync_id", "metric"], keep="first", maintain_order=True).with_columns(
+        *[_finite(c) for c in _REASON_NUMBERS]
+    ).with_columns(pl.col("distance").abs())
+
+
 def _reasons(reasons: pl.DataFrame) -> pl.DataFrame:
     """``sync_id, reasons``: each sync's reasons as a list of native reason structs."""
     if reasons.height == 0:
-        return pl.DataFrame(schema={"sync_id": pl.String, "reasons": pl.List(pl.Null)})
-    clean = reasons.unique(["sync_id", "metric"], keep="first", maintain_order=True).with_columns(
-        *[_finite(c) for c in _REASON_NUMBERS]
-    ).with_columns(pl.col("distance").abs())
-    return clean.group_by("sync_id", maintain_order=True).agg(
+        return pl.DataFrame(schema={"sync_id": pl.String, "reasons": pl.List(_REASON)})
+    return reasons.group_by("sync_id", maintain_order=True).agg(
         pl.struct(
             "metric", "observed", "expected",
             pl.concat_list("range_lo", "range_hi").alias("expected_range"),
@@ -58,14 +68,52 @@ def _reasons(reasons: pl.DataFrame) -> pl.DataFrame:
 def _rule_hits(hits: pl.DataFrame) -> pl.DataFrame:
     """``sync_id, rule_hits``: each sync's rule hits as a list of ``{rule, detail}``."""
     if hits.height == 0:
-        return pl.DataFrame(schema={"sync_id": pl.String, "rule_hits": pl.List(pl.Null)})
+        return pl.DataFrame(schema={"sync_id": pl.String, "rule_hits": pl.List(_RULE_HIT)})
     return hits.group_by("sync_id", maintain_order=True).agg(
         pl.struct("rule", "detail").alias("rule_hits"))
 
 
-def _check_values(frame: pl.DataFrame) -> None:
-    """Column-wise checks of what the schema says about each value."""
+@dataclass(frozen=True)
+class ScoredEvents:
+    """A batch of ``sync_scored`` events, three ways.
+
+    Attributes
+    ----------
+    frame : pl.DataFrame
+        One row per event, columns in the documented key order.
+    events : list of dict
+        The events as dicts (what sinks take).
+    texts : list of str
+        Each event as compact JSON (what the store keeps).
+    """
+
+    frame: pl.DataFrame
+    events: list[dict[str, Any]]
+    texts: list[str]
+
+
+def _check_lists(reasons: pl.DataFrame, hits: pl.DataFrame) -> list[str]:
+    """Column-wise checks of the reasons and rule hits (before aggregation)."""
     problems = []
+    if reasons.height:
+        empty = reasons.filter((pl.col("metric").fill_null("") == "")
+                               | (pl.col("description").fill_null("") == ""))
+        if empty.height:
+            problems.append(f"reason without a metric or description (sync_id "
+                            f"{empty['sync_id'][0]!r})")
+        if (reasons["distance"].drop_nulls() < 0).any():
+            problems.append("negative reasons[].distance")
+    if hits.height:
+        bad = hits.filter(~pl.col("rule").fill_null("").str.contains(r"^[a-z][a-z0-9_]*$")
+                          | (pl.col("detail").fill_null("") == ""))
+        if bad.height:
+            problems.append(f"rule hit {bad['rule'][0]!r} without a snake_case name or a "
+                            f"detail (sync_id {bad['sync_id'][0]!r})")
+    return problems
+
+
+def _check_values(frame: pl.DataFrame, problems: list[str]) -> None:
+    """Column-wise checks of what the schema says about each value."""
     for col, allowed in (("decision", DECISIONS), ("severity", SEVERITIES),
                          ("criticality", CRITICALITIES)):
         bad = frame.filter(~pl.col(col).is_in(list(allowed)) | pl.col(col).is_null())
@@ -80,7 +128,7 @@ def _check_values(frame: pl.DataFrame) -> None:
 
 
 def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.DataFrame, *,
-                  scored_at: str, model_version: str | None) -> list[dict[str, Any]]:
+                  scored_at: str, model_version: str | None) -> ScoredEvents:
     """One validated native event per row of ``results``, in the same order.
 
     Parameters
@@ -93,7 +141,7 @@ def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.Da
 
     Returns
     -------
-    list of dict
+    ScoredEvents
         ``sync_scored`` events, keys in the documented order, ``replay`` false.
 
     Raises
@@ -103,6 +151,7 @@ def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.Da
     """
     ids = [event_id("sync_scored", c, s)
            for c, s in zip(results["connector_id"], results["sync_id"], strict=True)]
+    reasons = _clean_reasons(reasons)
     frame = (
         results.join(_reasons(reasons), on="sync_id", how="left", maintain_order="left")
         .join(_rule_hits(rule_hits), on="sync_id", how="left", maintain_order="left")
@@ -115,23 +164,21 @@ def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.Da
             pl.lit(model_version, dtype=pl.String).alias("model_version"),
             "decision", "severity", "criticality",
             _finite("score"), _finite("cutoff"), _finite("tail_probability"),
-            "reasons", "rule_hits",
+            pl.col("reasons").fill_null([]), pl.col("rule_hits").fill_null([]),
             pl.col("connector_paused").fill_null(False),
             pl.col("cold_start").fill_null(False),
             pl.lit(False).alias("replay"),
         )
     )
-    _check_values(frame)
+    _check_values(frame, _check_lists(reasons, rule_hits))
     events = frame.to_dicts()
-    for event in events:
-        # Joined lists are null where a sync had no reasons or hits.
-        if event["reasons"] is None:
-            event["reasons"] = []
-        if event["rule_hits"] is None:
-            event["rule_hits"] = []
-    # One of each shape through the full schema: the first event, and every event that
-    # carries reasons or rule hits (pauses and reviews: few, and the ones that matter).
-    for i, event in enumerate(events):
-        if i == 0 or event["reasons"] or event["rule_hits"]:
-            validate(event)
-    return events
+    texts = frame.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
+    # The first event of each shape through the full schema.
+    shapes = frame.select(
+        pl.int_range(pl.len()).alias("i"),
+        (pl.col("reasons").list.len() > 0).alias("r"),
+        (pl.col("rule_hits").list.len() > 0).alias("h"),
+    ).unique(["r", "h"], keep="first", maintain_order=True)
+    for i in shapes["i"]:
+        validate(events[i])
+    return ScoredEvents(frame, events, texts)
