@@ -44,9 +44,9 @@ class TailCalibrator:
         Exceedances a group needs for its own tail when ``pool_shape`` is ``False``.
     log10_tail : bool, default=False
         For scores that are already ``-log10`` of tail probabilities: beyond each group's
-        body the tail is ``10 ** -score`` (scaled to meet the body) rather than fitted.
-        A fitted tail would be dominated by the few largest held-out scores and flatten
-        where evidence is strongest.
+        body the tail is exponential in the score, pooled across groups, and never
+        flatter than ``10 ** -score``. A free GPD tail would be dominated by the few
+        largest held-out scores and flatten where evidence is strongest.
 
     Attributes
     ----------
@@ -108,7 +108,13 @@ class TailCalibrator:
         shape = np.full(n_groups, pooled[0])
         scale = np.full(n_groups, pooled[1])
         if self.log10_tail:
-            scale = 1.0 / (np.log(10.0) * width)
+            # Exponential in the score, at least as steep as 10 ** -score: held-out scores
+            # that fall faster than that (dependent families) set the slope themselves.
+            raw_excess = (scores - body[groups, -1])[tail]
+            rate = np.log(10.0)
+            if len(raw_excess) >= 20:
+                rate = max(rate, 1.0 / float(np.mean(raw_excess)))
+            scale = 1.0 / (rate * width)
         elif not self.pool_shape:
             own = np.bincount(groups[tail], minlength=n_groups)
             for g in np.flatnonzero(own >= self.min_tail):
