@@ -423,6 +423,7 @@ def register_fleet_model(
     *,
     metrics: Mapping[str, Any],
     force: bool = False,
+    promote: bool = True,
 ) -> RegistrationResult:
     """Log a model directory to a run, register it, and promote it if the gate passes.
 
@@ -473,6 +474,11 @@ def register_fleet_model(
         metrics, None if champion is None else _metrics_from_tags(champion.tags)
     )
     against = "" if champion is None else f" (vs champion v{champion.version})"
+    if not promote:
+        verdict = "passes" if gate else "fails"
+        return RegistrationResult(
+            version, False, f"challenger, not promoted; gate {verdict}: {gate.reason}{against}"
+        )
     if gate:
         reason = gate.reason + against
     elif force:
