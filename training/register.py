@@ -439,6 +439,9 @@ def register_fleet_model(
         The challenger's backtest metrics (stored as version tags, fed to the gate).
     force : bool, default False
         Move the ``champion`` alias even when the gate fails.
+    promote : bool, default True
+        False registers a challenger: the alias never moves (not even with no champion
+        yet) and ``reason`` gives the gate's verdict for information.
 
     Returns
     -------
