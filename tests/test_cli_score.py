@@ -7,12 +7,15 @@ and the pause/resume/label round trips with their audit trail.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import make_record, write_jsonl
+from conftest import REPO, make_record, write_jsonl
 from ocsf_check import OcsfValidator, compile_schema
 from scoring_support import Fleet, ingest_history
 
@@ -230,3 +233,26 @@ def test_check_freshness_exit_0_when_all_fresh(tmp_path: Path) -> None:
     result = _cli(home, "check-freshness")
     assert result.exit_code == 0 and result.stdout == ""
 
+
+
+def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet: Fleet,
+                                                       tmp_path: Path) -> None:
+    """The cold-start path: a `syncguard score` process loads none of the heavy libraries
+    it does not need (the champion comes from the local cache, not from MLflow)."""
+    path = write_jsonl(tmp_path / "one.jsonl", fleet.test[:1])
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['syncguard', '--home', {str(scoring_home.root)!r}, 'score', {str(path)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('detector.cli.main', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules}\n"
+        "               & {'mlflow', 'sklearn', 'matplotlib', 'statsmodels', 'training'})\n"
+        "print('HEAVY', code, heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+                          check=True)
+    assert json.loads(done.stdout)["model_version"] == "1"  # it did score with the model
+    assert done.stderr.strip().splitlines()[-1] in ("HEAVY 0 []", "HEAVY 3 []")
