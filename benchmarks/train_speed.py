@@ -16,8 +16,13 @@ table shows
 * ``backtest s``: the backtest fit plus scoring the held-out window;
 * ``train s``: the pipeline end to end, wall clock;
 * ``RSS main``: peak resident memory of the training process (``ru_maxrss``);
-* ``RSS worker``: peak of the largest forest-fitting worker process (joblib); the
-  peak of the whole job is at most ``main + jobs x worker``.
+* ``RSS total``: peak of the training process plus its forest-fitting workers (joblib),
+  sampled from ``/proc`` every 0.2 s. (``ru_maxrss`` of a forked worker would count the
+  pages it shares with its parent at fork time, so workers are sampled instead.)
+
+A run whose total RSS passes ``--max-rss-gib`` (default 12) is stopped, so that a fleet
+too large for this shared machine cannot push it into swapping or the OOM killer; the
+table then says where (which phase, after how long) it stopped.
 
 Each size runs once (the machine is shared and the largest size takes minutes); the
 target is 1,000 connectors x 90 days in at most 5 minutes and under 4 GiB.
@@ -26,12 +31,14 @@ target is 1,000 connectors x 90 days in at most 5 minutes and under 4 GiB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,26 +72,75 @@ def _prepare(home: Path, connectors: int, days: int, seed: int) -> dict:
     }
 
 
-def _train(home: Path, labels_path: str, trees: int, jobs: int) -> dict:
+def _rss(pid: int | str) -> int:
+    """Resident bytes of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+class _Watch(threading.Thread):
+    """Sample this process and its descendants; stop the run above a memory limit."""
+
+    def __init__(self, limit: int):
+        super().__init__(daemon=True)
+        self.limit, self.peak, self.phase, self.t0 = limit, 0, "starting", time.perf_counter()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while True:
+            total = _rss(me) + sum(_rss(k) for k in _descendants(me))
+            self.peak = max(self.peak, total)
+            if total > self.limit:
+                print(json.dumps({"aborted": True, "phase": self.phase, "peak": self.peak,
+                                  "after_s": time.perf_counter() - self.t0}), flush=True)
+                for kid in _descendants(me):  # our own forest workers, then ourselves
+                    with contextlib.suppress(OSError):
+                        os.kill(kid, 9)
+                os._exit(3)
+            time.sleep(0.2)
+
+
+def _train(home: Path, labels_path: str, trees: int, jobs: int, limit: int) -> dict:
     """Run the pipeline once; report its timings and peak memory (in a child process)."""
     from training.pipeline import TrainConfig, train
 
-    t0 = time.perf_counter()
-    result = train(home, TrainConfig(n_estimators=trees, n_jobs=jobs), labels_path=labels_path)
-    wall = time.perf_counter() - t0
-    try:  # wait for the forest workers, so their peak shows in RUSAGE_CHILDREN
-        from joblib.externals.loky import get_reusable_executor
+    watch = _Watch(limit)
+    watch.start()
 
-        get_reusable_executor().shutdown(wait=True)
-    except Exception:  # pragma: no cover - joblib internals moved
-        pass
+    def step(name: str) -> None:
+        watch.phase = name
+
+    t0 = time.perf_counter()
+    result = train(home, TrainConfig(n_estimators=trees, n_jobs=jobs), labels_path=labels_path,
+                   progress=step)
+    wall = time.perf_counter() - t0
     kib = 1024  # ru_maxrss is in KiB on Linux
     return {
         "wall_s": wall,
         "timings": result.timings,
         "version": result.version,
         "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
-        "rss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
+        "rss_total": watch.peak,
         "metrics": {k: result.metrics.get(k) for k in ("episode_recall", "false_pauses_per_1000",
                                                        "calibration_ratio")},
     }
@@ -95,9 +151,12 @@ def _child(*args: str) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)  # the home's embedded store
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
                           env=env, cwd=REPO, check=False)
+    last = proc.stdout.strip().splitlines()[-1:] or ["{}"]
+    if proc.returncode == 3 and '"aborted"' in last[0]:
+        return json.loads(last[0])
     if proc.returncode != 0:
         raise SystemExit(f"child {args[0]} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(last[0])
 
 
 def _gib(n: float) -> str:
@@ -113,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="Keep the homes under this directory.")
+    ap.add_argument("--max-rss-gib", type=float, default=12.0,
+                    help="Stop a run whose memory passes this (the machine is shared).")
     args = ap.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="train-speed-"))
     rows = []
@@ -121,30 +182,47 @@ def main(argv: list[str] | None = None) -> int:
         prep = _child("--_prepare", str(home), str(n), str(args.days), str(args.seed))
         print(f"{n} connectors: {prep['syncs']} syncs ingested in {prep['prepare_s']:.0f} s, "
               f"intervals (h: connectors) {prep['intervals_h']}", file=sys.stderr, flush=True)
-        run = _child("--_train", str(home), prep["labels_path"], str(args.trees), str(args.jobs))
+        limit = str(int(args.max_rss_gib * 2**30))
+        run = _child("--_train", str(home), prep["labels_path"], str(args.trees), str(args.jobs),
+                     limit)
         rows.append((n, prep, run))
+        if run.get("aborted"):
+            print(f"{n} connectors: stopped in '{run['phase']}' after {run['after_s']:.0f} s, "
+                  f"RSS {_gib(run['peak'])}", file=sys.stderr, flush=True)
+            break
         t = run["timings"]
         print(f"{n} connectors: train {run['wall_s']:.0f} s, fit {t['final_fit_s']:.0f} s",
               file=sys.stderr, flush=True)
     head = (f"{'connectors':>10} {'syncs':>8} {'fit s':>7} {'backtest s':>10} {'train s':>8} "
-            f"{'RSS main':>10} {'RSS worker':>10}")
+            f"{'RSS main':>10} {'RSS total':>10}")
     print(f"syncguard train, {args.days} days, {args.trees} trees, {args.jobs} jobs, one run "
           "per size")
     print(head)
     print("-" * len(head))
     for n, prep, run in rows:
+        if run.get("aborted"):
+            print(f"{n:>10} {prep['syncs']:>8}  stopped in '{run['phase']}' after "
+                  f"{run['after_s']:.0f} s: RSS passed {_gib(run['peak'])}")
+            continue
         t = run["timings"]
         print(f"{n:>10} {prep['syncs']:>8} {t['final_fit_s']:>7.1f} {t['backtest_s']:>10.1f} "
-              f"{run['wall_s']:>8.1f} {_gib(run['rss_main']):>10} {_gib(run['rss_worker']):>10}")
-    print("final fit phases (s): " + "; ".join(
-        f"{n}: " + ", ".join(f"{k.removeprefix('final.').removesuffix('_s')} {v:.0f}"
-                             for k, v in run["timings"].items() if k.startswith("final."))
-        for n, _, run in rows))
+              f"{run['wall_s']:>8.1f} {_gib(run['rss_main']):>10} {_gib(run['rss_total']):>10}")
+    done = [(n, run) for n, _, run in rows if not run.get("aborted")]
+    for stage in ("backtest", "final"):
+        print(f"{stage} phases (s): " + "; ".join(
+            f"{n}: " + ", ".join(f"{k.removeprefix(stage + '.').removesuffix('_s')} {v:.0f}"
+                                 for k, v in run["timings"].items() if k.startswith(stage + "."))
+            for n, run in done))
     n, prep, run = rows[-1]
-    peak = run["rss_main"] + args.jobs * run["rss_worker"]
-    ok = run["wall_s"] <= TARGET_S and peak < TARGET_BYTES
-    print(f"target: {n} x {args.days} train <= {TARGET_S:.0f} s and < 4 GiB -> "
-          f"{run['wall_s']:.0f} s, <= {_gib(peak)}: {'ok' if ok else 'MISSED'}")
+    if run.get("aborted"):
+        ok = False
+        verdict = f"stopped above {_gib(run['peak'])}"
+    else:
+        peak = max(run["rss_main"], run["rss_total"])
+        ok = run["wall_s"] <= TARGET_S and peak < TARGET_BYTES
+        verdict = f"{run['wall_s']:.0f} s, {_gib(peak)}"
+    print(f"target: {n} x {args.days} train <= {TARGET_S:.0f} s and < 4 GiB -> {verdict}: "
+          f"{'ok' if ok else 'MISSED'}")
     if not args.keep:
         import shutil
 
@@ -157,7 +235,7 @@ if __name__ == "__main__":
         _, _, home, n, days, seed = sys.argv
         print(json.dumps(_prepare(Path(home), int(n), int(days), int(seed))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--_train":
-        _, _, home, labels, trees, jobs = sys.argv
-        print(json.dumps(_train(Path(home), labels, int(trees), int(jobs))))
+        _, _, home, labels, trees, jobs, limit = sys.argv
+        print(json.dumps(_train(Path(home), labels, int(trees), int(jobs), int(limit))))
     else:
         sys.exit(main())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -536,7 +535,6 @@ def train(
         experiment_id = run.run.info.experiment_id
         artifact_uri = run.run.info.artifact_uri
         tracking_uri = run.tracking_uri
-        shutil.rmtree(model_dir, ignore_errors=True)
 
     cache_note = _refresh_cache(home) if registered.promoted else "the champion is unchanged"
     with Store.open(home.store_path) as store:
