@@ -7,11 +7,13 @@ v4 by the pipeline). Tests that promote work on a copy of it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_records, run_syncguard, write_jsonl
 from train_scenario import CLI_FAST as FAST
 from train_scenario import cli as run
 from train_scenario import trained_home
@@ -196,3 +198,21 @@ def test_demo_needs_enough_days_to_train(tmp_path: Path) -> None:
         "days after it"
     )
     assert not (tmp_path / "h" / "demo").exists()
+
+
+def test_train_as_a_real_process_prints_no_mlflow_chatter(tmp_path: Path) -> None:
+    """A fresh home in a real process: progress lines on stderr, and not MLflow's set-up
+    chatter (its INFO lines about creating database tables)."""
+    home = tmp_path / "fresh"
+    records = write_jsonl(tmp_path / "in.jsonl", make_records(3, 24 * 10))
+    assert run_syncguard("ingest", records, home=home).returncode == 0
+    env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        proc = run_syncguard("train", *FAST, "--holdout-days", "2", home=home, timeout=300)
+    finally:
+        if env_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_uri
+    assert proc.returncode == 0, proc.stderr
+    assert "model version:   syncguard-fleet v1" in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert lines and all("training: " in line for line in lines), proc.stderr

@@ -57,7 +57,12 @@ def progress_reporter(total: int, *, label: str = "training") -> Iterator[Callab
 
 
 def quiet_mlflow() -> None:
-    """Keep MLflow's and alembic's INFO lines (database set-up) off a person's terminal."""
+    """Keep MLflow's and alembic's INFO lines (database set-up) off a person's terminal.
+
+    MLflow sets its loggers' levels when it is imported, so it is imported first.
+    """
+    import training.register  # noqa: F401  (imports mlflow, which configures its logging)
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
