@@ -197,13 +197,13 @@ class FleetModel:
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
-        self.families_ = sorted(
+        unsigned = (
             features.select(family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1))
             .unique()
             .to_series()
-            .to_list()
+            .sort()
         )
-        self.families_ = [f + sign for f in self.families_ for sign in "+-"]
+        self.families_ = [f + sign for f in unsigned for sign in "+-"]
         group_index = {g: i for i, g in enumerate(groups)}
 
         step("baselines")

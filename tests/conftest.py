@@ -143,3 +143,14 @@ def store(tmp_path: Path):
 
     with Store.open(tmp_path / "store.sqlite") as opened:
         yield opened
+
+
+@pytest.fixture
+def receiver():
+    """A signature-checking webhook receiver on 127.0.0.1 (see ``test_events_webhook``)."""
+    from test_events_webhook import SECRET, Receiver
+
+    r = Receiver(SECRET)
+    yield r
+    if r.server is not None:
+        r.stop()

@@ -112,14 +112,6 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver():
-    r = Receiver(SECRET)
-    yield r
-    if r.server is not None:
-        r.stop()
-
-
-@pytest.fixture
 def store_path(tmp_path):
     path = tmp_path / "store.sqlite"
     conn = connect(path)

@@ -23,14 +23,6 @@ from detector.home import Home
 pytest_plugins = ["scoring_fixtures"]  # fleet, scoring_home
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver(SECRET)
-    yield r
-    if r.server is not None:
-        r.stop()
-
-
 def _score(home: Home, fleet: Fleet, records: list[dict], url: str, *extra: str) -> Result:
     stdin = "".join(line + "\n" for line in fleet.lines(records))
     return CliRunner().invoke(

@@ -28,12 +28,11 @@ import polars as pl
 from detector.features import build_features
 from detector.home import Home, resolve_home
 from detector.model import FleetModel, prepare
-from detector.modelfile import save_model_dir
 from detector.policy import CRITICALITIES
 from detector.store import Store
 from training import dataset
 from training.backtest import BacktestReport, _scorable_normal
-from training.pipeline import TrainConfig, backtest_metrics
+from training.pipeline import TrainConfig, backtest_metrics, fit_final, save_fleet_model
 
 __all__ = [
     "pick_connector",
@@ -378,14 +377,9 @@ def log_challenger(
         for fig_name, fig in (figures or {}).items():
             fig.savefig(plots / f"{fig_name}.png", dpi=90)
         register.log_backtest(run, metrics, {"plots": plots} if figures else {})
-        model = config.model().fit(
-            frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS)
-        )
-        arrays, model_config = model.to_arrays()
-        model_dir = save_model_dir(
+        model_dir = save_fleet_model(
+            fit_final(config, frame),
             Path(tmp) / "fleet-model",
-            arrays=arrays,
-            config=model_config,
             metrics=metrics,
             meta={"run_id": run.run_id, "train_params": config.params(), "source": "notebook"},
         )

@@ -499,20 +499,16 @@ def train(
 
         t0 = time.perf_counter()
         phases = _Phases(step, "final model", "final", timings)
-        model = config.model().fit(
-            frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS), progress=phases
-        )
+        model = fit_final(config, frame, progress=phases)
         phases.close()
         timings["final_fit_s"] = time.perf_counter() - t0
 
         step("logging the run to MLflow")
         t0 = time.perf_counter()
         metrics = backtest_metrics(report)
-        arrays, model_config = model.to_arrays()
-        model_dir = save_model_dir(
+        model_dir = save_fleet_model(
+            model,
             Path(tmp) / "fleet-model",
-            arrays=arrays,
-            config=model_config,
             metrics=metrics,
             meta={
                 "run_id": run.run_id,
@@ -565,3 +561,18 @@ def train(
         cache_note=cache_note,
         timings=timings,
     )
+
+
+def fit_final(config: TrainConfig, frame: pl.DataFrame, progress=None) -> FleetModel:
+    """The model to register: fitted on every sync of ``frame`` not ``excluded``."""
+    return config.model().fit(
+        frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS), progress=progress
+    )
+
+
+def save_fleet_model(
+    model: FleetModel, path: Path, *, metrics: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Write ``model`` as a safe model directory (no pickle) and return its path."""
+    arrays, model_config = model.to_arrays()
+    return save_model_dir(path, arrays=arrays, config=model_config, metrics=metrics, meta=meta)
