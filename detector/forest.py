@@ -1,10 +1,17 @@
 """Isolation forests for many connectors at once, kept as plain arrays.
 
 Each group (a connector, or a connector kind for the pooled cold-start model) gets its
-own scikit-learn ``IsolationForest`` fitted on its baseline residuals. The fitted trees
-are exported to flat numpy arrays, so a model file needs no pickle and scoring needs no
-scikit-learn import: every sample walks its own group's trees in one vectorised loop over
-tree depth, for all connectors of a batch together.
+own isolation forest (Liu, Ting and Zhou, 2008) fitted on its baseline residuals, with
+scikit-learn's ``IsolationForest`` algorithm: sub-samples of ``max_samples`` rows drawn
+without replacement, at each node a feature drawn among those not constant in the node
+and a threshold uniform between its minimum and maximum there, depth limited to
+``ceil(log2(max_samples))``, leaf value ``depth + c(n)``. Rather than one scikit-learn
+tree at a time (whose per-tree overhead dominated fitting a fleet), all trees of many
+groups grow together, one level at a time, in vectorised numpy.
+
+The trees are kept as flat numpy arrays, so a model file needs no pickle and scoring
+needs no scikit-learn: every sample walks its own group's trees in one vectorised loop
+over tree depth, for all connectors of a batch together.
 """
 
 from __future__ import annotations
@@ -24,45 +31,197 @@ def average_path_length(n: np.ndarray | float) -> np.ndarray:
     return out
 
 
-def _fit_group(x: np.ndarray, n_estimators: int, max_samples: int, seed: int) -> dict:
-    from sklearn.ensemble import IsolationForest
+#: A feature whose range in a node is at most this is constant there (scikit-learn's
+#: ``FEATURE_THRESHOLD``): it cannot split the node.
+_CONSTANT_RANGE = 1e-7
+#: Feature draws per node before every feature of the remaining nodes is checked at once.
+_DRAW_ROUNDS = 4
+#: Sub-samples (trees x rows per tree) grown together; bounds the builder's memory.
+_CHUNK_SAMPLES = 2_000_000
 
-    if len(x) < 2:  # a group with no usable history: a placeholder its callers never trust
-        x = np.zeros((2, x.shape[1] if x.ndim == 2 else 1))
-    forest = IsolationForest(
-        n_estimators=n_estimators, max_samples=min(max_samples, len(x)), random_state=seed
-    ).fit(x)
-    feats, thrs, lefts, rights, values, roots = [], [], [], [], [], []
-    offset = 0
-    for tree, columns in zip(forest.estimators_, forest.estimators_features_, strict=True):
-        t = tree.tree_
-        depth = np.zeros(t.node_count, dtype=float)
-        for node in range(t.node_count):  # parents come before children in sklearn trees
-            for child in (t.children_left[node], t.children_right[node]):
-                if child >= 0:
-                    depth[child] = depth[node] + 1.0
-        leaf = t.children_left < 0
-        feats.append(np.where(leaf, -1, np.asarray(columns)[np.maximum(t.feature, 0)]))
-        thrs.append(t.threshold)
-        lefts.append(np.where(leaf, -1, t.children_left + offset))
-        rights.append(np.where(leaf, -1, t.children_right + offset))
-        values.append(np.where(leaf, depth + average_path_length(t.n_node_samples), 0.0))
-        roots.append(offset)
-        offset += t.node_count
+
+def _segment_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions ``starts[i] .. starts[i] + counts[i] - 1`` of every segment, concatenated."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - np.cumsum(counts) + counts, counts)
+    return shift + np.arange(total, dtype=np.int64)
+
+
+def _ranges(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum and maximum of each consecutive segment of ``values`` (every count >= 1)."""
+    starts = np.cumsum(counts) - counts
+    return np.minimum.reduceat(values, starts, axis=0), np.maximum.reduceat(values, starts, axis=0)
+
+
+def _draw_features(
+    x: np.ndarray,
+    samples: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    candidates: np.ndarray,
+    n_candidates: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A split feature per node, uniform over the features not constant in the node.
+
+    As scikit-learn's random splitter: a node whose features are all constant becomes a
+    leaf (feature -1). Features are drawn at random for a few rounds (cheap: one column
+    per node); the nodes still unresolved then check every column at once.
+
+    Returns the feature, and its minimum and maximum over the node's samples.
+    """
+    n = len(starts)
+    feature = np.full(n, -1, dtype=np.int64)
+    lo = np.zeros(n, dtype=np.float32)
+    hi = np.zeros(n, dtype=np.float32)
+    todo = np.flatnonzero(n_candidates > 0)
+    for _ in range(_DRAW_ROUNDS):
+        if not len(todo):
+            break
+        pick = (rng.random(len(todo)) * n_candidates[todo]).astype(np.int64)
+        f = candidates[todo, pick]
+        pos = _segment_positions(starts[todo], counts[todo])
+        values = x[samples[pos], np.repeat(f, counts[todo])]
+        mn, mx = _ranges(values, counts[todo])
+        ok = (mx.astype(np.float64) - mn) > _CONSTANT_RANGE
+        done = todo[ok]
+        feature[done], lo[done], hi[done] = f[ok], mn[ok], mx[ok]
+        todo = todo[~ok]
+    if len(todo):
+        pos = _segment_positions(starts[todo], counts[todo])
+        mn, mx = _ranges(x[samples[pos]], counts[todo])  # (nodes, width)
+        usable = (mx.astype(np.float64) - mn) > _CONSTANT_RANGE
+        n_usable = usable.sum(axis=1)
+        has = n_usable > 0
+        # The k-th usable column, k uniform: the first column where the running count passes k.
+        k = (rng.random(len(todo)) * n_usable).astype(np.int64)
+        f = np.argmax(np.cumsum(usable, axis=1) > k[:, None], axis=1)
+        rows = np.arange(len(todo))
+        done = todo[has]
+        feature[done] = f[has]
+        lo[done], hi[done] = mn[rows, f][has], mx[rows, f][has]
+    return feature, lo, hi
+
+
+def _subsamples(
+    n_rows: np.ndarray, size: np.ndarray, n_estimators: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Row indices (within each group) of every tree's sub-sample, group by group, tree by tree.
+
+    Without replacement, as scikit-learn's ``IsolationForest`` (``bootstrap=False``).
+    """
+    out = []
+    for n, m in zip(n_rows.tolist(), size.tolist(), strict=True):
+        if m >= n:  # the whole history: order inside a tree does not matter
+            out.append(np.tile(np.arange(n, dtype=np.int64), n_estimators))
+        elif n * n_estimators <= 4 * _CHUNK_SAMPLES:
+            keys = rng.random((n_estimators, n), dtype=np.float32)
+            out.append(np.argpartition(keys, m - 1, axis=1)[:, :m].ravel())
+        else:  # a large pooled group: one draw per tree keeps memory at the sample size
+            out.append(
+                np.concatenate([rng.choice(n, m, replace=False) for _ in range(n_estimators)])
+            )
+    return np.concatenate(out)
+
+
+def _grow(
+    groups: list[np.ndarray], n_estimators: int, max_samples: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Grow every tree of every group together, one tree level at a time.
+
+    The sub-samples of all trees sit in one index array, each node's samples contiguous.
+    A level draws a feature and a uniform threshold per node, splits every node's
+    samples stably in place (left child first) and drops the samples of new leaves.
+    Nodes are numbered level by level; ``roots`` holds each group's tree roots.
+    """
+    n_rows = np.array([len(g) for g in groups], dtype=np.int64)
+    x = np.concatenate(groups).astype(np.float32, copy=False)
+    row0 = np.cumsum(n_rows) - n_rows
+    size = np.minimum(n_rows, max_samples)
+    limit = np.ceil(np.log2(np.maximum(size, 2))).astype(np.int64)
+    # Columns not constant over a group's whole history: the only ones a node can split on.
+    width = x.shape[1]
+    candidates = np.zeros((len(groups), max(width, 1)), dtype=np.int64)
+    n_candidates = np.zeros(len(groups), dtype=np.int64)
+    for g, part in enumerate(groups):
+        cols = np.flatnonzero((part.max(axis=0) - part.min(axis=0)) > _CONSTANT_RANGE)
+        candidates[g, : len(cols)], n_candidates[g] = cols, len(cols)
+
+    tree_group = np.repeat(np.arange(len(groups)), n_estimators)
+    samples = _subsamples(n_rows, size, n_estimators, rng) + np.repeat(
+        row0, size * n_estimators
+    )
+    counts = size[tree_group]
+    node_tree = np.arange(len(tree_group))
+    feature, threshold, left, right, value = [], [], [], [], []
+    next_id, depth = len(tree_group), 0
+    while len(node_tree):
+        g = tree_group[node_tree]
+        starts = np.cumsum(counts) - counts
+        split = (counts >= 2) & (depth < limit[g])
+        f = np.full(len(node_tree), -1, dtype=np.int64)
+        lo = np.zeros(len(node_tree), dtype=np.float32)
+        hi = np.zeros(len(node_tree), dtype=np.float32)
+        s = np.flatnonzero(split)
+        f[s], lo[s], hi[s] = _draw_features(
+            x, samples, starts[s], counts[s], candidates[g[s]], n_candidates[g[s]], rng
+        )
+        split = f >= 0
+        s = np.flatnonzero(split)
+        lo64, hi64 = lo[s].astype(np.float64), hi[s].astype(np.float64)
+        thr = lo64 + rng.random(len(s)) * (hi64 - lo64)
+        thr = np.where(thr == hi64, lo64, thr)  # scikit-learn's guard: a split must split
+
+        node_thr = np.full(len(node_tree), -2.0)
+        node_thr[s] = thr
+        kids = next_id + 2 * np.arange(len(s))
+        node_left = np.full(len(node_tree), -1, dtype=np.int64)
+        node_right = np.full(len(node_tree), -1, dtype=np.int64)
+        node_left[s], node_right[s] = kids, kids + 1
+        node_value = np.where(split, 0.0, depth + average_path_length(counts.astype(float)))
+        feature.append(f)
+        threshold.append(node_thr)
+        left.append(node_left)
+        right.append(node_right)
+        value.append(node_value)
+        next_id += 2 * len(s)
+
+        # Keep the samples of split nodes only, then split each node's run stably.
+        keep = np.repeat(split, counts)
+        samples, counts, starts = samples[keep], counts[s], np.cumsum(counts[s]) - counts[s]
+        node_of = np.repeat(np.arange(len(s)), counts)
+        go_left = x[samples, f[s][node_of]].astype(np.float64) <= thr[node_of]
+        n_left = np.add.reduceat(go_left, starts) if len(s) else np.zeros(0, dtype=np.int64)
+        rank_left = np.cumsum(go_left) - go_left
+        rank_right = np.arange(len(samples)) - rank_left
+        before_left = (np.cumsum(n_left) - n_left)[node_of]
+        pos = np.where(
+            go_left,
+            starts[node_of] + rank_left - before_left,
+            starts[node_of] + n_left[node_of] + rank_right - (starts[node_of] - before_left),
+        )
+        ordered = np.empty_like(samples)
+        ordered[pos] = samples
+        samples = ordered
+        counts = np.column_stack([n_left, counts - n_left]).ravel()
+        node_tree = np.repeat(node_tree[s], 2)
+        depth += 1
     return {
-        "feature": np.concatenate(feats).astype(np.int32),
-        "threshold": np.concatenate(thrs).astype(np.float64),
-        "left": np.concatenate(lefts).astype(np.int64),
-        "right": np.concatenate(rights).astype(np.int64),
-        "value": np.concatenate(values).astype(np.float64),
-        "roots": np.asarray(roots, dtype=np.int64),
-        "norm": float(average_path_length(np.array([forest.max_samples_]))[0]),
-        "depth": int(np.ceil(np.log2(max(forest.max_samples_, 2)))) + 1,
+        "feature": np.concatenate(feature).astype(np.int32),
+        "threshold": np.concatenate(threshold),
+        "left": np.concatenate(left),
+        "right": np.concatenate(right),
+        "value": np.concatenate(value),
+        "roots": np.arange(len(tree_group), dtype=np.int64).reshape(len(groups), n_estimators),
+        "norm": average_path_length(size.astype(float)),
+        "depth": limit + 1,
     }
 
 
 class ArrayIsolationForest:
-    """One isolation forest per group, fitted with scikit-learn and scored from arrays.
+    """One isolation forest per group, grown and scored as numpy arrays.
 
     Parameters
     ----------
@@ -71,9 +230,9 @@ class ArrayIsolationForest:
     max_samples : int, default=256
         Sub-sample size per tree (capped at the group's history).
     random_state : int, default=0
-        Seed; group ``g`` uses ``random_state + g``.
+        Seed of the random streams (one per chunk of groups).
     n_jobs : int, default=1
-        Processes used to fit groups in parallel.
+        Threads growing chunks of groups in parallel.
 
     Attributes
     ----------
@@ -106,21 +265,44 @@ class ArrayIsolationForest:
         self.n_jobs = n_jobs
 
     def fit(self, groups: list[np.ndarray]) -> ArrayIsolationForest:
-        """Fit one forest per entry of ``groups`` (each an ``(n_i, d)`` array, zero-padded)."""
+        """Fit one forest per entry of ``groups`` (each an ``(n_i, d)`` array, zero-padded).
+
+        Groups are grown in chunks of about :data:`_CHUNK_SAMPLES` sub-sampled rows, each
+        chunk with its own random stream spawned from ``random_state``.
+        """
         if self.n_estimators < 1 or self.max_samples < 2:
             raise ValueError("n_estimators must be >= 1 and max_samples >= 2")
         if not groups:
             raise ValueError("fit needs at least one group")
+        width = max((g.shape[1] for g in groups if g.ndim == 2), default=1)
+        # A group with no usable history: a placeholder its callers never trust.
+        groups = [
+            np.asarray(g, dtype=np.float32) if len(g) >= 2 else np.zeros((2, width), np.float32)
+            for g in groups
+        ]
+        per_group = np.minimum([len(g) for g in groups], self.max_samples) * self.n_estimators
+        chunk_of = np.cumsum(per_group) // _CHUNK_SAMPLES
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        chunks = np.split(np.arange(len(groups)), bounds)
+        seeds = np.random.SeedSequence(self.random_state).spawn(len(chunks))
         jobs = [
-            (x, self.n_estimators, self.max_samples, self.random_state + i)
-            for i, x in enumerate(groups)
+            ([groups[i] for i in idx], np.random.default_rng(seed))
+            for idx, seed in zip(chunks, seeds, strict=True)
         ]
         if self.n_jobs > 1 and len(jobs) > 1:
-            from joblib import Parallel, delayed
+            # Threads, not processes: the chunks share the groups' arrays, and numpy's
+            # gathers and reductions run outside the GIL for most of a chunk's time.
+            from concurrent.futures import ThreadPoolExecutor
 
-            parts = Parallel(n_jobs=self.n_jobs)(delayed(_fit_group)(*job) for job in jobs)
+            with ThreadPoolExecutor(self.n_jobs) as pool:
+                parts = list(
+                    pool.map(
+                        lambda job: _grow(job[0], self.n_estimators, self.max_samples, job[1]),
+                        jobs,
+                    )
+                )
         else:
-            parts = [_fit_group(*job) for job in jobs]
+            parts = [_grow(x, self.n_estimators, self.max_samples, rng) for x, rng in jobs]
         self.arrays_ = self._merge(parts)
         return self
 
@@ -138,9 +320,11 @@ class ArrayIsolationForest:
                 [shift(p["right"], o) for p, o in zip(parts, offsets, strict=True)]
             ),
             "value": np.concatenate([p["value"] for p in parts]),
-            "roots": np.stack([p["roots"] + o for p, o in zip(parts, offsets, strict=True)]),
-            "norm": np.array([p["norm"] for p in parts]),
-            "max_depth": np.array([max(p["depth"] for p in parts)]),
+            "roots": np.concatenate(
+                [p["roots"] + o for p, o in zip(parts, offsets, strict=True)]
+            ),
+            "norm": np.concatenate([p["norm"] for p in parts]),
+            "max_depth": np.array([max(int(p["depth"].max()) for p in parts)]),
         }
 
     @classmethod
