@@ -354,18 +354,20 @@ class FleetModel:
         width = int(self.columns_["col"].max()) + 1
         n_fam = len(self.families_)
         out = [
-            (np.zeros((0, width)), np.zeros(0, dtype=np.int64), np.zeros((0, n_fam)))
+            (np.zeros((0, width), np.float32), np.zeros(0, dtype=np.int64), np.zeros((0, n_fam)))
             for _ in group_index
         ]
         for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
             if frame.height == 0:
                 continue
             x, rows, group, fam = self._matrix(
-                frame.with_columns(pl.col(key).alias("group")), width
+                frame.select("row", pl.col(key).alias("group"), "measure", "z", "z_tail"), width
             )
-            for g in np.unique(group):
-                sel = group == g
-                out[group_index[self.groups_[g]]] = (x[sel], rows[sel], fam[sel])
+            # _matrix returns its syncs ordered by group: each group is one slice.
+            bounds = np.flatnonzero(np.diff(group)) + 1
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(group)], strict=True):
+                g = group[lo]
+                out[group_index[self.groups_[g]]] = (x[lo:hi], rows[lo:hi], fam[lo:hi])
         return out
 
     def _matrix(
@@ -373,42 +375,54 @@ class FleetModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Scatter long residual rows into per-sync matrices.
 
-        Returns the forest inputs (syncs x width, per the group's layout, clipped), the row
-        ids, the group index, and each family's largest residual (syncs x families; 0 where
-        the family has no residual in the direction it names).
+        Returns the forest inputs (syncs x width, per the group's layout, clipped; float32,
+        the precision the forest splits on), the row ids, the group index, and each
+        family's largest residual (syncs x families; 0 where the family has no residual in
+        the direction it names). Syncs come ordered by group index, then row.
+
+        String keys are turned into integer codes once per distinct value (groups and
+        measures are few); the scatter itself is numpy indexing.
         """
-        gidx = pl.DataFrame({"group": self.groups_, "g": np.arange(len(self.groups_))})
-        placed = (
-            resid.select("row", "group", "measure", "z")
-            .join(self.columns_, on=["group", "measure"], how="inner")
-            .join(gidx, on="group")
+        measures = (
+            pl.concat([resid["measure"].unique(), self.columns_["measure"]]).unique().sort()
         )
-        keys = (
-            resid.select("row", "group")
-            .unique(maintain_order=True)
-            .join(gidx, on="group", how="inner")
-            .with_row_index("i")
-        )
-        placed = placed.join(keys.select("row", "group", "i"), on=["row", "group"])
-        x = np.zeros((keys.height, width))
-        x[placed["i"].to_numpy(), placed["col"].to_numpy()] = np.clip(
-            placed["z"].to_numpy(), -_FOREST_Z_CLIP, _FOREST_Z_CLIP
-        )
-        families = pl.DataFrame(
-            {"family": self.families_, "j": np.arange(len(self.families_), dtype=np.int64)}
-        )
-        fam = (
-            resid.select(
-                "row", "group", family_expr(pl.col("measure"), pl.col("z")), "z_tail"
+        m_codes = pl.Series(np.arange(len(measures), dtype=np.int64))
+        g_codes = pl.Series(np.arange(len(self.groups_), dtype=np.int64))
+
+        def codes(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.with_columns(
+                pl.col("group").replace_strict(self.groups_, g_codes, default=None).alias("g"),
+                pl.col("measure").replace_strict(measures, m_codes).alias("m"),
             )
-            .join(families, on="family", how="inner")
-            .join(keys.select("row", "group", "i"), on=["row", "group"])
-            .group_by("i", "j")
-            .agg(pl.col("z_tail").abs().max())
-        )
-        f = np.zeros((keys.height, len(self.families_)))
-        f[fam["i"].to_numpy(), fam["j"].to_numpy()] = fam["z_tail"].to_numpy()
-        return x, keys["row"].to_numpy(), keys["g"].to_numpy(), f
+
+        coded = codes(resid.select("row", "group", "measure", "z", "z_tail")).drop_nulls("g")
+        layout = codes(self.columns_).drop_nulls("g")
+        # Dense lookups: vector column of (group, measure), family of each measure.
+        col_of = np.full((len(self.groups_), len(measures)), -1, dtype=np.int64)
+        col_of[layout["g"].to_numpy(), layout["m"].to_numpy()] = layout["col"].to_numpy()
+        unsigned = {f[:-1]: i for i, f in enumerate(self.families_[::2])}
+        fam_names = pl.DataFrame({"measure": measures}).select(
+            family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1)
+        )["family"]
+        fam_of = np.array([unsigned.get(f, -1) for f in fam_names.to_list()], dtype=np.int64)
+
+        row = coded["row"].to_numpy().astype(np.int64)
+        g = coded["g"].to_numpy()
+        m = coded["m"].to_numpy()
+        z = coded["z"].to_numpy()
+        n_rows = int(row.max()) + 1 if len(row) else 1
+        keys, i = np.unique(g * n_rows + row, return_inverse=True)
+        x = np.zeros((len(keys), width), dtype=np.float32)
+        col = col_of[g, m]
+        sel = col >= 0
+        x[i[sel], col[sel]] = np.clip(z[sel], -_FOREST_Z_CLIP, _FOREST_Z_CLIP)
+        f = np.zeros((len(keys), len(self.families_)))
+        u = fam_of[m]
+        sel = u >= 0
+        # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as family_expr).
+        j = 2 * u[sel] + (z[sel] < 0)
+        np.maximum.at(f, (i[sel], j), np.abs(coded["z_tail"].to_numpy()[sel]))
+        return x, keys % n_rows, keys // n_rows, f
 
     # ================================================================ score
     def _check_fitted(self) -> None:
