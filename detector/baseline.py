@@ -162,17 +162,33 @@ class SeasonalBaseline:
         """
         self._check_params()
         k = self.key
-        rows = features.join(intervals, on="connector_id", how="left").with_columns(
-            transform_expr(
-                pl.col("value"),
-                kind=pl.col("kind"),
-                reference=pl.col("reference"),
-                size=pl.col("current_size"),
-            ).alias("x"),
-            self._exposure_expr().alias("exposure_eff"),
+        # Only the columns fitting reads: every join and filter below then moves less.
+        needed = [k, "measure", "bucket", "kind", "value", "reference", "current_size"]
+        needed += ["exposure", "gap_s"] + (["started_at"] if self.method == "stl" else [])
+        rows = (
+            features.select(*dict.fromkeys(["connector_id", *needed]))
+            .join(intervals, on="connector_id", how="left")
+            .with_columns(
+                transform_expr(
+                    pl.col("value"),
+                    kind=pl.col("kind"),
+                    reference=pl.col("reference"),
+                    size=pl.col("current_size"),
+                ).alias("x"),
+                self._exposure_expr().alias("exposure_eff"),
+            )
         )
-        levels = self._fit_levels(rows.filter(pl.col("kind") != "events").drop_nulls("x"))
-        events = self._fit_events(rows.filter(pl.col("kind") == "events"))
+        level_cols = [k, "measure", "bucket", "kind", "x"]
+        level_cols += ["started_at"] if self.method == "stl" else []
+        levels = self._fit_levels(
+            rows.filter(pl.col("kind") != "events").drop_nulls("x").select(level_cols)
+        )
+        events = self._fit_events(
+            rows.filter(pl.col("kind") == "events").select(
+                k, "measure", "bucket", "kind", "value", "exposure_eff"
+            )
+        )
+        del rows
         self.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
         self.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed").sort(
             k, "measure", "bucket"
@@ -345,10 +361,15 @@ class SeasonalBaseline:
         k = self.key
         keys = [k, "measure"]
         use_ref = pl.col("paused") if against_reference is None else against_reference
+        # Computed on the columns it reads, in the input's row order, then placed beside
+        # the input's own columns: the wide feature columns are never copied by the joins.
+        needed = ["connector_id", k, "measure", "bucket", "kind", "value", "reference"]
+        needed += ["current_size", "exposure", "gap_s"]
+        slim = features.select(*dict.fromkeys(needed), use_ref.alias("_use_ref"))
         rows = (
-            features.join(intervals, on="connector_id", how="left")
-            .join(self.series_.drop("kind", "n"), on=keys, how="left")
-            .join(self.profile_, on=[*keys, "bucket"], how="left")
+            slim.join(intervals, on="connector_id", how="left", maintain_order="left")
+            .join(self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left")
+            .join(self.profile_, on=[*keys, "bucket"], how="left", maintain_order="left")
             .with_columns(
                 transform_expr(
                     pl.col("value"),
@@ -364,7 +385,7 @@ class SeasonalBaseline:
             (pl.col("kind") == "log") & (pl.lit(k == "connector_kind"))
         )
         ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
-        judge_ref = use_ref & level_like & pl.col("reference").is_not_null()
+        judge_ref = pl.col("_use_ref") & level_like & pl.col("reference").is_not_null()
         n = pl.col("current_size").fill_null(1000.0).clip(lower_bound=1.0)
         p = pl.col("expected_x_raw").clip(1e-4, 1 - 1e-4)
         rows = rows.with_columns(
@@ -404,9 +425,13 @@ class SeasonalBaseline:
             )
         z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
         width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
-        return rows.with_columns(pl.Series("z", z)).with_columns(
-            (pl.col("z") / width.fill_null(1.0)).alias("z_tail")
-        ).drop("expected", "rate", "center", strict=False)
+        added = (
+            rows.with_columns(pl.Series("z", z))
+            .with_columns((pl.col("z") / width.fill_null(1.0)).alias("z_tail"))
+            .drop(*slim.columns, "expected", "rate", "center", strict=False)
+        )
+        # "scale" and the like replace any input column of the same name.
+        return features.drop(added.columns, strict=False).hstack(added)
 
     def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Observed, expected and expected range in the measure's own units.
