@@ -37,8 +37,10 @@ def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.Data
     picked = resid.filter(pl.col("z").abs() >= REASON_Z)
     if rows is not None:
         picked = picked.filter(pl.col("row").is_in(rows.implode()))
+    # Equal distances (clipped or twin fields) rank by metric name, so the order does not
+    # depend on how the batch was split or which rows came first.
     picked = picked.with_columns(pl.col("z").abs().alias("_absz")).sort(
-        ["row", "_absz"], descending=[False, True]
+        ["row", "_absz", "measure"], descending=[False, True, False]
     )
     picked = picked.with_columns(pl.int_range(pl.len()).over("row").alias("rank")).filter(
         pl.col("rank") < MAX_REASONS

@@ -16,7 +16,8 @@ then give one statistic, calibrated per connector against held-out normal syncs.
 Scoring a batch in time order (see :meth:`FleetModel.score`) runs the same chain, then
 rules and the decision. A connector's first pause in a batch switches its later syncs to
 "paused" mode (judged against the sync just before); nothing else depends on earlier
-decisions, so two vectorised passes give exactly what one-at-a-time scoring gives.
+decisions, so two vectorised passes give exactly what one-at-a-time scoring gives; the
+second pass re-scores only the connectors that got a new pause in the first.
 
 ``score`` is ``-log10(tail_probability)``, so it is comparable across connectors and
 does not saturate; ``cutoff`` is ``-log10(alpha)`` where ``alpha`` is the per-sync
@@ -468,7 +469,19 @@ class FleetModel:
         )
         final = first
         if new_pauses.height:
-            final = self._score_pass(syncs, measures, state, facts, new_pauses)
+            # Connectors are judged independently, so only those with a new pause need
+            # the second pass; everyone else keeps the first pass's frames as they are.
+            affected = new_pauses["connector_id"].implode()
+            mine = pl.col("connector_id").is_in(affected)
+            syncs_p = syncs.filter(mine)
+            second = self._score_pass(
+                syncs_p,
+                measures.filter(pl.col("row").is_in(syncs_p["row"].implode())),
+                None if state is None else state.filter(mine),
+                facts.filter(mine),
+                new_pauses,
+            )
+            final = _merge_passes(first, second, affected)
         return self._result(final, state, facts)
 
     def _score_pass(self, syncs, measures, state, facts, paused_from):
@@ -781,6 +794,25 @@ def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
     return pl.concat_str(base, pl.when(z >= 0).then(pl.lit("+")).otherwise(pl.lit("-"))).alias(
         "family"
     )
+
+
+def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:
+    """The first scoring pass with the ``affected`` connectors' frames taken from the second.
+
+    Each frame comes back in the order the full second pass would give (by ``row``, then
+    ``measure`` for features), ties kept in pass order, so results do not depend on which
+    connectors needed the second pass.
+    """
+    keep = ~pl.col("connector_id").is_in(affected)
+    order = {"syncs": ["row"], "features": ["row", "measure"], "decided": ["row"]}
+    out = {}
+    for key in ("syncs", "features", "resid", "decided"):
+        merged = pl.concat([first[key].filter(keep), second[key]], how="diagonal_relaxed")
+        out[key] = merged.sort(order[key], maintain_order=True) if key in order else merged
+    # Rule hits carry no connector: keep the first pass's hits of the other connectors' rows.
+    rows_p = second["syncs"]["row"].implode()
+    out["hits"] = pl.concat([first["hits"].filter(~pl.col("row").is_in(rows_p)), second["hits"]])
+    return out
 
 
 def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:

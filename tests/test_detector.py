@@ -6,11 +6,13 @@ import copy
 
 import numpy as np
 import polars as pl
+import polars.testing
 import pytest
 from sklearn.ensemble import IsolationForest
 
 from detector.calibration import TailCalibrator
 from detector.errors import UsageError
+from detector.explain import reasons_frame
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import measure_kind, measures_frame, to_struct_frame
 from detector.model import FleetModel
@@ -239,6 +241,47 @@ def test_batch_equals_one_at_a_time(fleet):
     np.testing.assert_allclose(joined["score"], joined["score_single"], rtol=1e-9, atol=1e-9)
     assert (joined["connector_paused"] == joined["connector_paused_single"]).all()
     assert whole.filter(pl.col("decision") == "pause").height >= 1
+
+
+def test_batch_equals_each_connector_scored_alone(fleet):
+    """Connectors are judged independently: the second (paused-mode) pass re-scores only the
+    connectors that got a new pause, so every frame of a mixed batch must equal what each
+    connector's syncs give on their own, paused ones and untouched ones alike."""
+    model, _, test, state, facts = fleet
+    batch = copy.deepcopy(test[:120])
+    hit = set()
+    for record in batch[20:]:  # faults in two connectors, not the others
+        if record["connector_id"].startswith(("okta", "slack")) and record["connector_id"] \
+                not in hit and "user" in record["resources"]:
+            record["resources"]["user"]["count"] //= 3
+            hit.add(record["connector_id"])
+    whole = model.score(batch, state=state, facts=facts)
+    assert whole.results.filter(pl.col("decision") == "pause")["connector_id"].n_unique() >= 2
+    assert whole.results["connector_id"].n_unique() > len(hit)
+    parts = [(model.score([r for r in batch if r["connector_id"] == cid], state=state,
+                          facts=facts), cid)
+             for cid in whole.results["connector_id"].unique(maintain_order=True)]
+    batch_ids = [r["sync_id"] for r in batch]
+    for name, keys in (("results", ["sync_id"]), ("reasons", ["sync_id", "metric"]),
+                       ("rule_hits", ["sync_id", "rule", "detail"]),
+                       ("state", ["connector_id", "measure"]), ("facts", ["connector_id"])):
+        # Keyed rows once: a connector alone also returns the others' untouched state, and
+        # a reason can be listed twice (the events keep it once).
+        got = getattr(whole, name).unique(keys, keep="first", maintain_order=True)
+        alone = pl.concat([getattr(p, name).filter(pl.col(keys[0]).is_in(
+            batch_ids if keys[0] == "sync_id" else [cid])) for p, cid in parts],
+            how="diagonal_relaxed").select(got.columns)
+        alone = alone.unique(keys, keep="first", maintain_order=True)
+        pl.testing.assert_frame_equal(got.sort(keys), alone.sort(keys))
+
+
+def test_equal_distances_rank_by_metric_name():
+    resid = pl.DataFrame({
+        "row": [0, 0, 0], "measure": ["b.count", "c.count", "a.count"], "z": [-4.0, 9.0, 9.0],
+        "value": [1.0] * 3, "expected_raw": [2.0] * 3, "range_lo": [1.5] * 3,
+        "range_hi": [2.5] * 3,
+    })
+    assert reasons_frame(resid)["metric"].to_list() == ["a.count", "c.count", "b.count"]
 
 
 def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
