@@ -342,13 +342,56 @@ class ArrayIsolationForest:
         if not hasattr(self, "arrays_"):
             raise RuntimeError("this ArrayIsolationForest is not fitted yet: call fit first")
         a = self.arrays_
+        nodes, roots, value = self._walk_arrays()
         x32 = np.asarray(x, dtype=np.float32)  # scikit-learn splits on float32 values
-        node = a["roots"][groups]
-        rows = np.arange(len(x32))[:, None]
+        flat = x32.ravel()
+        start = (np.arange(len(x32), dtype=np.intp) * x32.shape[1])[:, None]
+        node = roots[groups]
         for _ in range(int(a["max_depth"][0])):
-            feature = a["feature"][node]
-            leaf = feature < 0
-            go_left = x32[rows, np.maximum(feature, 0)] <= a["threshold"][node]
-            node = np.where(leaf, node, np.where(go_left, a["left"][node], a["right"][node]))
-        path = a["value"][node].mean(axis=1)
+            step = nodes[node]  # one gather per level: threshold, feature, right child
+            # ``<=`` goes left as scikit-learn does (a NaN goes right, never left).
+            node = step["right"] - (flat[start + step["feature"]] <= step["threshold"])
+        path = value[node].mean(axis=1)
         return np.power(2.0, -path / a["norm"][groups])
+
+    def _walk_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The trees laid out for scoring, built once per fitted forest.
+
+        Nodes are renumbered level by level so each node's left child directly precedes
+        its right one, and a node's threshold, feature and right child sit side by side in
+        one record: a level of the walk is then one random read per (sample, tree) instead
+        of five. A leaf's "right child" is itself and its threshold NaN (no value is
+        ``<=`` NaN), so samples that reach a leaf early stay there without a branch. The
+        splits are the fitted ones, so scores are bit for bit those of the stored arrays.
+
+        Returns
+        -------
+        nodes : structured ndarray
+            ``threshold`` (float64), ``feature`` and ``right`` (int32) per renumbered node.
+        roots : ndarray of int32, shape (groups, trees)
+        value : ndarray of float64
+            Path length at each renumbered leaf (0 for inner nodes).
+        """
+        cached = getattr(self, "_walk", None)
+        if cached is not None and cached[0] is self.arrays_:
+            return cached[1]
+        a = self.arrays_
+        left, right, feature = a["left"], a["right"], a["feature"]
+        inner = feature >= 0
+        order, level = [a["roots"].ravel()], a["roots"].ravel()
+        while len(level):
+            parents = level[inner[level]]
+            level = np.empty(2 * len(parents), dtype=np.int64)
+            level[0::2], level[1::2] = left[parents], right[parents]
+            order.append(level)
+        old = np.concatenate(order)
+        new_id = np.empty(len(feature), dtype=np.int32)
+        new_id[old] = np.arange(len(old), dtype=np.int32)
+        leaf = ~inner[old]
+        nodes = np.empty(len(old), dtype=[("threshold", "f8"), ("feature", "i4"), ("right", "i4")])
+        nodes["threshold"] = np.where(leaf, np.nan, a["threshold"][old])
+        nodes["feature"] = np.where(leaf, 0, feature[old])
+        nodes["right"] = np.where(leaf, np.arange(len(old)), new_id[np.maximum(right[old], 0)])
+        walk = (nodes, new_id[a["roots"]], a["value"][old])
+        self._walk = (a, walk)
+        return walk
