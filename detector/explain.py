@@ -40,7 +40,7 @@ def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.Data
     # Equal distances (clipped or twin fields) rank by metric name, so the order does not
     # depend on how the batch was split or which rows came first.
     picked = picked.with_columns(pl.col("z").abs().alias("_absz")).sort(
-        ["row", "_absz", "measure"], descending=[False, True, False]
+        ["row", "_absz", "measure"], descending=[False, True, False], maintain_order=True
     )
     picked = picked.with_columns(pl.int_range(pl.len()).over("row").alias("rank")).filter(
         pl.col("rank") < MAX_REASONS

@@ -672,7 +672,7 @@ class FleetModel:
                 }
             )
         )
-        hits = final["hits"].join(ids, on="row").sort("row")
+        hits = final["hits"].join(ids, on="row").sort("row", maintain_order=True)
         new_state, new_facts = _next_state(
             final["syncs"], final["features"], state, facts, decided=decided
         )
@@ -799,16 +799,14 @@ def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
 def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:
     """The first scoring pass with the ``affected`` connectors' frames taken from the second.
 
-    Each frame comes back in the order the full second pass would give (by ``row``, then
-    ``measure`` for features), ties kept in pass order, so results do not depend on which
-    connectors needed the second pass.
+    Rows are not re-sorted: :meth:`FleetModel._result` orders what it returns by ``row``
+    (and rule hits keep their order within a row), so nothing depends on frame order.
     """
     keep = ~pl.col("connector_id").is_in(affected)
-    order = {"syncs": ["row"], "features": ["row", "measure"], "decided": ["row"]}
-    out = {}
-    for key in ("syncs", "features", "resid", "decided"):
-        merged = pl.concat([first[key].filter(keep), second[key]], how="diagonal_relaxed")
-        out[key] = merged.sort(order[key], maintain_order=True) if key in order else merged
+    out = {
+        key: pl.concat([first[key].filter(keep), second[key]], how="diagonal_relaxed")
+        for key in ("syncs", "features", "resid", "decided")
+    }
     # Rule hits carry no connector: keep the first pass's hits of the other connectors' rows.
     rows_p = second["syncs"]["row"].implode()
     out["hits"] = pl.concat([first["hits"].filter(~pl.col("row").is_in(rows_p)), second["hits"]])
@@ -883,12 +881,13 @@ def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFra
         rows = rows.join(held, on="row", how="left")
     else:
         rows = rows.with_columns(pl.lit(False).alias("held"))
-    rows = rows.sort("connector_id", "measure", "started_at", "row")
-    last = rows.group_by("connector_id", "measure").agg(pl.col("value").last())
+    # The latest value of each series: ordered within each group, not by a global sort.
+    latest = pl.col("value").sort_by("started_at", "row").last()
+    last = rows.group_by("connector_id", "measure").agg(latest)
     ref = (
         rows.filter(~pl.col("held").fill_null(False))
         .group_by("connector_id", "measure")
-        .agg(pl.col("value").last().alias("ref_value"))
+        .agg(latest.alias("ref_value"))
     )
     batch_state = last.join(ref, on=["connector_id", "measure"], how="left")
     if state is not None and state.height:
