@@ -195,10 +195,17 @@ def build_features(
             pl.lit(True).alias("is_state"),
         ).select(rows.columns)
         rows = pl.concat([state_rows, rows.cast(state_rows.schema)])
-    rows = rows.sort("connector_id", "measure", "seq")
-    prev_value = pl.col("value").shift(1).over("connector_id", "measure")
-    prev_ref = pl.col("ref_value").shift(1).over("connector_id", "measure")
-    prev_is_state = pl.col("is_state").shift(1).over("connector_id", "measure").fill_null(False)
+    # A window keeps each (connector, measure) group in frame order, so ordering the frame
+    # by seq alone (stable, integers) puts every series in time order, state row first.
+    rows = rows.sort("seq", maintain_order=True).with_columns(
+        pl.struct("value", "ref_value", "is_state")
+        .shift(1)
+        .over("connector_id", "measure")
+        .alias("_prev")
+    )
+    prev_value = pl.col("_prev").struct.field("value")
+    prev_ref = pl.col("_prev").struct.field("ref_value")
+    prev_is_state = pl.col("_prev").struct.field("is_state").fill_null(False)
     # Unpaused: against the last sync that was not paused (the state's reference for the
     # first row of a batch, the previous row after that). Paused: the sync just before.
     reference = (
@@ -206,7 +213,7 @@ def build_features(
         .then(prev_ref)
         .otherwise(prev_value)
     )
-    rows = rows.with_columns(reference.alias("reference")).filter(~pl.col("is_state"))
+    rows = rows.with_columns(reference.alias("reference")).filter(~pl.col("is_state")).drop("_prev")
 
     # Exposure: the resource's size at the reference sync, for churn and null rates.
     sizes = rows.filter(pl.col("kind") == "count").select(
