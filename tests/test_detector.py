@@ -13,9 +13,10 @@ from sklearn.ensemble import IsolationForest
 from detector.calibration import TailCalibrator
 from detector.errors import UsageError
 from detector.explain import reasons_frame
+from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import measure_kind, measures_frame, to_struct_frame
-from detector.model import FleetModel
+from detector.model import FleetModel, prepare
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
 from training.simulator import simulate_fleet
@@ -295,6 +296,22 @@ def test_batch_equals_each_connector_scored_alone(fleet):
             how="diagonal_relaxed").select(got.columns)
         alone = alone.unique(keys, keep="first", maintain_order=True)
         pl.testing.assert_frame_equal(got.sort(keys), alone.sort(keys))
+
+
+def test_features_do_not_depend_on_input_order(fleet):
+    """References come from each series' previous sync in time, however the batch is
+    ordered (the window relies on a stable sort by position within the connector)."""
+    _, history, test, state, facts = fleet
+    batch = test[:80]
+    shuffled = [batch[i] for i in np.random.default_rng(4).permutation(len(batch))]
+    frames = []
+    for records in (batch, shuffled):
+        syncs, measures = prepare(records)
+        syncs, features = build_features(syncs, measures, state=state, connector_facts=facts)
+        ids = syncs.select("row", "sync_id")
+        frames.append(features.join(ids, on="row").drop("row").sort("sync_id", "measure"))
+    pl.testing.assert_frame_equal(frames[0], frames[1])
+    assert frames[0]["reference"].null_count() < frames[0].height // 10
 
 
 def test_equal_distances_rank_by_metric_name():
