@@ -182,3 +182,37 @@ def test_invalid_record_from_the_real_contract_violation(schema_validator):
 def test_event_time_reads_the_variant_time_field():
     assert native.event_time(stale_event()).isoformat() == "2026-11-20T18:00:00+00:00"
     assert native.event_time(pause_event()).isoformat() == "2026-11-20T14:03:41+00:00"
+
+
+def _stdlib(payload) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def test_dumps_writes_what_the_json_module_writes():
+    """The fast encoder gives the standard library's text up to how numbers are spelt."""
+    payloads = [native.canonical(e) for e in every_event().values()] + [
+        {"text": "é \u2028 \"q\" \\ \n", "small": 1e-05, "big": 1e16, "neg": -0.0,
+         "huge": 2**70, "keys": {1: "int key"}, "tuple": (1, None, True)},
+        {"numpy": np.float64(0.25)},  # a float subclass: handed to the json module
+    ]
+    for payload in payloads:
+        text = native.dumps(payload)
+        assert json.loads(text) == json.loads(_stdlib(payload))
+        assert "\n" not in text
+        assert list(json.loads(text)) == list(json.loads(_stdlib(payload)))  # key order
+
+
+@pytest.mark.parametrize("payload", [
+    {"x": math.nan}, {"x": [None, {"y": -math.inf}]}, {"x": None, "y": [math.inf]},
+    {"x": np.float64("nan")},
+])
+def test_dumps_refuses_nan_and_infinity_even_beside_nulls(payload):
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        native.dumps(payload)
+
+
+@pytest.mark.parametrize("payload", [{"t": native.parse_timestamp(SCORED_AT)}, {"s": {1}},
+                                     {"n": np.int64(1)}])
+def test_dumps_refuses_what_json_cannot_hold(payload):
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        native.dumps(payload)

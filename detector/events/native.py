@@ -40,6 +40,7 @@ from importlib import resources
 from typing import Any, Literal, Protocol
 
 import jsonschema
+import orjson
 
 from detector.errors import SyncguardError
 
@@ -67,6 +68,7 @@ __all__ = [
     "schema",
     "validate",
     "canonical",
+    "dumps",
     "to_json",
 ]
 
@@ -522,12 +524,63 @@ def to_json(event: Mapping[str, Any]) -> str:
 
     NaN and infinities are refused (JSON has no such numbers).
     """
-    return json.dumps(
-        canonical(event), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    return dumps(canonical(event))
+
+
+# Plain dicts, lists, str, int, float, bool and None only: anything else (subclasses,
+# datetimes, dataclasses, numpy numbers) is left to the standard library, which encodes
+# it as it always did or refuses it with its own message.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is left to the json module")
+
+
+def dumps(payload: Any) -> str:
+    """Compact JSON on one line: UTF-8 text as is, key order kept, NaN and infinities refused.
+
+    What ``json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+    allow_nan=False)`` writes, up to how numbers are spelt (``1e-05`` is ``1e-5``), about
+    ten times faster: orjson for plain JSON values, the json module for anything else.
+
+    Raises
+    ------
+    ValueError
+        For NaN or an infinity anywhere in ``payload``.
+    TypeError
+        For a value JSON cannot hold.
+    """
+    try:
+        text = orjson.dumps(payload, default=_not_plain, option=_ORJSON_OPTIONS)
+    except TypeError:
+        text = None
+    if text is None:  # outside the except block: json's own error, without orjson's
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # orjson writes a NaN or an infinity as null: only a text with a null can hide one.
+    if b"null" in text and not _all_finite(payload):
+        raise ValueError("Out of range float values are not JSON compliant: NaN or infinity")
+    return text.decode("utf-8")
+
+
+def _all_finite(value: Any) -> bool:
+    """False when a float anywhere in ``value`` is NaN or infinite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _ordered(obj: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    if tuple(obj) == order:  # already in the documented order, as batch-built events are
+        return dict(obj)
     out = {k: obj[k] for k in order if k in obj}
     out.update({k: obj[k] for k in sorted(obj) if k not in out})
     return out

@@ -18,7 +18,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import IO, Any, Protocol, Self
 
 from detector.errors import UsageError
 from detector.events.formats import Formatter, make_formatter
+from detector.events.native import dumps
 
 try:  # POSIX only; on other systems appends rely on O_APPEND alone.
     import fcntl
@@ -40,7 +40,7 @@ __all__ = ["Sink", "SinkBase", "SinkReport", "StdoutSink", "JsonlFileSink", "enc
 
 def encode(payload: Mapping[str, Any]) -> str:
     """One payload as compact JSON on one line (UTF-8 text, no NaN, key order kept)."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return dumps(payload)
 
 
 @dataclass
