@@ -15,10 +15,13 @@ table shows
 * ``fit s``: the final ``FleetModel.fit`` alone (from the pipeline's own timings);
 * ``backtest s``: the backtest fit plus scoring the held-out window;
 * ``train s``: the pipeline end to end, wall clock;
+* ``cpu s``: CPU seconds the training process used (all its threads), and ``load``: the
+  1-minute load average when it finished. The machine is shared: with a load above its
+  two cores, wall time grows while CPU seconds stay comparable between runs;
 * ``RSS main``: peak resident memory of the training process (``ru_maxrss``);
-* ``RSS total``: peak of the training process plus its forest-fitting workers (joblib),
-  sampled from ``/proc`` every 0.2 s. (``ru_maxrss`` of a forked worker would count the
-  pages it shares with its parent at fork time, so workers are sampled instead.)
+* ``RSS total``: peak of the training process plus any child processes,
+  sampled from ``/proc`` every 0.2 s (forests now grow in threads of the training process
+  itself, so the two agree unless a library starts workers of its own).
 
 A run whose total RSS passes ``--max-rss-gib`` (default 12) is stopped, so that a fleet
 too large for this shared machine cannot push it into swapping or the OOM killer; the
@@ -134,12 +137,15 @@ def _train(home: Path, labels_path: str, trees: int, jobs: int, limit: int) -> d
     result = train(home, TrainConfig(n_estimators=trees, n_jobs=jobs), labels_path=labels_path,
                    progress=step)
     wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     kib = 1024  # ru_maxrss is in KiB on Linux
     return {
         "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "load": os.getloadavg()[0],
         "timings": result.timings,
         "version": result.version,
-        "rss_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        "rss_main": usage.ru_maxrss * kib,
         "rss_total": watch.peak,
         "metrics": {k: result.metrics.get(k) for k in ("episode_recall", "false_pauses_per_1000",
                                                        "calibration_ratio")},
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n} connectors: train {run['wall_s']:.0f} s, fit {t['final_fit_s']:.0f} s",
               file=sys.stderr, flush=True)
     head = (f"{'connectors':>10} {'syncs':>8} {'fit s':>7} {'backtest s':>10} {'train s':>8} "
-            f"{'RSS main':>10} {'RSS total':>10}")
+            f"{'cpu s':>7} {'load':>5} {'RSS main':>10} {'RSS total':>10}")
     print(f"syncguard train, {args.days} days, {args.trees} trees, {args.jobs} jobs, one run "
           "per size")
     print(head)
@@ -206,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = run["timings"]
         print(f"{n:>10} {prep['syncs']:>8} {t['final_fit_s']:>7.1f} {t['backtest_s']:>10.1f} "
-              f"{run['wall_s']:>8.1f} {_gib(run['rss_main']):>10} {_gib(run['rss_total']):>10}")
+              f"{run['wall_s']:>8.1f} {run['cpu_s']:>7.0f} {run['load']:>5.1f} "
+              f"{_gib(run['rss_main']):>10} {_gib(run['rss_total']):>10}")
     done = [(n, run) for n, _, run in rows if not run.get("aborted")]
     for stage in ("backtest", "final"):
         print(f"{stage} phases (s): " + "; ".join(
