@@ -138,6 +138,14 @@ class Accepted:
     canonical: str = ""
     source: str | None = None
 
+    def reject(self, field: str, rule: str) -> Violation:
+        """This record turned away by a rule the store decides (it needs history, such
+        as "not older than the connector's last scored sync"), named like any other."""
+        sync_id, connector_id = _name(self.record, "sync_id"), _name(self.record, "connector_id")
+        return _violation(field, rule, line=self.line, sync_id=sync_id,
+                          connector_id=connector_id,
+                          raw=self.canonical or canonical_json(self.record), source=self.source)
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -412,8 +420,10 @@ def _explain(error: ValidationError) -> tuple[str, str]:
 
 
 def _name(obj: object, key: str) -> str | None:
+    # Only a name the contract allows is repeated: a violation's sync_id and connector_id
+    # go into events, whose schema holds them to the same limits.
     value = obj.get(key) if isinstance(obj, dict) else None
-    return value if type(value) is str and value else None
+    return value if _is_key(value, _ID_MAX) else None
 
 
 def _locator(line: int | None, sync_id: str | None) -> str:

@@ -407,7 +407,8 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     """
     items = list(items)
     run = ScoreRun()
-    run.ingest = store.ingest(items, source=source, actor=actor)
+    run.ingest = store.ingest(items, source=source, actor=actor, in_time_order=True)
+    items = [run.ingest.turned_away.get(id(it), it) for it in items]
     sync_ids = [it.record["sync_id"] for it in items if isinstance(it, Accepted)]
 
     model: FleetModel | None = None

@@ -56,7 +56,8 @@ def test_ingest_conflict_is_reported_and_exits_4(home: Path, tmp_path: Path) -> 
     result = invoke(home, "ingest", str(changed))
     assert result.exit_code == 4
     assert result.stderr.startswith(f"conflict: {changed}: line 1 (sync_id 'okta-prod:0'): "
-                                    "conflicts with the stored record (stored sha256 ")
+                                    "field 'sync_id': conflicts with the stored record "
+                                    "(stored sha256 ")
     assert result.stderr.endswith("the first version stays\n")
     with Store.open(home / "store.sqlite") as store:
         assert store.history()["status"].to_list() == ["succeeded"]

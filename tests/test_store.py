@@ -57,7 +57,8 @@ def test_conflict_keeps_the_first_version(store: Store) -> None:
     assert (conflict.stored_hash, conflict.other_hash) == (
         first_hash, _items([changed])[0].content_hash)
     assert str(conflict) == (
-        f"line 1 (sync_id 'okta-prod:0'): conflicts with the stored record (stored sha256 "
+        f"line 1 (sync_id 'okta-prod:0'): field 'sync_id': conflicts with the stored record "
+        f"(stored sha256 "
         f"{first_hash[:12]}, this one {conflict.other_hash[:12]}); the first version stays")
     stored = store.history()
     assert stored["status"].to_list() == ["succeeded"]

@@ -81,9 +81,10 @@ class Store:
         return atomic(self.conn)
 
     def ingest(self, items: Iterable[Accepted | Violation], *, source: str,
-               actor: str | None = None) -> syncs.IngestReport:
+               actor: str | None = None, in_time_order: bool = False) -> syncs.IngestReport:
         """Store contract results; see :func:`detector.store.syncs.ingest`."""
-        return syncs.ingest(self.conn, items, source=source, actor=actor)
+        return syncs.ingest(self.conn, items, source=source, actor=actor,
+                            in_time_order=in_time_order)
 
     def history(self, *, connector_ids: Iterable[str] | None = None,
                 since: datetime | str | None = None,

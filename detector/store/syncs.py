@@ -61,7 +61,8 @@ class Conflict:
 
     def __str__(self) -> str:
         where = f"line {self.line} " if self.line is not None else ""
-        return (f"{where}(sync_id {self.sync_id!r}): conflicts with the stored record "
+        return (f"{where}(sync_id {self.sync_id!r}): field 'sync_id': conflicts with the "
+                f"stored record "
                 f"(stored sha256 {self.stored_hash[:12]}, this one {self.other_hash[:12]}); "
                 "the first version stays")
 
@@ -84,6 +85,10 @@ class IngestReport:
         Records that broke the contract (each also stored in ``rejects``).
     accepted_ids : list of str
         sync_ids stored by this call, in input order (what a scorer should score).
+    turned_away : dict of int to Violation
+        Accepted items the store rejected by a rule that needs history (see
+        ``in_time_order``), by ``id()`` of the Accepted, so a caller holding the input can
+        swap them for their violation.
     """
 
     source: str
@@ -92,6 +97,7 @@ class IngestReport:
     conflicts: list[Conflict] = field(default_factory=list)
     rejected: list[Violation] = field(default_factory=list)
     accepted_ids: list[str] = field(default_factory=list)
+    turned_away: dict[int, Violation] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -110,6 +116,7 @@ class IngestReport:
         self.conflicts.extend(other.conflicts)
         self.rejected.extend(other.rejected)
         self.accepted_ids.extend(other.accepted_ids)
+        self.turned_away.update(other.turned_away)
 
 
 def _utc_text(moment: datetime) -> str:
@@ -133,8 +140,39 @@ def _sync_row(item: Accepted, source: str, now: str) -> tuple[Any, ...]:
             item.canonical or canonical_json(rec), item.source or source, now)
 
 
+def _last_scored(conn: sqlite3.Connection, connector_ids: Iterable[str]) -> dict[str, float]:
+    """Per connector, the start (epoch seconds) of its latest scored sync."""
+    return dict(conn.execute(
+        "SELECT connector_id, max(started_ts) FROM scores "
+        "WHERE connector_id IN (SELECT value FROM json_each(?)) GROUP BY connector_id",
+        (json.dumps(sorted(set(connector_ids))),)))
+
+
+def _too_late(batch: list[Accepted | Violation], stored: dict[str, str],
+              last: dict[str, float], part: IngestReport) -> list[Accepted | Violation]:
+    """``batch`` with each new record that starts before its connector's last scored sync
+    turned into a violation: its connector's state has moved past it, so it cannot be
+    judged in time order (a replayed old sync, a reset clock, or history sent to
+    ``score`` instead of ``ingest``)."""
+    out: list[Accepted | Violation] = []
+    for item in batch:
+        if isinstance(item, Accepted) and item.record["sync_id"] not in stored:
+            limit = last.get(item.record["connector_id"])
+            started = parse_timestamp(item.record["started_at"])
+            if limit is not None and started is not None and started.timestamp() < limit:
+                when = _utc_text(datetime.fromtimestamp(limit, UTC))
+                violation = item.reject(
+                    "started_at", f"must not be before the connector's last scored sync "
+                    f"(started_at {when}): syncs are scored in time order; store history "
+                    "with `syncguard ingest`")
+                part.turned_away[id(item)] = violation
+                item = violation
+        out.append(item)
+    return out
+
+
 def _ingest_batch(conn: sqlite3.Connection, batch: list[Accepted | Violation], source: str,
-                  report: IngestReport) -> IngestReport:
+                  report: IngestReport, *, in_time_order: bool = False) -> IngestReport:
     """Classify and write one batch; the caller holds the write transaction."""
     part = IngestReport(source=source)
     now = audit.utc_now()
@@ -145,6 +183,10 @@ def _ingest_batch(conn: sqlite3.Connection, batch: list[Accepted | Violation], s
         stored = dict(conn.execute(
             "SELECT sync_id, content_hash FROM syncs "
             "WHERE sync_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)))
+    if in_time_order and accepted:
+        last = _last_scored(conn, (item.record["connector_id"] for item in accepted))
+        if last:
+            batch = _too_late(batch, stored, last, part)
     new_rows, conflict_rows, reject_rows = [], [], []
     for item in batch:
         if isinstance(item, Violation):
@@ -187,7 +229,8 @@ def _ingest_batch(conn: sqlite3.Connection, batch: list[Accepted | Violation], s
 
 
 def ingest(conn: sqlite3.Connection, items: Iterable[Accepted | Violation], *, source: str,
-           actor: str | None = None, batch_size: int = BATCH_SIZE) -> IngestReport:
+           actor: str | None = None, batch_size: int = BATCH_SIZE,
+           in_time_order: bool = False) -> IngestReport:
     """Store contract results: accepted records, replays, conflicts and rejects.
 
     Parameters
@@ -202,6 +245,11 @@ def ingest(conn: sqlite3.Connection, items: Iterable[Accepted | Violation], *, s
         Who ingests, for the audit log; defaults to the OS user.
     batch_size : int
         Records per transaction.
+    in_time_order : bool
+        Reject (field ``started_at``) a record new to the store that starts before its
+        connector's last scored sync: what ``score`` needs, since each connector's syncs
+        are judged in time order. ``ingest`` of history leaves it off (backfill in any
+        order is fine before scoring).
 
     Returns
     -------
@@ -212,7 +260,7 @@ def ingest(conn: sqlite3.Connection, items: Iterable[Accepted | Violation], *, s
     report = IngestReport(source=source)
     for batch in _batches(items, batch_size):
         with atomic(conn):
-            part = _ingest_batch(conn, batch, source, report)
+            part = _ingest_batch(conn, batch, source, report, in_time_order=in_time_order)
             audit.append(conn, actor=actor, action="ingest", subject=source,
                          reason="records ingested", details=part.counts())
     return report
