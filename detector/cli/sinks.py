@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from detector.events.formats import FORMATS
+from detector.events.outbox_schema import OUTBOX_MAX_ROWS
 from detector.events.sinks import JsonlFileSink, Sink, SinkReport, StdoutSink
 from detector.home import Home
 
@@ -34,6 +35,7 @@ class SinkChoice:
     webhook: str | None = None
     webhook_attempts: int = 5
     webhook_timeout: float = 10.0
+    outbox_limit: int = OUTBOX_MAX_ROWS
 
 
 def sink_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,13 +56,18 @@ def sink_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Attempts per event per run (with backoff)."),
         click.option("--webhook-timeout", type=click.FloatRange(0.1, 300), default=10.0,
                      show_default=True, help="Seconds to wait for the receiver per attempt."),
+        click.option("--outbox-limit", type=click.IntRange(1, None), default=OUTBOX_MAX_ROWS,
+                     show_default=True,
+                     help="Most undelivered webhook events kept in the outbox. When it is "
+                          "full the run stops with exit 1 and a message; no event is "
+                          "dropped (decisions stay in the store; rerun to re-send)."),
     ]
 
     def wrapped(*args: Any, fmt: str, no_stdout: bool, events_file: Path | None,
                 webhook: str | None, webhook_attempts: int, webhook_timeout: float,
-                **kwargs: Any) -> Any:
+                outbox_limit: int, **kwargs: Any) -> Any:
         choice = SinkChoice(fmt, not no_stdout, events_file, webhook, webhook_attempts,
-                            webhook_timeout)
+                            webhook_timeout, outbox_limit)
         return command(*args, sinks=choice, **kwargs)
 
     functools.update_wrapper(wrapped, command)  # keeps options declared below this one
@@ -91,7 +98,7 @@ def open_sinks(home: Home, choice: SinkChoice) -> Iterator[list[tuple[str, Sink]
             from detector.events.outbox import Outbox
             from detector.events.webhook import RetryPolicy, WebhookSink
 
-            outbox = Outbox.open(home.store_path)
+            outbox = Outbox.open(home.store_path, max_rows=choice.outbox_limit)
             sink = WebhookSink(choice.webhook, outbox, formatter=choice.format,
                                retry=RetryPolicy(max_attempts=choice.webhook_attempts,
                                                  timeout_s=choice.webhook_timeout))

@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.errors import StoreError, SyncguardError
-from detector.events.outbox_schema import OUTBOX_MIGRATION, OUTBOX_MIGRATION_SQL
+from detector.events.outbox_schema import (
+    OUTBOX_MAX_ROWS,
+    OUTBOX_MIGRATION,
+    OUTBOX_MIGRATION_SQL,
+)
 from detector.store.db import atomic, connect
 
 __all__ = [
@@ -41,8 +45,7 @@ __all__ = [
     "lease_owner",
 ]
 
-DEFAULT_MAX_ROWS = 100_000
-
+DEFAULT_MAX_ROWS = OUTBOX_MAX_ROWS
 
 
 class OutboxFullError(SyncguardError):
@@ -157,9 +160,11 @@ class Outbox:
                 since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest[0]))
                 raise OutboxFullError(
                     f"the {self.sink} outbox is full: {waiting} events have waited since "
-                    f"{since} (last error: {oldest[1] or 'none yet'}). Nothing was dropped and "
-                    "this event was not queued: fix the receiver so the queue drains, or raise "
-                    "the outbox limit."
+                    f"{since} (last error: {oldest[1] or 'none yet'}). Nothing was dropped: "
+                    "this and later events of the run were not queued, but every decision is "
+                    "stored, and running the same `syncguard score` again sends them (as "
+                    "replays) once the receiver drains the queue; or raise the outbox limit "
+                    "(score --outbox-limit)."
                 )
             cur = self.conn.execute(
                 "INSERT INTO outbox (sink, idempotency_key, event_id, body, enqueued_at) "

@@ -6,7 +6,11 @@ while ``detector.events.outbox`` imports the store (no import cycle).
 
 from __future__ import annotations
 
-__all__ = ["OUTBOX_MIGRATION", "OUTBOX_MIGRATION_SQL"]
+__all__ = ["OUTBOX_MIGRATION", "OUTBOX_MIGRATION_SQL", "OUTBOX_MAX_ROWS"]
+
+OUTBOX_MAX_ROWS = 100_000
+"""Default cap on undelivered events per sink (about 100 MB of native events). Beyond it
+``enqueue`` raises rather than drop anything; ``score --outbox-limit`` changes it."""
 
 OUTBOX_MIGRATION_SQL = """\
 CREATE TABLE IF NOT EXISTS outbox (
