@@ -28,6 +28,7 @@ delivers the outbox first.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -40,7 +41,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from detector import __version__
 from detector.errors import UsageError
@@ -308,14 +309,14 @@ class WebhookSink(SinkBase):
             raise UsageError(
                 f"webhook URL {redact_url(url)!r} must be an http:// or https:// URL with a host"
             )
-        self._url = url
+        self._url, basic = _split_credentials(url)
         self.url = redact_url(url)
         self._outbox = outbox
         if secret is None:
             secret = Secret.from_env(SECRET_ENV)
         self._secret = secret if isinstance(secret, Secret) else Secret(secret, name="secret")
         if authorization is None:
-            authorization = Secret.from_env(AUTHORIZATION_ENV, required=False)
+            authorization = Secret.from_env(AUTHORIZATION_ENV, required=False) or basic
         elif isinstance(authorization, str):
             authorization = Secret(authorization, name="authorization")
         self._authorization = authorization
@@ -455,6 +456,23 @@ class WebhookSink(SinkBase):
     def _scrub(self, text: str) -> str:
         text = self._secret.scrub(text)
         return self._authorization.scrub(text) if self._authorization else text
+
+
+def _split_credentials(url: str) -> tuple[str, Secret | None]:
+    """``url`` without ``user:password@``, and those as a Basic ``Authorization`` secret.
+
+    urllib does not send URL credentials itself (it would look ``user:password@host`` up
+    as a host name, and print it in the error); as a header they work and are scrubbed
+    from every message like the other secrets.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    netloc = parts.netloc.rpartition("@")[2]
+    userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    basic = Secret("Basic " + base64.b64encode(userinfo.encode("utf-8")).decode("ascii"),
+                   name="webhook URL credentials")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), basic
 
 
 def _describe(reason: object) -> str:
