@@ -216,7 +216,8 @@ def test_a_symlink_inside_the_home_cannot_lead_out(tmp_path: Path) -> None:
 
 
 def test_url_credentials_become_a_basic_header_and_never_a_host(
-        receiver: Receiver, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        receiver: Receiver, store_path: Path,  # noqa: F811 - the imported fixture
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
 
     monkeypatch.setenv(SECRET_ENV, SECRET)
