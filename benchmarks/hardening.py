@@ -33,6 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,7 +48,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from score_speed import fresh_copy, prepare  # noqa: E402
 
 __all__ = ["Census", "census", "overlapping_inputs", "run_scorers", "kill_midway",
-           "score_table", "syncguard"]
+           "kill_ingest", "kill_score", "kill_train", "champion_facts", "score_table",
+           "syncguard"]
 
 
 def syncguard(home: Path, *args: str | os.PathLike[str]) -> list[str]:
@@ -175,11 +177,25 @@ def _count(store: Path, table: str) -> int:
 
 
 def kill_midway(argv: Sequence[str], ready: Callable[[], bool], *,
-                timeout: float = 600) -> bool:
-    """Run ``argv``; SIGKILL it as soon as ``ready()`` holds. True if it was killed
-    before it finished on its own (the kill landed mid-work)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), cwd=REPO)
+                timeout: float = 600, marker: str | None = None) -> bool:
+    """Run ``argv``; SIGKILL it as soon as ``ready()`` holds (and, with ``marker``, once
+    that text has appeared on its stderr). True if it was killed before it finished on
+    its own (the kill landed mid-work)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE if marker else subprocess.DEVNULL,
+                            env=_env(), cwd=REPO, text=True)
+    if marker is not None:
+        seen = threading.Event()
+
+        def watch() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if marker in line:
+                    seen.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        check = ready
+        ready = lambda: seen.is_set() and check()  # noqa: E731 - a one-line predicate
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -228,6 +244,34 @@ def kill_score(home: Path, path: Path, ids: Sequence[str], phase: str,
     rerun = _finish(syncguard(home, "score", path))
     assert rerun.returncode in (0, 3), rerun.stderr
     return killed, census(store, ids, reference=reference)
+
+
+def champion_facts(home: Path) -> dict[str, Any]:
+    """Registered versions, the champion alias, and the cached champion's version and
+    digest: what a training run leaves behind."""
+    done = _finish(syncguard(home, "models", "list", "--json"))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    pointer = json.loads((home / "models" / "champion.json").read_text())
+    return {"versions": sorted(r["version"] for r in rows),
+            "champion": [r["version"] for r in rows if "champion" in r["aliases"]],
+            "cached": pointer["version"], "digest": pointer["digest"]}
+
+
+def kill_train(home: Path, args: Sequence[str], *, marker: str = "final model",
+               delay: float = 0.5) -> tuple[bool, dict[str, Any]]:
+    """SIGKILL ``syncguard train ARGS`` ``delay`` seconds into the step named ``marker``
+    (the final fit: before anything is registered), then rerun it to the end."""
+    seen: list[float] = []
+
+    def ready() -> bool:
+        seen.append(time.monotonic())
+        return seen[-1] - seen[0] >= delay
+
+    killed = kill_midway(syncguard(home, "train", *args), ready, marker=marker)
+    done = _finish(syncguard(home, "train", *args))
+    assert done.returncode == 0, done.stderr
+    return killed, champion_facts(home)
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -735,21 +735,44 @@ def _bounded_lines(fh: IO[bytes], progress: Callable[[int], None] | None) -> Ite
         yield chunk
 
 
+def _next_non_blank(lines: Iterator[bytes], head: list[bytes]) -> bytes | None:
+    """The next line with content (stripped, BOM removed from the input's first line),
+    keeping every line read in ``head``; None at the end of input."""
+    for raw in lines:
+        head.append(raw)
+        text = raw.removeprefix(b"\xef\xbb\xbf") if len(head) == 1 else raw
+        if text.strip():
+            return text.strip()
+    return None
+
+
+def _is_json_lines(first: bytes, second: Callable[[], bytes | None]) -> bool:
+    """Whether an input is JSON Lines, from its first non-blank line (and, if that is
+    unclear, the next one).
+
+    A complete object on one line means JSON Lines; an opening "[" means one document.
+    A line that opens an object without closing it is either a pretty-printed object or
+    a JSON Lines record cut short: the next line tells, since a record starts with "{"
+    and the inside of an object never does. Without that look, one truncated first line
+    would turn a whole JSON Lines batch into a single broken document.
+    """
+    if not first.startswith((b"{", b"[")) or first.endswith(b"}") and first.startswith(b"{"):
+        return True
+    if first.startswith(b"["):
+        return False
+    after = second()
+    return after is not None and after.startswith(b"{")
+
+
 def _read_one(fh: IO[bytes], *, source: str, now: datetime | None,
               progress: Callable[[int], None] | None) -> Iterator[Accepted | Violation]:
     """Pick the framing from the first non-blank line, then parse the stream."""
     lines = _bounded_lines(fh, progress)
     head: list[bytes] = []
-    for raw in lines:
-        head.append(raw)
-        first = raw.removeprefix(b"\xef\xbb\xbf").strip() if len(head) == 1 else raw.strip()
-        if first:
-            break
-    else:
+    first = _next_non_blank(lines, head)
+    if first is None:
         return  # empty input: nothing to do
-    # A complete object on one line means JSON Lines; an opening "[" or an object spread
-    # over lines (pretty-printed) means one document.
-    if first.startswith(b"{") and first.endswith(b"}") or not first.startswith((b"{", b"[")):
+    if _is_json_lines(first, lambda: _next_non_blank(lines, head)):
         yield from parse_lines(_chain(head, lines), now=now, source=source)
         return
     rest = fh.read(MAX_DOCUMENT_BYTES + 1)

@@ -122,16 +122,26 @@ def syncs_frame(wide: pl.DataFrame) -> pl.DataFrame:
     out = wide.select(
         pl.col("sync_id").cast(pl.String),
         pl.col("connector_id").cast(pl.String),
-        pl.col("connector_kind").cast(pl.String).fill_null("unknown"),
+        pl.col("connector_kind").cast(pl.String),
         _timestamp("started_at"),
         _timestamp("finished_at"),
         pl.col("status").cast(pl.String),
         pl.col("error_class").cast(pl.String),
     )
     return out.with_columns(
+        # One kind per connector: connector_kind is optional, so a batch may carry it on
+        # some syncs of a connector and not others (or a connector may change kind). The
+        # model joins per-connector tables on (connector_id, connector_kind); two kinds
+        # would give a sync two rows. The kind of its latest sync that names one wins.
+        pl.col("connector_kind")
+        .sort_by("started_at")
+        .drop_nulls()
+        .last()
+        .over("connector_id")
+        .fill_null("unknown"),
         ((pl.col("finished_at") - pl.col("started_at")).dt.total_microseconds() / 1e6).alias(
             "duration_s"
-        )
+        ),
     )
 
 

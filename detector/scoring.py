@@ -239,6 +239,10 @@ class Scorer:
                     raise ModelError(self.unscorable or "no model")
                 state, facts = self._with_new_connectors(conn, todo, state, facts, open_before)
                 result = self.model.score(todo.select("record"), state=state, facts=facts)
+                if result.results["sync_id"].to_list() != todo["sync_id"].to_list():
+                    # Never record a second decision for a sync: fail closed instead.
+                    raise ModelError(f"the model returned {result.results.height} results "
+                                     f"for {todo.height} syncs")
                 batch = scored_events(result.results, result.reasons, result.rule_hits,
                                       scored_at=now, model_version=self.model_version)
                 unscorable = False

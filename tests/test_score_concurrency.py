@@ -36,8 +36,9 @@ def test_four_scorers_on_overlapping_input_score_each_sync_once(
     outputs = [p.communicate(timeout=300) for p in procs]
 
     by_sync: dict[str, list[dict]] = defaultdict(list)
-    for proc, (out, err), (a, b) in zip(procs, outputs, windows, strict=True):
-        assert proc.returncode == 3, err  # pauses in every window, and no errors
+    codes = [proc.returncode for proc in procs]
+    assert set(codes) <= {0, 3} and 3 in codes, codes  # pauses in the long windows
+    for (out, err), (a, b) in zip(outputs, windows, strict=True):
         assert "locked" not in err and "error" not in err
         events = [json.loads(line) for line in out.splitlines()]
         assert [e["sync_id"] for e in events] == [r["sync_id"] for r in fleet.test[a:b]]
