@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from once import build_once
 from test_events_webhook import SECRET, Receiver
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -44,19 +45,26 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """16 connectors: 14 days of history stored, a champion installed, 7 days to score;
-    and the uninterrupted run's decisions (the reference every kill run must match)."""
-    work = tmp_path_factory.mktemp("faults")
+def _build(work: Path) -> dict:
     base, test_path, _singles, n = prepare(work, 16, 21, 7, 20, 4)
     reference = work / "reference"
     shutil.copytree(base.root, reference)
     done = _run(reference, "score", test_path, "--no-stdout")
     assert done.returncode in (0, 3), done.stderr
-    return {"base": base.root, "test": test_path, "n": n,
-            "ids": [r["sync_id"] for r in _records(test_path)],
+    return {"base": str(base.root), "test": str(test_path), "n": n,
             "reference": score_table(reference / "store.sqlite")}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """16 connectors: 14 days of history stored, a champion installed, 7 days to score;
+    and the uninterrupted run's decisions (the reference every kill run must match).
+    Built once per session (tests copy the home before they change it)."""
+    facts = build_once(tmp_path_factory, "faults", _build)
+    test = Path(facts["test"])
+    return {"base": Path(facts["base"]), "test": test, "n": facts["n"],
+            "ids": [r["sync_id"] for r in _records(test)],
+            "reference": {k: tuple(v) for k, v in facts["reference"].items()}}
 
 
 def _copy(bench: dict, dest: Path) -> Path:

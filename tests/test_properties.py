@@ -194,7 +194,7 @@ def _assert_bounded(results: pl.DataFrame, reasons: pl.DataFrame) -> None:
         assert not np.isnan(values).any(), reasons.filter(pl.col(column).is_nan())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_valid_sync_gets_a_bounded_score(model_and_state, data: st.DataObject) -> None:
     model, state, facts, templates = model_and_state
