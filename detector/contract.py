@@ -672,14 +672,19 @@ def _parse_document(doc: str, *, now: datetime | None,
         try:
             obj, end = _decoder.raw_decode(doc, pos)
         except (ValueError, RecursionError) as exc:
-            at = exc.lineno if isinstance(exc, json.JSONDecodeError) else line
-            yield _text_violation(doc[pos:], *_decode_failure(exc), line=at, source=source)
-            return
-        if end - pos > MAX_RECORD_BYTES and _byte_size(doc[pos:end]) > MAX_RECORD_BYTES:
-            yield _text_violation(doc[pos:end], WHOLE_RECORD, "must not be larger than 1 MiB",
-                                  line=line, source=source)
+            end = _end_of_refused(doc, pos, exc)
+            if end is None:
+                at = exc.lineno if isinstance(exc, json.JSONDecodeError) else line
+                yield _text_violation(doc[pos:], *_decode_failure(exc), line=at, source=source)
+                return
+            yield _text_violation(doc[pos:end], *_decode_failure(exc), line=line,
+                                  source=source)
         else:
-            yield _check(obj, line=line, now=now, raw=doc[pos:end], source=source)
+            if end - pos > MAX_RECORD_BYTES and _byte_size(doc[pos:end]) > MAX_RECORD_BYTES:
+                yield _text_violation(doc[pos:end], WHOLE_RECORD,
+                                      "must not be larger than 1 MiB", line=line, source=source)
+            else:
+                yield _check(obj, line=line, now=now, raw=doc[pos:end], source=source)
         pos = _WS.match(doc, end).end()
         if not in_array:
             continue  # concatenated objects: the next one starts here
@@ -701,6 +706,20 @@ def _parse_document(doc: str, *, now: datetime | None,
     if in_array:
         yield _text_violation("", WHOLE_RECORD, "is not valid JSON: the array is not closed",
                               line=lines.at(len(doc)), source=source)
+
+
+_lenient = json.JSONDecoder()
+
+
+def _end_of_refused(doc: str, pos: int, exc: BaseException) -> int | None:
+    """Where a value the contract refused (a repeated key, NaN or Infinity) ends, so the
+    elements after it are still read; None for a syntax error (no safe place to resume)."""
+    if not isinstance(exc, _DuplicateKey | _NonFinite):
+        return None
+    try:
+        return _lenient.raw_decode(doc, pos)[1]  # the same text, without the refusals
+    except (ValueError, RecursionError):
+        return None
 
 
 class _LineCounter:

@@ -224,6 +224,12 @@ CASES: list[Case] = [
     Case("array with a bad element", lambda p: b"[\n" + b",\n".join(
         [dumps(p.valid[0]), dumps(set_path(p.bad, "status", "ok")), dumps(p.valid[1])])
         + b"\n]\n", "status", "must be one of", whole=True, line=3),
+    Case("array element with NaN", lambda p: b"[\n" + b",\n".join(
+        [dumps(p.valid[0]), with_token("NaN")(p), dumps(p.valid[1])]) + b"\n]\n", WHOLE,
+        "NaN is not JSON", whole=True, line=3),
+    Case("array element with a repeated key", lambda p: b"[\n" + b",\n".join(
+        [dumps(p.valid[0]), prefix_key("status", '"failed"')(p), dumps(p.valid[1])])
+        + b"\n]\n", WHOLE, "must not repeat the key 'status'", whole=True, line=3),
     Case("array cut mid-element", lambda p: b"[\n" + dumps(p.valid[0]) + b",\n"
          + dumps(p.valid[1]) + b",\n" + dumps(p.bad)[:-30], WHOLE, "is not valid JSON",
          whole=True, line=4),
