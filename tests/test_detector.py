@@ -314,6 +314,18 @@ def test_features_do_not_depend_on_input_order(fleet):
     assert frames[0]["reference"].null_count() < frames[0].height // 10
 
 
+def test_measures_frame_is_the_same_unpivoted_at_once_or_kind_by_kind(fleet, monkeypatch):
+    import detector.frame as frame
+
+    _, history, _, _, _ = fleet
+    wide = to_struct_frame(history[:400])
+    assert wide["connector_kind"].n_unique() > 2
+    at_once = measures_frame(wide)
+    monkeypatch.setattr(frame, "_ONE_UNPIVOT_CELLS", 0)
+    pl.testing.assert_frame_equal(measures_frame(wide), at_once)
+    assert at_once["measure"].n_unique() > 20
+
+
 def test_equal_distances_rank_by_metric_name():
     resid = pl.DataFrame({
         "row": [0, 0, 0], "measure": ["b.count", "c.count", "a.count"], "z": [-4.0, 9.0, 9.0],
