@@ -195,17 +195,17 @@ def build_features(
             pl.lit(True).alias("is_state"),
         ).select(rows.columns)
         rows = pl.concat([state_rows, rows.cast(state_rows.schema)])
-    # A window keeps each (connector, measure) group in frame order, so ordering the frame
-    # by seq alone (stable, integers) puts every series in time order, state row first.
-    rows = rows.sort("seq", maintain_order=True).with_columns(
-        pl.struct("value", "ref_value", "is_state")
+    # Each (connector, measure) series in time order (the state row at seq -1 first): the
+    # window orders within its groups, so the frame itself is never sorted on strings.
+    rows = rows.with_columns(
+        pl.col("value", "ref_value", "is_state")
         .shift(1)
-        .over("connector_id", "measure")
-        .alias("_prev")
+        .over("connector_id", "measure", order_by="seq")
+        .name.prefix("_prev_")
     )
-    prev_value = pl.col("_prev").struct.field("value")
-    prev_ref = pl.col("_prev").struct.field("ref_value")
-    prev_is_state = pl.col("_prev").struct.field("is_state").fill_null(False)
+    prev_value = pl.col("_prev_value")
+    prev_ref = pl.col("_prev_ref_value")
+    prev_is_state = pl.col("_prev_is_state").fill_null(False)
     # Unpaused: against the last sync that was not paused (the state's reference for the
     # first row of a batch, the previous row after that). Paused: the sync just before.
     reference = (
@@ -213,7 +213,11 @@ def build_features(
         .then(prev_ref)
         .otherwise(prev_value)
     )
-    rows = rows.with_columns(reference.alias("reference")).filter(~pl.col("is_state")).drop("_prev")
+    rows = (
+        rows.with_columns(reference.alias("reference"))
+        .filter(~pl.col("is_state"))
+        .drop("_prev_value", "_prev_ref_value", "_prev_is_state")
+    )
 
     # Exposure: the resource's size at the reference sync, for churn and null rates.
     sizes = rows.filter(pl.col("kind") == "count").select(
