@@ -357,8 +357,9 @@ class ArrayIsolationForest:
     def _walk_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The trees laid out for scoring, built once per fitted forest.
 
-        Nodes are renumbered level by level so each node's left child directly precedes
-        its right one, and a node's threshold, feature and right child sit side by side in
+        Each node's left child must directly precede its right one (trees grown level by
+        level are laid out so; scikit-learn's depth-first trees are renumbered level by
+        level here), and a node's threshold, feature and right child sit side by side in
         one record: a level of the walk is then one random read per (sample, tree) instead
         of five. A leaf's "right child" is itself and its threshold NaN (no value is
         ``<=`` NaN), so samples that reach a leaf early stay there without a branch. The
@@ -377,21 +378,28 @@ class ArrayIsolationForest:
             return cached[1]
         a = self.arrays_
         left, right, feature = a["left"], a["right"], a["feature"]
+        threshold, value, roots = a["threshold"], a["value"], a["roots"]
         inner = feature >= 0
-        order, level = [a["roots"].ravel()], a["roots"].ravel()
-        while len(level):
-            parents = level[inner[level]]
-            level = np.empty(2 * len(parents), dtype=np.int64)
-            level[0::2], level[1::2] = left[parents], right[parents]
-            order.append(level)
-        old = np.concatenate(order)
-        new_id = np.empty(len(feature), dtype=np.int32)
-        new_id[old] = np.arange(len(old), dtype=np.int32)
-        leaf = ~inner[old]
-        nodes = np.empty(len(old), dtype=[("threshold", "f8"), ("feature", "i4"), ("right", "i4")])
-        nodes["threshold"] = np.where(leaf, np.nan, a["threshold"][old])
-        nodes["feature"] = np.where(leaf, 0, feature[old])
-        nodes["right"] = np.where(leaf, np.arange(len(old)), new_id[np.maximum(right[old], 0)])
-        walk = (nodes, new_id[a["roots"]], a["value"][old])
+        position = np.arange(len(feature), dtype=np.int32)
+        new_id = position
+        if not np.array_equal(left[inner] + 1, right[inner]):  # scikit-learn's depth-first
+            order, level = [roots.ravel()], roots.ravel()
+            while len(level):
+                parents = level[inner[level]]
+                level = np.empty(2 * len(parents), dtype=np.int64)
+                level[0::2], level[1::2] = left[parents], right[parents]
+                order.append(level)
+            old = np.concatenate(order)
+            inner, feature, right = inner[old], feature[old], right[old]
+            threshold, value = threshold[old], value[old]
+            new_id = np.empty(len(old), dtype=np.int32)
+            new_id[old] = position
+            roots = new_id[roots]
+        nodes = np.empty(len(feature), dtype=[("threshold", "f8"), ("feature", "i4"),
+                                               ("right", "i4")])
+        nodes["threshold"] = np.where(inner, threshold, np.nan)
+        nodes["feature"] = np.where(inner, feature, 0)
+        nodes["right"] = np.where(inner, new_id[np.maximum(right, 0)], position)
+        walk = (nodes, roots.astype(np.int32), value)
         self._walk = (a, walk)
         return walk

@@ -166,6 +166,30 @@ def test_array_forest_walk_follows_the_stored_trees_node_by_node():
     np.testing.assert_allclose(forest.score_samples(probe, groups), expected, rtol=1e-14)
 
 
+def test_array_forest_scores_any_node_numbering_alike():
+    """Model files from depth-first growers (scikit-learn) number nodes differently: the
+    walk renumbers them and scores exactly the same."""
+    rng = np.random.default_rng(8)
+    forest = ArrayIsolationForest(n_estimators=12, random_state=1).fit(
+        [rng.normal(size=(200, 3)), rng.normal(size=(90, 3))])
+    a = forest.arrays_
+    perm = rng.permutation(len(a["feature"]))  # new id of each old node
+    inverse = np.argsort(perm)
+    moved = dict(a)
+    for key in ("feature", "threshold", "value"):
+        moved[key] = a[key][inverse]
+    for key in ("left", "right"):
+        child = a[key][inverse]
+        moved[key] = np.where(child >= 0, perm[np.maximum(child, 0)], -1)
+    moved["roots"] = perm[a["roots"]]
+    shuffled = ArrayIsolationForest.from_arrays(moved)
+    probe = rng.normal(size=(60, 3)) * 2
+    probe[::4, 0] = np.nan
+    groups = np.arange(60) % 2
+    assert np.array_equal(shuffled.score_samples(probe, groups),
+                          forest.score_samples(probe, groups))
+
+
 def test_calibrator_far_tail_within_factor_two():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(4), 3000)
