@@ -70,16 +70,19 @@ def pending(conn: sqlite3.Connection, sync_ids: Iterable[str],
         ``sync_id, connector_id, connector_kind, started_ts, record`` (canonical JSON),
         ordered by ``started_ts, sync_id``.
     """
+    # The union is taken over sync ids only (not over whole rows with their records), then
+    # each sync's row is read once.
     rows = conn.execute(
         "WITH asked AS (SELECT value AS sync_id FROM json_each(?)), "
-        "     since AS (SELECT key AS connector_id, value AS ts FROM json_each(?)) "
+        "     since AS (SELECT key AS connector_id, value AS ts FROM json_each(?)), "
+        "     todo AS (SELECT s.sync_id FROM syncs s "
+        "              WHERE s.sync_id IN (SELECT sync_id FROM asked) "
+        "              UNION "
+        "              SELECT s.sync_id FROM since JOIN syncs s "
+        "              ON s.connector_id = since.connector_id "
+        "              AND s.started_ts > since.ts AND s.started_ts <= ?) "
         "SELECT s.sync_id, s.connector_id, s.connector_kind, s.started_ts, s.record "
-        "FROM syncs s WHERE s.sync_id IN (SELECT sync_id FROM asked) "
-        "AND NOT EXISTS (SELECT 1 FROM scores c WHERE c.sync_id = s.sync_id) "
-        "UNION "
-        "SELECT s.sync_id, s.connector_id, s.connector_kind, s.started_ts, s.record "
-        "FROM since JOIN syncs s ON s.connector_id = since.connector_id "
-        "AND s.started_ts > since.ts AND s.started_ts <= ? "
+        "FROM todo JOIN syncs s ON s.sync_id = todo.sync_id "
         "WHERE NOT EXISTS (SELECT 1 FROM scores c WHERE c.sync_id = s.sync_id) "
         "ORDER BY 4, 1",
         (json.dumps(list(dict.fromkeys(sync_ids))), json.dumps(dict(since)), until)).fetchall()
