@@ -49,6 +49,7 @@ _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
 _STD_SHARE = 0.3
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
+_CHUNK_ROWS = 1_000_000  # rows fitted or scored together: bounds a large fleet's memory
 
 
 def transform_expr(value: pl.Expr, *, kind: pl.Expr, reference: pl.Expr, size: pl.Expr) -> pl.Expr:
@@ -163,20 +164,48 @@ class SeasonalBaseline:
         self._check_params()
         k = self.key
         # Only the columns fitting reads: every join and filter below then moves less.
-        needed = [k, "measure", "bucket", "kind", "value", "reference", "current_size"]
-        needed += ["exposure", "gap_s"] + (["started_at"] if self.method == "stl" else [])
-        rows = (
-            features.select(*dict.fromkeys(["connector_id", *needed]))
-            .join(intervals, on="connector_id", how="left")
-            .with_columns(
-                transform_expr(
-                    pl.col("value"),
-                    kind=pl.col("kind"),
-                    reference=pl.col("reference"),
-                    size=pl.col("current_size"),
-                ).alias("x"),
-                self._exposure_expr().alias("exposure_eff"),
+        needed = ["connector_id", k, "measure", "bucket", "kind", "value", "reference"]
+        needed += ["current_size", "exposure", "gap_s"]
+        needed += ["started_at"] if self.method == "stl" else []
+        slim = features.select(*dict.fromkeys(needed))
+        # Whole key groups in chunks of about _CHUNK_ROWS rows: every series is fitted from
+        # its own rows only, so chunks give the same baseline as one pass, in less memory.
+        sizes = slim.group_by(k).len().sort(k)
+        chunk = (sizes["len"].cum_sum() - sizes["len"]) // _CHUNK_ROWS
+        parts = [
+            self._fit_part(
+                slim
+                if chunk.max() == 0
+                else slim.filter(pl.col(k).is_in(ids[k].implode())),
+                intervals,
             )
+            for ids in sizes.select(k, chunk.alias("_chunk")).partition_by(
+                "_chunk", include_key=False, maintain_order=True
+            )
+        ]
+        self.series_ = pl.concat([p.series_ for p in parts], how="diagonal_relaxed")
+        self.profile_ = pl.concat([p.profile_ for p in parts], how="diagonal_relaxed").sort(
+            k, "measure", "bucket"
+        )
+        return self
+
+    def _fit_part(self, rows: pl.DataFrame, intervals: pl.DataFrame) -> SeasonalBaseline:
+        """A baseline with these parameters fitted on ``rows`` (whole series only)."""
+        k = self.key
+        part = type(self)(
+            key=k,
+            shrinkage=self.shrinkage,
+            method=self.method,
+            winsor_quantile=self.winsor_quantile,
+        )
+        rows = rows.join(intervals, on="connector_id", how="left").with_columns(
+            transform_expr(
+                pl.col("value"),
+                kind=pl.col("kind"),
+                reference=pl.col("reference"),
+                size=pl.col("current_size"),
+            ).alias("x"),
+            self._exposure_expr().alias("exposure_eff"),
         )
         level_cols = [k, "measure", "bucket", "kind", "x"]
         level_cols += ["started_at"] if self.method == "stl" else []
@@ -188,21 +217,19 @@ class SeasonalBaseline:
                 k, "measure", "bucket", "kind", "value", "exposure_eff"
             )
         )
-        del rows
-        self.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
-        self.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed").sort(
-            k, "measure", "bucket"
-        )
-        in_sample = self.residuals(features, intervals, against_reference=pl.lit(False))
+        rows = rows.drop("interval_s", "x", "exposure_eff")
+        part.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
+        part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed")
+        in_sample = part.residuals(rows, intervals, against_reference=pl.lit(False))
         width = in_sample.group_by(k, "measure").agg(
             (pl.col("z").abs().quantile(_TAIL_QUANTILE) / _GAUSS_TAIL_Z)
             .clip(lower_bound=1.0)
             .alias("tail_width")
         )
-        self.series_ = self.series_.join(width, on=[k, "measure"], how="left").with_columns(
+        part.series_ = part.series_.join(width, on=[k, "measure"], how="left").with_columns(
             pl.col("tail_width").fill_null(1.0)
         )
-        return self
+        return part
 
     def _exposure_expr(self) -> pl.Expr:
         """What an event count is relative to: size x time for churn, 1 for API events."""
@@ -359,13 +386,26 @@ class SeasonalBaseline:
         """
         self._check_fitted()
         k = self.key
-        keys = [k, "measure"]
         use_ref = pl.col("paused") if against_reference is None else against_reference
         # Computed on the columns it reads, in the input's row order, then placed beside
         # the input's own columns: the wide feature columns are never copied by the joins.
         needed = ["connector_id", k, "measure", "bucket", "kind", "value", "reference"]
         needed += ["current_size", "exposure", "gap_s"]
         slim = features.select(*dict.fromkeys(needed), use_ref.alias("_use_ref"))
+        # In slices of rows: the joins' and expressions' intermediates stay bounded.
+        added = pl.concat(
+            [
+                self._residual_columns(slim.slice(start, _CHUNK_ROWS), intervals)
+                for start in range(0, max(slim.height, 1), _CHUNK_ROWS)
+            ]
+        )
+        # "scale" and the like replace any input column of the same name.
+        return features.drop(added.columns, strict=False).hstack(added)
+
+    def _residual_columns(self, slim: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
+        """The columns :meth:`residuals` adds, for rows holding only what it reads."""
+        k = self.key
+        keys = [k, "measure"]
         rows = (
             slim.join(intervals, on="connector_id", how="left", maintain_order="left")
             .join(self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left")
@@ -425,13 +465,11 @@ class SeasonalBaseline:
             )
         z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
         width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
-        added = (
+        return (
             rows.with_columns(pl.Series("z", z))
             .with_columns((pl.col("z") / width.fill_null(1.0)).alias("z_tail"))
             .drop(*slim.columns, "expected", "rate", "center", strict=False)
         )
-        # "scale" and the like replace any input column of the same name.
-        return features.drop(added.columns, strict=False).hstack(added)
 
     def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Observed, expected and expected range in the measure's own units.

@@ -202,7 +202,11 @@ class FleetModel:
             *(["started_at"] if self.baseline_method == "stl" else []),
         ).join(self.intervals_.select("connector_id"), on="connector_id", how="semi")
         # Layout of each group's residual vector: measures present in most of its syncs.
-        per_connector = features.filter(pl.col("connector_id").is_in(own["connector_id"].implode()))
+        per_connector = (
+            features  # the usual case, every connector has its own model: no copy
+            if own.height == self.intervals_.height
+            else features.filter(pl.col("connector_id").is_in(own["connector_id"].implode()))
+        )
         pooled = _with_fleet_copy(features)
         self.columns_ = pl.concat(
             [
@@ -413,29 +417,34 @@ class FleetModel:
         coded = codes(resid.select("row", "group", "measure", "z", "z_tail")).drop_nulls("g")
         layout = codes(self.columns_).drop_nulls("g")
         # Dense lookups: vector column of (group, measure), family of each measure.
-        col_of = np.full((len(self.groups_), len(measures)), -1, dtype=np.int64)
+        col_of = np.full((len(self.groups_), len(measures)), -1, dtype=np.int32)
         col_of[layout["g"].to_numpy(), layout["m"].to_numpy()] = layout["col"].to_numpy()
         unsigned = {f[:-1]: i for i, f in enumerate(self.families_[::2])}
         fam_names = pl.DataFrame({"measure": measures}).select(
             family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1)
         )["family"]
-        fam_of = np.array([unsigned.get(f, -1) for f in fam_names.to_list()], dtype=np.int64)
+        fam_of = np.array([unsigned.get(f, -1) for f in fam_names.to_list()], dtype=np.int32)
 
-        row = coded["row"].to_numpy().astype(np.int64)
-        g = coded["g"].to_numpy()
-        m = coded["m"].to_numpy()
-        z = coded["z"].to_numpy()
+        # Per-row temporaries are as long as the residual frame (30 rows a sync, twice
+        # for the pooled models): small integer types, each freed once used.
+        row = coded["row"].to_numpy()
+        g = coded["g"].to_numpy().astype(np.int32)
+        m = coded["m"].to_numpy().astype(np.int32)
         n_rows = int(row.max()) + 1 if len(row) else 1
-        key = g * n_rows + row
+        key = g.astype(np.int64) * n_rows + row
+        del row
         # A sync's residual rows arrive together: number the runs of equal keys, then
         # the distinct keys among the runs (about one per sync, not one per measure).
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         keys, run = np.unique(key[starts], return_inverse=True)
-        i = np.repeat(run, np.diff(np.r_[starts, len(key)]))
+        del key
+        i = np.repeat(run.astype(np.int32), np.diff(np.r_[starts, len(g)]))
+        z = coded["z"].to_numpy()
         x = np.zeros((len(keys), width), dtype=np.float32)
         col = col_of[g, m]
         sel = col >= 0
         x[i[sel], col[sel]] = np.clip(z[sel], -_FOREST_Z_CLIP, _FOREST_Z_CLIP)
+        del col, g
         f = np.zeros((len(keys), len(self.families_)))
         u = fam_of[m]
         sel = u >= 0
