@@ -7,6 +7,10 @@ Every path syncguard derives from configuration is checked to stay inside the ho
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +58,45 @@ class Home:
     def ensure(self) -> Home:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A private folder under ``<home>/.scratch/`` for work in progress, removed on
+        exit.
+
+        A process killed mid-work (SIGKILL, power loss) cannot clean up after itself, so
+        the folder's name carries the process id, and every call first removes the
+        folders of processes that no longer run on this host.
+        """
+        base = self.ensure().root / SCRATCH_DIR
+        base.mkdir(exist_ok=True)
+        _sweep(base)
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+SCRATCH_DIR = ".scratch"
+
+
+def _sweep(base: Path) -> None:
+    """Remove scratch folders (``<name>-<pid>-<random>``) whose process is gone."""
+    for entry in base.iterdir():
+        parts = entry.name.rsplit("-", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _running(int(parts[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def resolve_home(flag: str | os.PathLike[str] | None = None) -> Home:

@@ -90,8 +90,7 @@ def refresh_champion(home: Home | str | os.PathLike[str] | None) -> Path:
     dest = cache / str(version)
     if not _verifies(dest, digest):
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-        try:
+        with h.scratch("download") as tmp:  # same file system: the install is a rename
             try:
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=info["source"],
@@ -112,8 +111,6 @@ def refresh_champion(home: Home | str | os.PathLike[str] | None) -> Path:
                     f"failed verification, not cached: {exc}"
                 ) from exc
             _install(Path(local), dest, digest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     _write_pointer(
         cache,

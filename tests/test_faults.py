@@ -30,6 +30,7 @@ from hardening import (  # noqa: E402
     census,
     kill_ingest,
     kill_score,
+    kill_train,
     overlapping_inputs,
     run_scorers,
     score_table,
@@ -299,3 +300,24 @@ def test_full_outbox_stops_loudly_and_keeps_every_decision(
     got = [json.loads(body) for body in receiver.accepted]
     assert {e["sync_id"] for e in got} == {r["sync_id"] for r in records}
     assert len({e["event_id"] for e in got}) == 6
+
+
+TRAIN = ["--trees", "10", "--max-samples", "64", "--jobs", "1", "--holdout-days", "3",
+         "--min-history", "10"]
+
+
+def test_sigkill_train_then_rerun_leaves_one_verified_champion(bench: dict,
+                                                               tmp_path: Path) -> None:
+    """Killed during the final fit (before anything is registered), then run again: one
+    registered version, the champion alias and the local copy agree, and it scores."""
+    home = _copy(bench, tmp_path / "home")
+    shutil.rmtree(home / "models")
+    killed, facts = kill_train(home, TRAIN)
+    assert killed
+    assert facts["versions"] == [1] and facts["champion"] == [1] and facts["cached"] == 1
+    assert not list((home / ".scratch").iterdir()), "the killed run's scratch is swept"
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _records(bench["test"])[:10]))
+    done = _run(home, "score", path)
+    assert done.returncode in (0, 3), done.stderr
+    assert {json.loads(line)["model_version"] for line in done.stdout.splitlines()} == {"1"}

@@ -229,3 +229,16 @@ def test_url_credentials_become_a_basic_header_and_never_a_host(
     assert sink.close().written == 1
     expected = "Basic " + base64.b64encode(f"ops:{PASSWORD}".encode()).decode()
     assert receiver.requests[0]["headers"]["Authorization"] == expected
+
+
+def test_scratch_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home").ensure()
+    base = home.root / ".scratch"
+    base.mkdir()
+    dead, alive = base / "train-999999999-abc", base / f"train-{os.getpid()}-xyz"
+    dead.mkdir()
+    alive.mkdir()
+    with home.scratch("verify") as mine:
+        assert mine.parent == base and mine.is_dir()
+        assert not dead.exists() and alive.exists()
+    assert not mine.exists()

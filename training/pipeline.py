@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -490,7 +489,7 @@ def train(
     tags = {"mlflow.runName": run_name, "syncguard.home": str(home.root)}
     home.ensure()
     with (
-        tempfile.TemporaryDirectory(prefix=".train-", dir=home.root) as tmp,
+        home.scratch("train") as tmp,
         register.start_training_run(home, params=params, tags=tags) as run,
     ):
         t0 = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -104,9 +103,6 @@ def verify_version(home: Home, version: str) -> None:
         The version has no digest, cannot be downloaded, or its files fail verification:
         it must not become champion.
     """
-    import shutil
-    import tempfile
-
     import mlflow.artifacts
 
     from detector.errors import ModelError
@@ -117,8 +113,7 @@ def verify_version(home: Home, version: str) -> None:
     if not info["digest"]:
         raise ModelError(f"model version {info['version']} has no {register.TAG_DIGEST} tag, "
                          "so its files cannot be verified; it cannot become champion")
-    tmp = Path(tempfile.mkdtemp(prefix=".verify-", dir=home.ensure().root))
-    try:
+    with home.scratch("verify") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=info["source"], dst_path=str(tmp),
@@ -131,8 +126,6 @@ def verify_version(home: Home, version: str) -> None:
             load_model_dir(local, expected_digest=info["digest"])
         except ModelError as exc:
             raise ModelError(f"model version {info['version']} was not promoted: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @command.command("promote")
