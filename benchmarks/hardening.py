@@ -1,7 +1,7 @@
 """Hardening figures: records lost and duplicated under concurrency and SIGKILL.
 
 Run: ``.venv/bin/python benchmarks/hardening.py [--processes 8] [--syncs 10000]
-[--connectors 100] [--score-days 28] [--skip-kills]``
+[--connectors 100] [--score-days 28] [--parts corpus,concurrency,kills,train]``
 
 A simulated fleet's history is stored and a model fitted on it is installed as the
 champion (``score_speed.prepare``, the same set-up as the speed benchmark). Then:
@@ -13,7 +13,11 @@ champion (``score_speed.prepare``, the same set-up as the speed benchmark). Then
   its connector was scored, which ``score`` would rightly reject).
 * **SIGKILL**: ``syncguard ingest`` and ``syncguard score`` are killed with SIGKILL at a
   point mid-work (found by watching the store), then run again; the final state is
-  compared with an uninterrupted run on a copy of the same home.
+  compared with an uninterrupted run on a copy of the same home. ``syncguard train`` is
+  killed during its final fit and rerun; its registered versions, champion and model
+  digest are compared with an uninterrupted ``train``.
+* **bad input**: every case of ``tests/test_bad_input.py`` through ``syncguard score``
+  on a small fleet: valid syncs of each batch scored, each bad record kept.
 
 Each row counts, from the store itself (:func:`census`): syncs expected, **lost**
 (expected but not stored, or not scored), **duplicated** (more than one score row, score
@@ -41,11 +45,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from score_speed import fresh_copy, prepare  # noqa: E402
+
+from detector.home import Home  # noqa: E402
+from detector.model_cache import load_champion  # noqa: E402
 
 __all__ = ["Census", "census", "overlapping_inputs", "run_scorers", "kill_midway",
            "kill_ingest", "kill_score", "kill_train", "champion_facts", "score_table",
@@ -253,9 +263,37 @@ def champion_facts(home: Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     pointer = json.loads((home / "models" / "champion.json").read_text())
+    loaded, _version = load_champion(Home(home))  # verifies every file against its hash
     return {"versions": sorted(r["version"] for r in rows),
             "champion": [r["version"] for r in rows if "champion" in r["aliases"]],
-            "cached": pointer["version"], "digest": pointer["digest"]}
+            "cached": pointer["version"], "arrays": loaded.arrays}
+
+
+def same_fit(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Whether two fitted models hold the same tables, up to row order and float
+    rounding: two uninterrupted ``train`` runs on the same store differ in both (grouped
+    tables come out in hash order, so sums run in another order)."""
+    if a.keys() != b.keys():
+        return False
+    tables: dict[str, list[str]] = {}
+    for name in a:
+        tables.setdefault(name.rpartition("/")[0], []).append(name)
+    for columns in tables.values():
+        if len({a[c].shape[:1] for c in columns}) > 1 or any(a[c].ndim != 1 for c in columns):
+            if not all(np.allclose(a[c], b[c], equal_nan=True) if a[c].dtype.kind == "f"
+                       else np.array_equal(a[c], b[c]) for c in columns):
+                return False
+            continue
+        left, right = (pl.DataFrame({c: m[c] for c in columns}) for m in (a, b))
+        keys = [c for c in columns if left[c].dtype not in (pl.Float32, pl.Float64)]
+        left, right = left.sort(keys or columns), right.sort(keys or columns)
+        for c in columns:
+            x, y = left[c].to_numpy(), right[c].to_numpy()
+            same = (np.allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True)
+                    if x.dtype.kind == "f" else np.array_equal(x, y))
+            if not same:
+                return False
+    return True
 
 
 def kill_train(home: Path, args: Sequence[str], *, marker: str = "final model",
@@ -278,6 +316,37 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def corpus_census(base: Path, test: list[dict[str, Any]], work: Path) -> tuple[int, Census]:
+    """Every case of the bad-input corpus (``tests/test_bad_input.py``) through
+    ``syncguard score`` on a copy of ``base``: the valid syncs of each batch must be
+    scored, and each bad record either kept (``rejects`` / ``conflicts``) or, when the
+    case is acceptable input, stored and scored."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_bad_input import CASES, make_parts, run_case
+
+    parts = make_parts(test)
+    expected = lost = duplicated = 0
+    for i, case in enumerate(CASES):
+        home = work / f"case-{i}"
+        shutil.copytree(base, home)
+        path, result = run_case(case, parts, home, work)
+        if "Traceback" in result.stderr or result.exit_code not in (0, 3, 4):
+            lost += 1  # a crash: count the batch's bad record as lost
+        store = home / "store.sqlite"
+        valid = [r["sync_id"] for r in parts.valid] if path.stat().st_size else []
+        counted = census(store, valid)
+        expected += len(valid) + 1
+        lost += counted.lost
+        duplicated += counted.duplicated
+        if case.field is None:
+            lost += bool(path.stat().st_size) and census(store, [parts.bad["sync_id"]]).lost
+        else:
+            table = "conflicts" if case.kind == "conflict" else "rejects"
+            lost += _count(store, table) == 0
+        shutil.rmtree(home)
+    return len(CASES), Census(expected, 0, 0, lost, duplicated)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=8)
@@ -288,62 +357,108 @@ def main() -> None:
     parser.add_argument("--history-days", type=int, default=14)
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--skip-kills", action="store_true")
+    parser.add_argument("--parts", default="corpus,concurrency,kills,train",
+                        help="Comma-separated: corpus, concurrency, kills, train.")
     args = parser.parse_args()
+    wanted = set(args.parts.split(","))
+    command = "benchmarks/hardening.py"
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="syncguard-hardening-") as tmp:
         work = Path(tmp)
-        t0 = time.perf_counter()
-        base, test_path, _singles, n = prepare(
-            work, args.connectors, args.history_days + args.score_days, args.score_days,
-            args.trees, args.seed)
-        test = _records(test_path)
-        print(f"set-up: {args.connectors} connectors, {n} test syncs, "
-              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        share = min(1.0, args.syncs / max(1, n))
-        inputs = overlapping_inputs(test, args.processes, work, share=share)
-        sizes = [len(_records(p)) for p in inputs]
-        ids = sorted({r["sync_id"] for p in inputs for r in _records(p)})
-
-        home = fresh_copy(base, work / "concurrent").root
-        t0 = time.perf_counter()
-        results = run_scorers(home, inputs)
-        wall = time.perf_counter() - t0
-        bad = [(code, err[-500:]) for code, _out, err in results if code not in (0, 3)]
-        errors = sum("locked" in err or "error" in err for _code, _out, err in results)
-        counted = census(home / "store.sqlite", ids, outputs=[out for _c, out, _e in results])
-        print(f"concurrency: {args.processes} processes x {min(sizes)}-{max(sizes)} syncs, "
-              f"{len(ids)} distinct, {wall:.0f} s wall, exit codes "
-              f"{sorted(Counter(c for c, _o, _e in results).items())}, "
-              f"{errors} with errors", file=sys.stderr)
-        for code, err in bad:
-            print(f"  exit {code}: {err}", file=sys.stderr)
-        rows.append(counted.row(
-            f"{args.processes} scorers x ~{sum(sizes) // len(sizes)} syncs, overlapping",
-            "benchmarks/hardening.py"))
-
-        if not args.skip_kills:
-            reference_home = fresh_copy(base, work / "reference").root
-            done = _finish(syncguard(reference_home, "score", test_path, "--no-stdout"))
-            assert done.returncode in (0, 3), done.stderr
-            reference = score_table(reference_home / "store.sqlite")
-            all_ids = [r["sync_id"] for r in test]
-            for phase in ("ingest", "scoring"):
-                home = fresh_copy(base, work / f"kill-{phase}").root
-                killed, counted = kill_score(home, test_path, all_ids, phase, reference)
-                rows.append(counted.row(f"SIGKILL score during {phase} (killed: {killed}), "
-                                        "rerun", "benchmarks/hardening.py"))
-            home = fresh_copy(base, work / "kill-ingest").root
-            killed, counted = kill_ingest(home, test_path, all_ids)
-            rows.append(counted.row(f"SIGKILL ingest (killed: {killed}), rerun",
-                                    "benchmarks/hardening.py"))
-        shutil.rmtree(work / "concurrent", ignore_errors=True)
+        if wanted & {"corpus", "train"}:
+            small, small_test, _s, _n = prepare(work / "small", 16, 21, 7, 20, args.seed)
+        if "corpus" in wanted:
+            cases, counted = corpus_census(small.root, _records(small_test), work / "corpus")
+            rows.append(counted.row(f"bad-input corpus: {cases} cases, each in a batch with "
+                                    "valid syncs", command))
+        if "train" in wanted:
+            rows.append(_train_row(small.root, work, command))
+        if wanted & {"concurrency", "kills"}:
+            t0 = time.perf_counter()
+            base, test_path, _singles, n = prepare(
+                work, args.connectors, args.history_days + args.score_days, args.score_days,
+                args.trees, args.seed)
+            print(f"set-up: {args.connectors} connectors, {n} test syncs, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if "concurrency" in wanted:
+            rows.append(_concurrency_row(base, _records(test_path), work, args, command))
+        if "kills" in wanted:
+            rows.extend(_kill_rows(base, test_path, work, command))
 
     print("| run | syncs | lost | duplicated | differ from uninterrupted | command |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(row)
+
+
+def _concurrency_row(base: Home, test: list[dict[str, Any]], work: Path,
+                     args: argparse.Namespace, command: str) -> str:
+    share = min(1.0, args.syncs / max(1, len(test)))
+    inputs = overlapping_inputs(test, args.processes, work, share=share)
+    sizes = [len(_records(p)) for p in inputs]
+    ids = sorted({r["sync_id"] for p in inputs for r in _records(p)})
+    home = fresh_copy(base, work / "concurrent").root
+    t0 = time.perf_counter()
+    results = run_scorers(home, inputs)
+    wall = time.perf_counter() - t0
+    errors = sum("locked" in err or "error" in err for _code, _out, err in results)
+    counted = census(home / "store.sqlite", ids, outputs=[out for _c, out, _e in results])
+    print(f"concurrency: {args.processes} processes x {min(sizes)}-{max(sizes)} syncs, "
+          f"{len(ids)} distinct, {wall:.0f} s wall, exit codes "
+          f"{sorted(Counter(c for c, _o, _e in results).items())}, "
+          f"{errors} with errors", file=sys.stderr)
+    for code, _out, err in results:
+        if code not in (0, 3):
+            print(f"  exit {code}: {err[-500:]}", file=sys.stderr)
+    shutil.rmtree(home, ignore_errors=True)
+    return counted.row(f"{args.processes} scorers x ~{sum(sizes) // len(sizes)} syncs, "
+                       "overlapping", command)
+
+
+def _kill_rows(base: Home, test_path: Path, work: Path, command: str) -> list[str]:
+    reference_home = fresh_copy(base, work / "reference").root
+    done = _finish(syncguard(reference_home, "score", test_path, "--no-stdout"))
+    assert done.returncode in (0, 3), done.stderr
+    reference = score_table(reference_home / "store.sqlite")
+    ids = [r["sync_id"] for r in _records(test_path)]
+    rows = []
+    for phase in ("ingest", "scoring"):
+        home = fresh_copy(base, work / f"kill-{phase}").root
+        killed, counted = kill_score(home, test_path, ids, phase, reference)
+        rows.append(counted.row(f"SIGKILL score during {phase} (killed: {killed}), rerun",
+                                command))
+    home = fresh_copy(base, work / "kill-ingest").root
+    killed, counted = kill_ingest(home, test_path, ids)
+    rows.append(counted.row(f"SIGKILL ingest (killed: {killed}), rerun", command))
+    return rows
+
+
+TRAIN_ARGS = ("--trees", "10", "--max-samples", "64", "--jobs", "1", "--holdout-days", "3",
+              "--min-history", "10")
+
+
+def _train_row(base: Path, work: Path, command: str) -> str:
+    """SIGKILL ``train`` mid-fit and rerun, against an uninterrupted ``train``: the
+    registered versions, the champion and the cached model's digest must be the same."""
+    facts = []
+    for name in ("train-clean", "train-killed"):
+        home = work / name
+        shutil.copytree(base, home)
+        shutil.rmtree(home / "models")
+        if name == "train-clean":
+            done = _finish(syncguard(home, "train", *TRAIN_ARGS))
+            assert done.returncode == 0, done.stderr
+            facts.append(champion_facts(home))
+        else:
+            killed, after = kill_train(home, TRAIN_ARGS)
+            facts.append(after)
+    clean, rerun = facts
+    extra = len(rerun["versions"]) - len(clean["versions"])
+    return Census(1, 1, 1, lost=int(not rerun["champion"]), duplicated=max(0, extra),
+                  differ=int(not same_fit(clean["arrays"], rerun["arrays"]))).row(
+        f"SIGKILL train mid-fit (killed: {killed}), rerun: versions {rerun['versions']}, "
+        f"champion {rerun['champion']}", command)
 
 
 if __name__ == "__main__":

@@ -257,19 +257,36 @@ def base_home(tmp_path_factory: pytest.TempPathFactory, fleet: Fleet) -> Path:
     return home.root
 
 
-@pytest.fixture(scope="module")
-def parts(fleet: Fleet) -> Parts:
+def make_parts(records: list[dict[str, Any]]) -> Parts:
+    """The first syncs of three connectors (in time order) that report resources."""
     firsts: dict[str, list[dict[str, Any]]] = {}
-    for record in fleet.test:
+    for record in records:
         firsts.setdefault(record["connector_id"], []).append(record)
     connectors = [c for c, recs in firsts.items() if recs[0].get("resources")][:3]
     a, b, c = (firsts[cid] for cid in connectors)
     return Parts(valid=(a[0], b[0]), bad=c[0], later=c[1])
 
 
-def _input(case: Case, p: Parts) -> bytes:
+@pytest.fixture(scope="module")
+def parts(fleet: Fleet) -> Parts:
+    return make_parts(fleet.test)
+
+
+def case_input(case: Case, p: Parts) -> bytes:
+    """The bytes ``syncguard score`` reads for ``case``."""
     built = case.build(p)
     return built if case.whole else _three(p, built)
+
+
+def run_case(case: Case, p: Parts, home: Path, work: Path) -> tuple[Path, Any]:
+    """Score the case's earlier parts, then its input, in ``home``; (input path, result)."""
+    for name in case.before:
+        first = work / f"before-{name}.jsonl"
+        first.write_bytes(dumps(getattr(p, name)) + b"\n")
+        assert _score(home, first).exit_code in (EXIT_OK, EXIT_PAUSE)
+    path = work / "input.jsonl"
+    path.write_bytes(case_input(case, p))
+    return path, _score(home, path)
 
 
 def _score(home: Path, path: Path) -> Any:
@@ -285,13 +302,7 @@ def _rows(home: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def test_bad_input_corpus(case: Case, base_home: Path, parts: Parts, tmp_path: Path) -> None:
     home = tmp_path / "home"
     shutil.copytree(base_home, home)
-    for name in case.before:
-        first = tmp_path / f"before-{name}.jsonl"
-        first.write_bytes(dumps(getattr(parts, name)) + b"\n")
-        assert _score(home, first).exit_code in (EXIT_OK, EXIT_PAUSE)
-    path = tmp_path / "input.jsonl"
-    path.write_bytes(_input(case, parts))
-    result = _score(home, path)
+    path, result = run_case(case, parts, home, tmp_path)
     out, err = result.stdout, result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), err
     assert "Traceback" not in out + err and "internal error" not in err
@@ -360,7 +371,7 @@ def test_real_process_reports_cleanly(name: str, base_home: Path, parts: Parts,
     case = next(c for c in CASES if c.name == name)
     home = tmp_path / "home"
     shutil.copytree(base_home, home)
-    proc = subprocess.run(syncguard_cmd("score", "-", home=home), input=_input(case, parts),
+    proc = subprocess.run(syncguard_cmd("score", "-", home=home), input=case_input(case, parts),
                           capture_output=True, timeout=120, cwd=REPO, check=False)
     err = proc.stderr.decode()
     assert proc.returncode == EXIT_REJECTED, err
