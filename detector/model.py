@@ -52,6 +52,7 @@ _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates n
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
+_NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
     "connector_id": pl.String,
     "state_last_success": pl.Datetime("us", "UTC"),
@@ -827,14 +828,28 @@ def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
 def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:
     """The first scoring pass with the ``affected`` connectors' frames taken from the second.
 
-    Rows are not re-sorted: :meth:`FleetModel._result` orders what it returns by ``row``
-    (and rule hits keep their order within a row), so nothing depends on frame order.
+    Only what :meth:`FleetModel._result` reads is merged: the residuals of flagged syncs
+    (the reasons) and the feature columns the next state is built from. Rows are not
+    re-sorted: ``_result`` orders what it returns by ``row`` (rule hits keep their order
+    within a row), so nothing depends on frame order.
     """
     keep = ~pl.col("connector_id").is_in(affected)
+
+    def flagged(part: dict) -> pl.DataFrame:
+        rows = part["decided"].filter(pl.col("decision") != "proceed")["row"].implode()
+        return part["resid"].filter(pl.col("row").is_in(rows))
+
     out = {
         key: pl.concat([first[key].filter(keep), second[key]], how="diagonal_relaxed")
-        for key in ("syncs", "features", "resid", "decided")
+        for key in ("syncs", "decided")
     }
+    out["resid"] = pl.concat([flagged(first).filter(keep), flagged(second)],
+                             how="diagonal_relaxed")
+    out["features"] = pl.concat(
+        [part.select(_NEXT_STATE_COLUMNS) for part in (first["features"].filter(keep),
+                                                       second["features"])],
+        how="vertical_relaxed",
+    )
     # Rule hits carry no connector: keep the first pass's hits of the other connectors' rows.
     rows_p = second["syncs"]["row"].implode()
     out["hits"] = pl.concat([first["hits"].filter(~pl.col("row").is_in(rows_p)), second["hits"]])
@@ -903,7 +918,7 @@ def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFra
 
 def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per connector and measure: last value, and value at the last sync not paused."""
-    rows = features.select("row", "connector_id", "measure", "value", "started_at")
+    rows = features.select(_NEXT_STATE_COLUMNS)
     if decided is not None:
         held = decided.select("row", (pl.col("decision") == "pause").alias("held"))
         rows = rows.join(held, on="row", how="left")
