@@ -35,7 +35,7 @@ import polars as pl
 
 from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
-from detector.explain import PERFORMANCE_MEASURES, reasons_frame
+from detector.explain import PERFORMANCE_MEASURES, REASON_Z, reasons_frame
 from detector.features import STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import measures_frame, syncs_frame, to_struct_frame
@@ -52,6 +52,7 @@ _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates n
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
+_PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
     "connector_id": pl.String,
@@ -547,7 +548,12 @@ class FleetModel:
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
         )
-        all_resid = pl.concat([resid, pooled_resid], how="diagonal_relaxed")
+        # Only residuals far enough out to be a reason or to make a breach "performance
+        # only" are read after this: the rest is left behind here.
+        outlying = pl.col("z").abs() >= min(REASON_Z, _PERF_ONLY_Z)
+        all_resid = pl.concat(
+            [resid.filter(outlying), pooled_resid.filter(outlying)], how="diagonal_relaxed"
+        )
         hits = rule_hits(
             syncs,
             features,
@@ -598,7 +604,7 @@ class FleetModel:
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
         policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
         top = (
-            resid.filter(pl.col("z").abs() >= 3.0)
+            resid.filter(pl.col("z").abs() >= _PERF_ONLY_Z)
             .group_by("row")
             .agg(pl.col("measure").is_in(list(PERFORMANCE_MEASURES)).all().alias("perf_only"))
         )
