@@ -775,7 +775,12 @@ class FleetModel:
         def frame(name: str) -> pl.DataFrame:
             schema = config["frames"][name]
             cols = {c: arrays[f"{name}/{c}"] for c in schema}
-            out = pl.DataFrame(cols)
+            # Fixed-width numpy text goes through a list: polars reads numpy's "<U" arrays
+            # several times slower, and model loading is part of every cold score.
+            out = pl.DataFrame({
+                c: pl.Series(c, v.tolist(), dtype=pl.String) if v.dtype.kind == "U" else v
+                for c, v in cols.items()
+            })
             casts = {}
             for c, t in schema.items():
                 if t.startswith("String"):
