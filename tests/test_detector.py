@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import polars as pl
@@ -12,6 +13,8 @@ from sklearn.ensemble import IsolationForest
 
 from detector.calibration import TailCalibrator
 from detector.errors import UsageError
+from detector.events.native import event_id, validate
+from detector.events.scored import scored_events
 from detector.explain import reasons_frame
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
@@ -348,6 +351,28 @@ def test_measures_frame_is_the_same_unpivoted_at_once_or_kind_by_kind(fleet, mon
     monkeypatch.setattr(frame, "_ONE_UNPIVOT_CELLS", 0)
     pl.testing.assert_frame_equal(measures_frame(wide), at_once)
     assert at_once["measure"].n_unique() > 20
+
+
+def test_scored_events_are_the_frame_rows_and_their_stored_text(fleet):
+    """Batch-built events: each dict is its frame row, its text parses back to it, its id
+    is the documented UUIDv5, and every shape meets the native schema."""
+    model, _, test, state, facts = fleet
+    batch = copy.deepcopy(test[:60])
+    victim = next(r for r in batch[10:] if "user" in r["resources"])
+    victim["resources"]["user"]["count"] //= 3  # a pause with reasons
+    batch[20]["status"] = "failed"  # a rule hit
+    out = model.score(batch, state=state, facts=facts)
+    events = scored_events(out.results, out.reasons, out.rule_hits,
+                           scored_at="2026-07-01T00:00:00.000Z", model_version="7")
+    assert events.events == events.frame.to_dicts()
+    assert [json.loads(t) for t in events.texts] == events.events
+    assert [list(e) for e in events.events] == [events.frame.columns] * len(batch)
+    assert [e["event_id"] for e in events.events] == [
+        event_id("sync_scored", e["connector_id"], e["sync_id"]) for e in events.events]
+    assert any(e["reasons"] for e in events.events)
+    assert any(e["rule_hits"] for e in events.events)
+    for event in events.events:
+        validate(event)
 
 
 def test_equal_distances_rank_by_metric_name():

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import polars as pl
 
 from detector.events.native import (
@@ -26,7 +27,7 @@ from detector.events.native import (
     EVENT_VERSION,
     SEVERITIES,
     NativeEventError,
-    event_id,
+    event_ids,
     validate,
 )
 
@@ -149,8 +150,7 @@ def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.Da
     NativeEventError
         When a value breaks the schema (a bug in the producer).
     """
-    ids = [event_id("sync_scored", c, s)
-           for c, s in zip(results["connector_id"], results["sync_id"], strict=True)]
+    ids = event_ids("sync_scored", results["connector_id"], results["sync_id"])
     reasons = _clean_reasons(reasons)
     frame = (
         results.join(_reasons(reasons), on="sync_id", how="left", maintain_order="left")
@@ -171,8 +171,10 @@ def scored_events(results: pl.DataFrame, reasons: pl.DataFrame, rule_hits: pl.Da
         )
     )
     _check_values(frame, _check_lists(reasons, rule_hits))
-    events = frame.to_dicts()
     texts = frame.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
+    # The dicts are read back from the texts: several times faster than to_dicts on nested
+    # lists, and the stored text and the emitted event cannot disagree.
+    events = [orjson.loads(text) for text in texts]
     # The first event of each shape through the full schema.
     shapes = frame.select(
         pl.int_range(pl.len()).alias("i"),
