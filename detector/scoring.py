@@ -431,8 +431,7 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     run.events = _in_input_order(store, items, fresh, rejects)
     run.replayed = sum(1 for e in run.events if e.get("replay"))
     for sink in sinks:
-        for event in run.events:
-            sink.emit(event)
+        sink.emit_many(run.events)
     return run
 
 

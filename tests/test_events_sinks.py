@@ -8,7 +8,7 @@ import os
 import threading
 
 import pytest
-from event_samples import pause_event, proceed_event, stale_event
+from event_samples import pause_event, proceed_event, review_event, stale_event
 
 from detector.errors import UsageError
 from detector.events import hec
@@ -79,6 +79,47 @@ def test_file_sink_appends_and_fsyncs_on_close(tmp_path, monkeypatch):
     sink.close()  # closing twice is harmless
     with pytest.raises(UsageError, match="already closed"):
         sink.emit(pause_event())
+
+
+@pytest.mark.parametrize("fmt", ["native", "ocsf", "hec"])
+def test_emit_many_writes_what_emitting_one_by_one_writes(tmp_path, fmt):
+    events = [pause_event(), proceed_event(), stale_event(), review_event()]
+    one, many = io.StringIO(), io.StringIO()
+    with StdoutSink(fmt, stream=one) as a, StdoutSink(fmt, stream=many) as b:
+        for event in events:
+            a.emit(event)
+        b.emit_many(events)
+        b.emit_many([])
+    assert many.getvalue() == one.getvalue() and one.getvalue()
+    assert (b.report.written, b.report.skipped) == (a.report.written, a.report.skipped)
+    with JsonlFileSink(tmp_path / "one.jsonl", fmt) as c, \
+            JsonlFileSink(tmp_path / "many.jsonl", fmt) as d:
+        for event in events:
+            c.emit(event)
+        d.emit_many(iter(events))
+    assert (tmp_path / "many.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert d.report.written == c.report.written == len(one.getvalue().splitlines())
+
+
+def test_emit_many_lines_never_interleave_with_other_writers(tmp_path):
+    path = tmp_path / "events.jsonl"
+    batch = [pause_event(sync_id=f"s{i}") for i in range(200)]
+
+    def writer() -> None:
+        with JsonlFileSink(path) as sink:
+            for _ in range(5):
+                sink.emit_many(batch)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 * 5 * 200
+    assert all(json.loads(line)["event_type"] == "sync_scored" for line in lines)
+    # Each batch lands whole: the ids run s0..s199 in order, 20 times over.
+    assert [json.loads(line)["sync_id"] for line in lines] == [e["sync_id"] for e in batch] * 20
 
 
 def test_file_sink_lines_never_interleave(tmp_path):

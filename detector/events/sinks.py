@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +74,10 @@ class Sink(Protocol):
         """Render and write (or deliver, or queue) one native event."""
         ...
 
+    def emit_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """``emit`` each event in order (file and stdout sinks write them in one go)."""
+        ...
+
     def close(self) -> SinkReport:
         """Flush, make durable, release resources; return the run's report."""
         ...
@@ -92,6 +96,16 @@ class SinkBase:
             self.report.skipped += 1
             return None
         return encode(payload)
+
+    def emit_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Emit each event in order."""
+        for event in events:
+            self.emit(event)
+
+    def _render_many(self, events: Iterable[Mapping[str, Any]]) -> tuple[str, int]:
+        """The events the format keeps, as JSON Lines text, and how many they are."""
+        lines = [line for line in map(self._render, events) if line is not None]
+        return "".join(line + "\n" for line in lines), len(lines)
 
     def close(self) -> SinkReport:  # pragma: no cover - overridden
         return self.report
@@ -125,14 +139,18 @@ class StdoutSink(SinkBase):
 
     def emit(self, event: Mapping[str, Any]) -> None:
         """Write one event as one line."""
-        line = self._render(event)
-        if line is None:
+        self.emit_many((event,))
+
+    def emit_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Write events as lines, in order, in one write."""
+        text, n = self._render_many(events)
+        if not n:
             return
         stream = self._stream or sys.stdout
-        stream.write(line + "\n")
-        # Flushed per event: a pipeline reading our stdout acts on each decision at once.
+        stream.write(text)
+        # Flushed per call: a pipeline reading our stdout acts on each decision at once.
         stream.flush()
-        self.report.written += 1
+        self.report.written += n
 
     def close(self) -> SinkReport:
         """Flush the stream (it is not closed: it belongs to the caller)."""
@@ -143,9 +161,10 @@ class StdoutSink(SinkBase):
 class JsonlFileSink(SinkBase):
     """Append events to a JSON Lines file; fsync on close.
 
-    Each line is written with a single ``write`` on an ``O_APPEND`` descriptor under an
-    exclusive ``flock``, so several ``syncguard score`` processes appending to the same
-    file never interleave partial lines.
+    The lines of each ``emit`` / ``emit_many`` call are written with one ``write`` (looped
+    only if the kernel takes part of it) on an ``O_APPEND`` descriptor under an exclusive
+    ``flock``, so several ``syncguard score`` processes appending to the same file never
+    interleave partial lines.
 
     Parameters
     ----------
@@ -167,12 +186,16 @@ class JsonlFileSink(SinkBase):
 
     def emit(self, event: Mapping[str, Any]) -> None:
         """Append one event as one line."""
+        self.emit_many((event,))
+
+    def emit_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append events as lines, in order, under one lock (whole lines, never split)."""
         if self._fd is None:
             raise UsageError(f"event file {str(self.path)!r} is already closed")
-        line = self._render(event)
-        if line is None:
+        text, n = self._render_many(events)
+        if not n:
             return
-        data = (line + "\n").encode("utf-8")
+        data = text.encode("utf-8")
         if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
@@ -187,7 +210,7 @@ class JsonlFileSink(SinkBase):
         finally:
             if fcntl is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self.report.written += 1
+        self.report.written += n
 
     def close(self) -> SinkReport:
         """fsync and close; safe to call twice."""
