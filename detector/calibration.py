@@ -41,7 +41,9 @@ class TailCalibrator:
     min_width : float, default=1e-9
         Floor of the body width that scales each group's exceedances.
     min_tail : int, default=200
-        Exceedances a group needs for its own tail when ``pool_shape`` is ``False``.
+        Exceedances a group needs for a tail fully its own when ``pool_shape`` is
+        ``False``; a group with fewer (but at least 20) shrinks its shape towards the
+        pooled one in proportion.
     log10_tail : bool, default=False
         For scores that are already ``-log10`` of tail probabilities: beyond each group's
         body the tail is exponential in the score, pooled across groups, and never
@@ -116,9 +118,16 @@ class TailCalibrator:
                 rate = max(rate, 1.0 / float(np.mean(raw_excess)))
             scale = 1.0 / (rate * width)
         elif not self.pool_shape:
+            # Groups with fewer than ``min_tail`` exceedances shrink their own shape towards
+            # the pooled one in proportion to their data, and keep their own mean excess.
             own = np.bincount(groups[tail], minlength=n_groups)
-            for g in np.flatnonzero(own >= self.min_tail):
-                shape[g], scale[g] = _fit_gpd(excess[tail & (groups == g)])
+            for g in np.flatnonzero(own >= _MIN_OWN_TAIL):
+                y = excess[tail & (groups == g)]
+                shape[g], scale[g] = _fit_gpd(y)
+                weight = own[g] / self.min_tail
+                if weight < 1.0:
+                    shape[g] = weight * shape[g] + (1.0 - weight) * pooled[0]
+                    scale[g] = float(np.mean(y)) * (1.0 - shape[g])  # mean = scale / (1 - shape)
         self.body_ = body
         self.width_ = width
         self.shape_ = shape
@@ -196,6 +205,7 @@ class TailCalibrator:
         return cal
 
 
+_MIN_OWN_TAIL = 20  # exceedances below which a group's own tail is not estimated at all
 _MAX_TAIL_FIT = 5000  # exceedances per GPD fit: plenty for two parameters, and fast
 
 

@@ -50,6 +50,10 @@ _STAGES = ("forest", "family", "combined")
 _CALIBRATORS = tuple(stage + mode for mode in _MODES for stage in _STAGES)
 _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
+_TAIL_MIN_ROWS = 2000  # about 100 tail exceedances a side (see TailCalibrator)
+_TAIL_MIN_CONNECTORS = 4
+_MAX_DECADE = 4  # size decades of resource tails: < 100, < 1,000, < 10,000, more
+_FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
@@ -218,13 +222,7 @@ class FleetModel:
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
-        unsigned = (
-            features.select(family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1))
-            .unique()
-            .to_series()
-            .sort()
-        )
-        self.families_ = [f + sign for f in unsigned for sign in "+-"]
+        self.families_ = _tail_families(features)
         group_index = {g: i for i, g in enumerate(groups)}
 
         step("baselines")
@@ -249,22 +247,26 @@ class FleetModel:
         ).fit([m for m, _, _ in matrices])
 
         step("calibration")
+        self._fit_calibrators(oos)
+        return self
+
+    def _fit_calibrators(self, oos: dict[str, np.ndarray]) -> None:
+        """Forest, family and combined calibrators per mode, from held-out scores."""
         self.calibrators_ = {}
-        n_fam = len(self.families_)
+        n_groups, n_fam = len(self.groups_), len(self.families_)
         for mode in _MODES:
             forest_s, fam, grp = oos["forest" + mode], oos["family" + mode], oos["group"]
             self.calibrators_["forest" + mode] = TailCalibrator().fit(
-                forest_s, grp, n_groups=len(groups)
+                forest_s, grp, n_groups=n_groups
             )
             present = fam > 0
             self.calibrators_["family" + mode] = TailCalibrator(
-                pool_shape=False, min_width=_FAMILY_MIN_WIDTH
+                pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
             ).fit(fam[present], np.nonzero(present)[1], n_groups=n_fam)
             combined = self._combined_statistic(forest_s, fam, grp, mode)
             self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
-                combined, grp, n_groups=len(groups)
+                combined, grp, n_groups=n_groups
             )
-        return self
 
     def _combined_statistic(
         self, forest_s: np.ndarray, fam: np.ndarray, groups: np.ndarray, mode: str
@@ -382,7 +384,16 @@ class FleetModel:
             if frame.height == 0:
                 continue
             x, rows, group, fam = self._matrix(
-                frame.select("row", pl.col(key).alias("group"), "measure", "z", "z_tail"), width
+                frame.select(
+                    "row",
+                    pl.col(key).alias("group"),
+                    "measure",
+                    "z",
+                    "z_tail",
+                    "exposure",
+                    "current_size",
+                ),
+                width,
             )
             # _matrix returns its syncs ordered by group: each group is one slice.
             bounds = np.flatnonzero(np.diff(group)) + 1
@@ -390,6 +401,36 @@ class FleetModel:
                 g = group[lo]
                 out[group_index[self.groups_[g]]] = (x[lo:hi], rows[lo:hi], fam[lo:hi])
         return out
+
+    def _family_lookup(self, measures: pl.Series) -> np.ndarray:
+        """Unsigned tail family index of each (measure code, size decade); -1 for none.
+
+        Tails depend on a residual's measure and its resource's size decade only, so
+        the string work is done once per distinct pair, not once per residual row.
+        """
+        decades = np.arange(_MAX_DECADE + 1)
+        pairs = (
+            pl.DataFrame(
+                {
+                    "measure": np.repeat(measures.to_numpy(), len(decades)),
+                    "decade": np.tile(decades, len(measures)),
+                }
+            )
+            .with_columns(
+                # A size in the decade (decade 0: no size), for the tail-key expressions.
+                pl.when(pl.col("decade") > 0)
+                .then(10.0 ** pl.col("decade").cast(pl.Float64))
+                .alias("exposure"),
+            )
+            .with_columns(pl.col("exposure").alias("current_size"))
+        )
+        keys = pairs.select(
+            tail_family_expr(pl.col("measure"), pl.lit(1.0), self.families_).str.head(-1)
+        )["family"].to_list()
+        unsigned = {f[:-1]: i for i, f in enumerate(self.families_[::2])}
+        return np.array([unsigned.get(k, -1) for k in keys], dtype=np.int32).reshape(
+            len(measures), len(decades)
+        )
 
     def _matrix(
         self, resid: pl.DataFrame, width: int
@@ -404,9 +445,7 @@ class FleetModel:
         String keys are turned into integer codes once per distinct value (groups and
         measures are few); the scatter itself is numpy indexing.
         """
-        measures = (
-            pl.concat([resid["measure"].unique(), self.columns_["measure"]]).unique().sort()
-        )
+        measures = pl.concat([resid["measure"].unique(), self.columns_["measure"]]).unique().sort()
         m_codes = pl.Series(np.arange(len(measures), dtype=np.int64))
         g_codes = pl.Series(np.arange(len(self.groups_), dtype=np.int64))
 
@@ -416,16 +455,14 @@ class FleetModel:
                 pl.col("measure").replace_strict(measures, m_codes).alias("m"),
             )
 
-        coded = codes(resid.select("row", "group", "measure", "z", "z_tail")).drop_nulls("g")
+        coded = codes(
+            resid.select("row", "group", "measure", "z", "z_tail", _size_decade().alias("decade"))
+        ).drop_nulls("g")
         layout = codes(self.columns_).drop_nulls("g")
         # Dense lookups: vector column of (group, measure), family of each measure.
         col_of = np.full((len(self.groups_), len(measures)), -1, dtype=np.int32)
         col_of[layout["g"].to_numpy(), layout["m"].to_numpy()] = layout["col"].to_numpy()
-        unsigned = {f[:-1]: i for i, f in enumerate(self.families_[::2])}
-        fam_names = pl.DataFrame({"measure": measures}).select(
-            family_expr(pl.col("measure"), pl.lit(1.0)).str.head(-1)
-        )["family"]
-        fam_of = np.array([unsigned.get(f, -1) for f in fam_names.to_list()], dtype=np.int32)
+        fam_of = self._family_lookup(measures)
 
         # Per-row temporaries are as long as the residual frame (30 rows a sync, twice
         # for the pooled models): small integer types, each freed once used.
@@ -448,7 +485,7 @@ class FleetModel:
         x[i[sel], col[sel]] = np.clip(z[sel], -_FOREST_Z_CLIP, _FOREST_Z_CLIP)
         del col, g
         f = np.zeros((len(keys), len(self.families_)))
-        u = fam_of[m]
+        u = fam_of[m, coded["decade"].to_numpy().astype(np.int8)]
         sel = u >= 0
         # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as family_expr).
         j = 2 * u[sel] + (z[sel] < 0)
@@ -572,6 +609,7 @@ class FleetModel:
 
     def _partial_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
         """Each connector's learned rate of ``partial`` syncs (its kind's when cold)."""
+
         def rates(base: SeasonalBaseline) -> pl.DataFrame:
             return base.series_.filter(pl.col("measure") == "sync.partial").select(
                 base.key, pl.col("rate").alias("partial_rate")
@@ -822,7 +860,55 @@ def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
     Resource measures lose their resource type (``user.count`` -> ``count``), null rates
     their field; sync and API measures and custom metrics keep their own names.
     """
-    base = (
+    return pl.concat_str(_family_base(measure), _sign(z)).alias("family")
+
+
+def _resource_prefix(measure: pl.Expr) -> pl.Expr:
+    """``user.`` for a measure of the ``user`` resource type; null for sync, API, metrics."""
+    resource = ~(
+        measure.str.starts_with("api.")
+        | measure.str.starts_with("sync.")
+        | measure.str.starts_with("metric.")
+    )
+    return pl.when(resource).then(pl.concat_str(measure.str.split(".").list.first(), pl.lit(".")))
+
+
+def _size_suffix() -> pl.Expr:
+    """``@2`` for a resource of 100-999 records (its larger side of the change); null else.
+
+    Small apps move in bursts (a team of 12 leaves a 37-seat app at once) that are 10
+    to 30 residual scales out; in a directory of 50,000 that never happens in normal
+    life, so a 3 % loss there is damning. Tails per size decade keep the two apart.
+    """
+    decade = _size_decade()
+    return pl.when(decade > 0).then(pl.concat_str(pl.lit("@"), decade.cast(pl.String)))
+
+
+def _size_decade() -> pl.Expr:
+    """1 (< 100 records) to ``_MAX_DECADE`` (>= 10,000) for resource measures; 0 otherwise."""
+    size = pl.max_horizontal(pl.col("exposure"), pl.col("current_size"))
+    decade = size.clip(lower_bound=1.0).log10().floor().clip(1, _MAX_DECADE).cast(pl.Int64)
+    return pl.when(size.is_not_null()).then(decade).otherwise(0)
+
+
+def _tail_keys(measure: pl.Expr, z: pl.Expr) -> list[pl.Expr]:
+    """Candidate tails of a residual, most specific first (null where one does not apply).
+
+    ``user.count@4-`` (type and size), ``user.count-`` (type), ``count@4-`` (size) and
+    ``count-`` (family). Needs ``exposure`` and ``current_size`` columns.
+    """
+    base, sign, size = _family_base(measure), _sign(z), _size_suffix()
+    typed = pl.concat_str(_resource_prefix(measure), base)
+    return [
+        pl.concat_str(typed, size, sign),
+        pl.concat_str(typed, sign),
+        pl.concat_str(base, size, sign),
+        pl.concat_str(base, sign),
+    ]
+
+
+def _family_base(measure: pl.Expr) -> pl.Expr:
+    return (
         pl.when(measure.str.starts_with("api.") | measure.str.starts_with("sync."))
         .then(measure)
         .when(measure.str.starts_with("metric."))
@@ -831,9 +917,55 @@ def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
         .then(pl.lit("null_rate"))
         .otherwise(measure.str.split(".").list.last())
     )
-    return pl.concat_str(base, pl.when(z >= 0).then(pl.lit("+")).otherwise(pl.lit("-"))).alias(
-        "family"
+
+
+def _sign(z: pl.Expr) -> pl.Expr:
+    return pl.when(z >= 0).then(pl.lit("+")).otherwise(pl.lit("-"))
+
+
+def tail_family_expr(measure: pl.Expr, z: pl.Expr, families: list[str]) -> pl.Expr:
+    """The tail a residual is judged by: the most specific of its candidate tails that
+    the model has (see :func:`_tail_keys`); its plain family otherwise."""
+    known = pl.lit(pl.Series(families, dtype=pl.String)).implode()
+    *specific, family = _tail_keys(measure, z)
+    expr = pl.when(specific[0].is_in(known)).then(specific[0])
+    for key in specific[1:]:
+        expr = expr.when(key.is_in(known)).then(key)
+    return expr.otherwise(family).alias("family")
+
+
+def _tail_families(features: pl.DataFrame) -> list[str]:
+    """Signed tails to fit: every family, plus the more specific tails with data enough.
+
+    Residuals go to the most specific tail (type and size, type, size) that has
+    ``_TAIL_MIN_ROWS`` of them from ``_TAIL_MIN_CONNECTORS`` connectors: fewer, and its
+    tail would be one connector's habits; those residuals stay in a broader tail.
+    """
+    keys = [
+        k.str.head(-1).alias(f"k{i}")
+        for i, k in enumerate(_tail_keys(pl.col("measure"), pl.lit(1.0)))
+    ]
+    tagged = features.select("connector_id", *keys).with_columns(
+        pl.lit(None, pl.String).alias("tail")
     )
+    chosen: set[str] = set(tagged["k3"].unique().to_list())
+    for i in range(3):
+        open_rows = tagged.filter(pl.col("tail").is_null() & pl.col(f"k{i}").is_not_null())
+        enough = (
+            open_rows.group_by(f"k{i}")
+            .agg(pl.len().alias("n"), pl.col("connector_id").n_unique().alias("connectors"))
+            .filter(
+                (pl.col("n") >= _TAIL_MIN_ROWS) & (pl.col("connectors") >= _TAIL_MIN_CONNECTORS)
+            )[f"k{i}"]
+        )
+        chosen |= set(enough.to_list())
+        tagged = tagged.with_columns(
+            pl.when(pl.col("tail").is_null() & pl.col(f"k{i}").is_in(enough.implode()))
+            .then(pl.col(f"k{i}"))
+            .otherwise(pl.col("tail"))
+            .alias("tail")
+        )
+    return [f + sign for f in sorted(chosen) for sign in "+-"]
 
 
 def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:

@@ -19,7 +19,7 @@ from detector.explain import reasons_frame
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import measure_kind, measures_frame, to_struct_frame
-from detector.model import FleetModel, prepare
+from detector.model import FleetModel, _tail_families, prepare, tail_family_expr
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
 from training.simulator import simulate_fleet
@@ -450,6 +450,69 @@ def test_calibrator_gives_each_family_its_own_tail():
     p = own.tail_probability(np.array([6.0, 6.0]), np.array([0, 1]))
     assert p[0] < 1e-5 < 1e-2 < p[1]  # t(2): P(|T| > 6) is about 0.027
     assert own.shape_[1] > own.shape_[0] >= 0.0  # never a bounded tail
+
+
+def test_a_small_family_shrinks_its_tail_towards_the_pooled_one():
+    rng = np.random.default_rng(3)
+    heavy = np.abs(rng.standard_t(df=2, size=40_000))  # a large family, heavy-tailed
+    light = np.abs(rng.normal(size=600))  # a small one: 60 exceedances, light-tailed
+    scores = np.concatenate([heavy, light])
+    groups = np.repeat([0, 1], [40_000, 600])
+    pooled = TailCalibrator(pool_shape=True).fit(scores, groups, n_groups=2)
+    shrunk = TailCalibrator(pool_shape=False, min_tail=100).fit(scores, groups, n_groups=2)
+    alone = TailCalibrator(pool_shape=False, min_tail=60).fit(scores, groups, n_groups=2)
+    # 60 of 100 exceedances: 60 % of the way from the pooled shape to its own.
+    assert alone.shape_[1] <= shrunk.shape_[1] <= pooled.shape_[1]
+    expected = 0.6 * alone.shape_[1] + 0.4 * pooled.shape_[0]
+    assert shrunk.shape_[1] == pytest.approx(expected, abs=0.05)
+    # The GPD mean (scale / (1 - shape)) stays the family's own mean excess.
+    y = shrunk.tail_probability(np.array([3.0]), np.array([1]))[0]
+    assert 0.0 < y < 0.1
+
+
+def test_tails_per_resource_type_and_size_only_with_data_enough():
+    def rows(measure, n, connectors, size):
+        return pl.DataFrame(
+            {
+                "connector_id": [f"c{i % connectors}" for i in range(n)],
+                "measure": [measure] * n,
+                "exposure": [float(size)] * n,
+                "current_size": [float(size)] * n,
+            }
+        )
+
+    features = pl.concat(
+        [
+            rows("user.count", 3000, 6, 50_000),  # plenty: user.count@4
+            rows("grant.count", 3000, 2, 500),  # too few connectors for a grant tail
+            rows("role.count", 500, 6, 500),  # too few rows on its own
+            rows("api.requests", 3000, 6, 1),  # not a resource: no type or size tails
+        ]
+    ).with_columns(pl.col("exposure").cast(pl.Float64))
+    features = features.with_columns(
+        pl.when(pl.col("measure").str.starts_with("api."))
+        .then(None)
+        .otherwise(pl.col("exposure"))
+        .alias("exposure"),
+        pl.when(pl.col("measure").str.starts_with("api."))
+        .then(None)
+        .otherwise(pl.col("current_size"))
+        .alias("current_size"),
+    )
+    families = set(_tail_families(features))
+    assert {"user.count@4+", "user.count@4-"} <= families
+    assert {"count@2+", "count-", "api.requests+"} <= families  # 3,500 rows of size 500
+    assert not any(f.startswith(("grant.", "role.", "api.requests@")) for f in families)
+    z = pl.lit(-1.0)
+    keyed = features.unique("measure").sort("measure").select(
+        "measure", tail_family_expr(pl.col("measure"), z, sorted(families))
+    )
+    assert dict(keyed.iter_rows()) == {
+        "api.requests": "api.requests-",
+        "grant.count": "count@2-",
+        "role.count": "count@2-",
+        "user.count": "user.count@4-",
+    }
 
 
 def test_log10_tail_extrapolates_minus_log10_scores():
