@@ -131,7 +131,7 @@ class FleetModel:
         Seasonal profile estimator (see :class:`detector.baseline.SeasonalBaseline`).
     random_state : int, default=0
     n_jobs : int, default=1
-        Processes for fitting forests.
+        Threads growing the isolation forests.
     policy : Policy, optional
         Connector policy; the built-in default when omitted.
 

@@ -73,7 +73,7 @@ class TrainConfig:
     n_estimators, max_samples, min_history, baseline_method, random_state
         As in :class:`detector.model.FleetModel`.
     n_jobs : int, default=2
-        Processes fitting forests (this machine has two cores).
+        Threads growing the isolation forests (this machine has two cores).
     holdout_days : float, default=14
         The held-out window for the backtest: the latest ``holdout_days`` of history.
     policy_path : str, optional
