@@ -718,12 +718,12 @@ class FleetModel:
         flagged = decided.filter(pl.col("decision") != "proceed")["row"]
         resid = final["resid"].filter(pl.col("row").is_in(flagged.implode()))
         baseline_rows = []
-        for base, is_pooled in ((self.baseline_, False), (self.pooled_baseline_, True)):
-            part = resid.filter(
-                pl.col("connector_kind").is_in(base.series_["connector_kind"].unique().to_list())
-                if is_pooled
-                else pl.col("connector_id").is_in(base.series_["connector_id"].unique().to_list())
-            )
+        # A connector with a model of its own is explained by it alone; the pooled model
+        # explains cold-start connectors only (else each reason would come twice).
+        own_ids = self.baseline_.series_["connector_id"].unique()
+        own = pl.col("connector_id").is_in(own_ids.implode())
+        for base, rows in ((self.baseline_, own), (self.pooled_baseline_, ~own)):
+            part = resid.filter(rows)
             if part.height:
                 baseline_rows.append(base.expected_raw(part))
         explained = pl.concat(baseline_rows, how="diagonal_relaxed") if baseline_rows else None

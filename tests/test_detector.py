@@ -223,6 +223,7 @@ def test_partial_dataset_pauses_with_count_reason(fleet):
     assert out.results["decision"][0] == "pause"
     metrics = out.reasons["metric"].to_list()
     assert metrics and any(m.startswith("user.") for m in metrics[:2]), metrics
+    assert len(metrics) == len(set(metrics)), metrics  # each metric named once
     top = out.reasons.row(0, named=True)
     assert top["expected"] is not None and top["range_lo"] <= top["expected"] <= top["range_hi"]
     assert "expected" in top["description"]
