@@ -26,7 +26,7 @@ false-pause rate the connector's budget allows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,9 @@ _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
+_XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
+_CAL_BLOCK_ROWS = 50_000  # held-out syncs per block of the combined statistic when fitting
+_OOS_KEYS = ("forest", "group", "forest_paused")
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
     "connector_id": pl.String,
@@ -220,23 +223,33 @@ class FleetModel:
                 _layout(pooled, "connector_kind", _with_fleet_copy(syncs)),
             ]
         )
+        # The pooled rows are the whole feature frame twice: made again for the final
+        # models only, so that cross-fitting (the peak of memory) does not hold them.
+        del pooled
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
         self.families_ = _tail_families(features)
         group_index = {g: i for i, g in enumerate(groups)}
-
-        step("baselines")
         ivals = self.intervals_.select("connector_id", "interval_s")
-        self.baseline_ = SeasonalBaseline(method=self.baseline_method).fit(per_connector, ivals)
-        self.pooled_baseline_ = SeasonalBaseline(key="connector_kind").fit(pooled, ivals)
 
         step("cross-fitting calibration scores")
-        oos = self._cross_fit_scores(per_connector, pooled, ivals, group_index)
+        oos = self._cross_fit_scores(per_connector, features, ivals, group_index)
+
+        step("baselines")
+        self.baseline_ = SeasonalBaseline(method=self.baseline_method).fit(per_connector, ivals)
+        self.pooled_baseline_ = SeasonalBaseline(key="connector_kind").fit(
+            _with_fleet_copy(features), ivals
+        )
 
         step("isolation forests")
-        matrices = self._group_matrices(
-            self.baseline_.residuals(per_connector, ivals),
-            self.pooled_baseline_.residuals(pooled, ivals, against_reference=pl.lit(True)),
+        # Residuals a part at a time, as in cross-fitting: never the whole frames' at once.
+        inputs, _ = self._forest_inputs(
+            _xfit_parts(per_connector, features),
+            None,
+            lambda part, _rows: (
+                self.baseline_ if part.key == "connector_id" else self.pooled_baseline_
+            ),
+            ivals,
             group_index,
         )
         self.forest_ = ArrayIsolationForest(
@@ -244,26 +257,39 @@ class FleetModel:
             max_samples=self.max_samples,
             random_state=self.random_state,
             n_jobs=self.n_jobs,
-        ).fit([m for m, _, _ in matrices])
+        ).fit(inputs)
 
         step("calibration")
         self._fit_calibrators(oos)
         return self
 
-    def _fit_calibrators(self, oos: dict[str, np.ndarray]) -> None:
+    def _fit_calibrators(self, oos: dict[str, Any]) -> None:
         """Forest, family and combined calibrators per mode, from held-out scores."""
         self.calibrators_ = {}
         n_groups, n_fam = len(self.groups_), len(self.families_)
         for mode in _MODES:
-            forest_s, fam, grp = oos["forest" + mode], oos["family" + mode], oos["group"]
+            # Popped: each mode's family maxima (syncs x families) are freed once used.
+            forest_s, fam, grp = oos.pop("forest" + mode), oos.pop("family" + mode), oos["group"]
             self.calibrators_["forest" + mode] = TailCalibrator().fit(
                 forest_s, grp, n_groups=n_groups
             )
-            present = fam > 0
             self.calibrators_["family" + mode] = TailCalibrator(
                 pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
-            ).fit(fam[present], np.nonzero(present)[1], n_groups=n_fam)
-            combined = self._combined_statistic(forest_s, fam, grp, mode)
+            ).fit(fam.values, fam.cols, n_groups=n_fam)
+            # Row by row the same statistic; in blocks, the dense syncs x families
+            # matrices it reads and makes stay a block's size, not the whole history's.
+            combined = np.concatenate(
+                [
+                    self._combined_statistic(
+                        forest_s[lo : lo + _CAL_BLOCK_ROWS],
+                        fam.dense(lo, min(lo + _CAL_BLOCK_ROWS, len(grp)), n_fam),
+                        grp[lo : lo + _CAL_BLOCK_ROWS],
+                        mode,
+                    )
+                    for lo in range(0, max(len(grp), 1), _CAL_BLOCK_ROWS)
+                ]
+            )
+            del fam
             self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
                 combined, grp, n_groups=n_groups
             )
@@ -283,92 +309,128 @@ class FleetModel:
             p = np.minimum(p, p_fam.min(axis=1))
         return -np.log10(np.clip(p, 1e-300, 1.0))
 
-    def _cross_fit_scores(self, per_connector, pooled, ivals, group_index) -> dict[str, np.ndarray]:
-        """Held-out scores for every history sync: fit on one half in time, score the other."""
-        halves = []
-        for frame, key in ((per_connector, "connector_id"), (pooled, "connector_kind")):
-            if key == "connector_id":
-                frame = frame.join(
-                    frame.select("row", "connector_id")
-                    .unique()
-                    .with_columns(pl.col("row").rank("ordinal").over("connector_id").alias("seq")),
-                    on=["row", "connector_id"],
-                ).with_columns(
-                    (pl.col("seq") * 2 > pl.col("seq").max().over("connector_id")).alias("_b")
-                )
-            else:
-                # Pooled: hold out whole connectors, the way a cold start meets the model.
-                frame = frame.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b"))
-            halves.append((frame, key))
-        scores: dict[str, list[np.ndarray]] = {
-            "forest": [],
-            "family": [],
-            "group": [],
-            "forest_paused": [],
-            "family_paused": [],
-        }
+    def _cross_fit_scores(
+        self,
+        per_connector: pl.DataFrame,
+        features: pl.DataFrame,
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+    ) -> dict[str, Any]:
+        """Held-out scores for every history sync: fit on one half in time, score the other.
+
+        A connector's folds are the first and second half of its syncs; the pooled models
+        hold out whole connectors, the way a cold start meets them. Baselines are per
+        group, so a fold is fitted and scored one part at a time (chunks of connectors,
+        then each pooled group): only that part's fold rows are copied, and only its
+        baseline is kept. Each fold's forest is still grown on every group at once, so
+        its random streams, and with them the scores, are those of one pass.
+
+        Returns ``forest``, ``group`` and ``forest_paused`` per held-out sync, and
+        ``family`` / ``family_paused``: the family maxima as :class:`_Families` (most
+        syncs have a residual in few of the families).
+        """
+        parts = _xfit_parts(per_connector, features)
+        scores: dict[str, list[np.ndarray]] = {k: [] for k in _OOS_KEYS}
+        families: dict[str, list[_Families]] = {"family" + mode: [] for mode in _MODES}
+        n_done = 0
         for fold in (False, True):
-            fit_parts, score_parts = [], []
-            for frame, key in halves:
-                fit_parts.append(
-                    (frame.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False), key)
-                )
-                score_parts.append(
-                    (frame.filter(pl.col("_b") != fold).drop("_b", "seq", strict=False), key)
-                )
-            (fc, _), (fp, _) = fit_parts
-            (sc, _), (sp, _) = score_parts
-            if fc.height == 0 and fp.height == 0:
-                continue
-            base = (
-                SeasonalBaseline(method=self.baseline_method).fit(fc, ivals) if fc.height else None
-            )
-            pbase = SeasonalBaseline(key="connector_kind").fit(fp, ivals)
-            fit_mats = self._group_matrices(
-                base.residuals(fc, ivals)
-                if base
-                else fc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
-                pbase.residuals(fp, ivals, against_reference=pl.lit(True)),
+            fit_x, bases = self._forest_inputs(
+                parts,
+                fold,
+                lambda part, rows: part.baseline(self.baseline_method, rows, ivals),
+                ivals,
                 group_index,
             )
+            if all(base is None for base in bases):
+                continue
             forest = ArrayIsolationForest(
                 n_estimators=max(20, self.n_estimators // 2),
                 max_samples=self.max_samples,
                 random_state=self.random_state + 1000,
                 n_jobs=self.n_jobs,
-            ).fit([m for m, _, _ in fit_mats])
-            score_mats = self._group_matrices(
-                base.residuals(sc, ivals)
-                if base
-                else sc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
-                pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
-                group_index,
-            )
-            # The same syncs judged as a paused connector's would be: levels against the
-            # sync just before. Paused scoring gets calibrators of its own.
-            paused_mats = self._group_matrices(
-                base.residuals(sc, ivals, against_reference=pl.lit(True))
-                if base
-                else sc.head(0).with_columns(pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")),
-                pbase.residuals(sp, ivals, against_reference=pl.lit(True)),
-                group_index,
-            )
-            for g, ((m, _, f), (mp, _, fp_)) in enumerate(
-                zip(score_mats, paused_mats, strict=True)
-            ):
-                if len(m) == 0 or len(fit_mats[g][0]) == 0:
+            ).fit(fit_x)
+            held: list[dict[str, Any] | None] = [None] * len(group_index)
+            for part, base in zip(parts, bases, strict=True):
+                if base is None:
                     continue
-                gi = np.full(len(m), g)
-                scores["forest"].append(forest.score_samples(m, gi))
-                scores["family"].append(f)
-                scores["forest_paused"].append(forest.score_samples(mp, gi))
-                scores["family_paused"].append(fp_)
-                scores["group"].append(gi)
-        n_fam = len(self.families_)
-        return {
-            k: np.concatenate(v) if v else np.zeros((0, n_fam) if "family" in k else 0)
-            for k, v in scores.items()
+                rows = part.rows(not fold)
+                normal = self._part_matrices(part, base, rows, ivals, group_index)
+                # The same syncs judged as a paused connector's would be: levels against
+                # the sync just before. Paused scoring gets calibrators of its own. (Pooled
+                # models always judge against the sync before: the same matrices.)
+                paused = (
+                    self._part_matrices(part, base, rows, ivals, group_index, paused=True)
+                    if part.key == "connector_id"
+                    else normal
+                )
+                del rows
+                for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
+                    if len(m) == 0 or len(fit_x[g]) == 0:
+                        continue
+                    gi = np.full(len(m), g)
+                    held[g] = {
+                        "forest": forest.score_samples(m, gi),
+                        "group": gi,
+                        "forest_paused": forest.score_samples(mp, gi),
+                        "family": _Families.of(f),
+                        "family_paused": _Families.of(fp),
+                    }
+            # In group order, as the calibrators' inputs always were.
+            for group_scores in filter(None, held):
+                for k in _OOS_KEYS:
+                    scores[k].append(group_scores[k])
+                for k, kept in families.items():
+                    kept.append(group_scores[k].shifted(n_done))
+                n_done += len(group_scores["group"])
+        oos: dict[str, Any] = {
+            k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()
         }
+        return oos | {k: _Families.concat(v) for k, v in families.items()}
+
+    def _forest_inputs(
+        self,
+        parts: list[_XfitPart],
+        fold: bool | None,
+        baseline_of: Callable[[_XfitPart, pl.DataFrame], SeasonalBaseline],
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+    ) -> tuple[list[np.ndarray], list[SeasonalBaseline | None]]:
+        """Every group's forest inputs from its part's rows on side ``fold`` (None: all).
+
+        ``baseline_of(part, rows)`` gives the baseline of a part's residuals; returned
+        per part too (None for a part without rows on that side).
+        """
+        width = int(self.columns_["col"].max()) + 1
+        inputs = [np.zeros((0, width), np.float32)] * len(group_index)
+        bases: list[SeasonalBaseline | None] = []
+        for part in parts:
+            rows = part.rows(fold)
+            base = baseline_of(part, rows) if rows.height else None
+            if base is not None:
+                for g, (x, _, _) in self._part_matrices(part, base, rows, ivals, group_index):
+                    inputs[g] = x
+            bases.append(base)
+            del rows
+        return inputs, bases
+
+    def _part_matrices(
+        self,
+        part: _XfitPart,
+        base: SeasonalBaseline,
+        rows: pl.DataFrame,
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+        *,
+        paused: bool = False,
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """``(group index, group matrices)`` of each group of a part, from its ``rows``."""
+        reference = pl.lit(True) if paused or part.key == "connector_kind" else None
+        resid = base.residuals(rows, ivals, against_reference=reference)
+        empty = resid.head(0)
+        mats = self._group_matrices(
+            *((resid, empty) if part.key == "connector_id" else (empty, resid)), group_index
+        )
+        return [(group_index[g], mats[group_index[g]]) for g in part.groups if g in group_index]
 
     def _group_matrices(
         self, resid: pl.DataFrame, pooled_resid: pl.DataFrame, group_index: dict[str, int]
@@ -1040,6 +1102,104 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
         .select("connector_id", "resource")
         .sort("connector_id", "resource")
     )
+
+
+@dataclass(frozen=True)
+class _Families:
+    """The positive family maxima of held-out syncs (syncs x families), row by row.
+
+    Dense, they would take 8 bytes per sync and family although most syncs have
+    residuals in a few families only. Entries are in row-major order, the order of
+    ``fam[fam > 0]`` on the dense matrix.
+    """
+
+    rows: np.ndarray  # int32: the sync
+    cols: np.ndarray  # int32: the family
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, fam: np.ndarray) -> _Families:
+        rows, cols = np.nonzero(fam > 0)
+        return cls(rows.astype(np.int32), cols.astype(np.int32), fam[rows, cols])
+
+    @classmethod
+    def concat(cls, parts: list[_Families]) -> _Families:
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        return cls(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.cols for p in parts]),
+            np.concatenate([p.values for p in parts]),
+        )
+
+    def shifted(self, n: int) -> _Families:
+        """The same entries for syncs numbered from ``n``."""
+        return _Families(self.rows + np.int32(n), self.cols, self.values)
+
+    def dense(self, lo: int, hi: int, n_cols: int) -> np.ndarray:
+        """Rows ``lo:hi`` as the dense matrix (0 where a family has no residual)."""
+        a, b = np.searchsorted(self.rows, [lo, hi])
+        out = np.zeros((hi - lo, n_cols))
+        out[self.rows[a:b] - lo, self.cols[a:b]] = self.values[a:b]
+        return out
+
+
+@dataclass(frozen=True)
+class _XfitPart:
+    """Whole model groups cross-fitted together, and how their rows split into folds.
+
+    ``key`` is ``"connector_id"`` for a chunk of connectors (``source`` carries the
+    chunk number in ``_xfit_chunk``) or ``"connector_kind"`` for one pooled group.
+    """
+
+    key: str
+    source: pl.DataFrame
+    groups: tuple[str, ...]
+    chunk: int = 0
+
+    def rows(self, fold: bool | None) -> pl.DataFrame:
+        """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked."""
+        if self.key == "connector_id":
+            mine = self.source.filter(pl.col("_xfit_chunk") == self.chunk).drop("_xfit_chunk")
+            if fold is None:
+                return mine
+            # Each connector's later half of syncs (rows numbered in time order) is fold 1.
+            seq = pl.col("row").rank("dense").over("connector_id")
+            return mine.filter((seq * 2 > seq.max().over("connector_id")) == fold)
+        # Pooled: hold out whole connectors, the way a cold start meets the model.
+        side = pl.lit(True) if fold is None else (pl.col("connector_id").hash(7) % 2 == 1) == fold
+        if self.groups == (POOLED_ALL,):
+            every = self.source if fold is None else self.source.filter(side)
+            return every.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))
+        return self.source.filter(side & (pl.col("connector_kind") == self.groups[0]))
+
+    def baseline(self, method: str, rows: pl.DataFrame, ivals: pl.DataFrame) -> SeasonalBaseline:
+        """The part's baseline fitted on ``rows`` (pooled ones always seasonal profiles)."""
+        if self.key == "connector_id":
+            return SeasonalBaseline(method=method).fit(rows, ivals)
+        return SeasonalBaseline(key="connector_kind").fit(rows, ivals)
+
+
+def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_XfitPart]:
+    """Chunks of whole connectors of about ``_XFIT_CHUNK_ROWS`` rows, then each pooled group.
+
+    A chunk's rows are found by a small integer column rather than by connector ids: one
+    cheap comparison per row and chunk, where a string lookup would cost far more.
+    """
+    sizes = per_connector.group_by("connector_id").len().sort("connector_id")
+    chunk = ((sizes["len"].cum_sum() - sizes["len"]) // _XFIT_CHUNK_ROWS).cast(pl.UInt32)
+    source = per_connector.with_columns(
+        pl.col("connector_id")
+        .replace_strict(sizes["connector_id"], chunk, return_dtype=pl.UInt32)
+        .alias("_xfit_chunk")
+    )
+    ids = sizes["connector_id"].to_list()
+    connectors = [
+        _XfitPart("connector_id", source, tuple(ids[i] for i in np.flatnonzero(chunk == c)), c)
+        for c in range(int(chunk.max()) + 1 if len(chunk) else 0)
+    ]
+    kinds = sorted({*features["connector_kind"].unique().to_list(), POOLED_ALL})
+    return connectors + [_XfitPart("connector_kind", features, (kind,)) for kind in kinds]
 
 
 def _with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:

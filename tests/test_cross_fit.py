@@ -1,0 +1,155 @@
+"""Cross-fitting in parts gives the held-out scores one pass over the whole fleet gave."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import detector.model as model_module
+from detector.baseline import SeasonalBaseline
+from detector.forest import ArrayIsolationForest
+from detector.model import FleetModel, _with_fleet_copy
+from training.simulator import simulate_fleet
+
+
+def _one_pass_cross_fit(
+    model: FleetModel,
+    per_connector: pl.DataFrame,
+    pooled: pl.DataFrame,
+    ivals: pl.DataFrame,
+    group_index: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """The cross-fitting before it went in parts (commit af6d997), kept as the reference:
+    both folds of every frame at once, the pooled rows as one frame of kinds and ``"*"``."""
+    seq = (
+        per_connector.select("row", "connector_id")
+        .unique()
+        .with_columns(pl.col("row").rank("ordinal").over("connector_id").alias("seq"))
+    )
+    halves = [
+        per_connector.join(seq, on=["row", "connector_id"]).with_columns(
+            (pl.col("seq") * 2 > pl.col("seq").max().over("connector_id")).alias("_b")
+        ),
+        pooled.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b")),
+    ]
+    scores: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("forest", "family", "group", "forest_paused", "family_paused")
+    }
+    z0 = [pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")]
+    for fold in (False, True):
+        fc, fp = (h.filter(pl.col("_b") == fold).drop("_b", "seq", strict=False) for h in halves)
+        sc, sp = (h.filter(pl.col("_b") != fold).drop("_b", "seq", strict=False) for h in halves)
+        if fc.height == 0 and fp.height == 0:
+            continue
+        base = SeasonalBaseline(method=model.baseline_method).fit(fc, ivals) if fc.height else None
+        pbase = SeasonalBaseline(key="connector_kind").fit(fp, ivals)
+
+        def mats(rows, pooled_rows, paused, base=base, pbase=pbase):
+            own = (
+                base.residuals(rows, ivals, against_reference=pl.lit(True) if paused else None)
+                if base
+                else rows.head(0).with_columns(z0)
+            )
+            return model._group_matrices(
+                own, pbase.residuals(pooled_rows, ivals, against_reference=pl.lit(True)),
+                group_index,
+            )
+
+        fit_mats = mats(fc, fp, False)
+        forest = ArrayIsolationForest(
+            n_estimators=max(20, model.n_estimators // 2),
+            max_samples=model.max_samples,
+            random_state=model.random_state + 1000,
+            n_jobs=model.n_jobs,
+        ).fit([m for m, _, _ in fit_mats])
+        for g, ((m, _, f), (mp, _, fp_)) in enumerate(
+            zip(mats(sc, sp, False), mats(sc, sp, True), strict=True)
+        ):
+            if len(m) == 0 or len(fit_mats[g][0]) == 0:
+                continue
+            gi = np.full(len(m), g)
+            scores["forest"].append(forest.score_samples(m, gi))
+            scores["family"].append(f)
+            scores["forest_paused"].append(forest.score_samples(mp, gi))
+            scores["family_paused"].append(fp_)
+            scores["group"].append(gi)
+    n_fam = len(model.families_)
+    return {
+        k: np.concatenate(v) if v else np.zeros((0, n_fam) if "family" in k else 0)
+        for k, v in scores.items()
+    }
+
+
+class _Compared(FleetModel):
+    """Keeps the held-out scores of both implementations, computed on the same inputs."""
+
+    def _cross_fit_scores(self, per_connector, features, ivals, group_index):
+        self.inputs_ = (per_connector, features, ivals, group_index)
+        oos = super()._cross_fit_scores(per_connector, features, ivals, group_index)
+        self.compared_ = (
+            dict(oos),  # fitting the calibrators pops what it has used
+            _one_pass_cross_fit(
+                self, per_connector, _with_fleet_copy(features), ivals, group_index
+            ),
+        )
+        return oos
+
+
+@pytest.fixture(scope="module")
+def history() -> list[dict]:
+    records, labels = simulate_fleet(8, 42, seed=21)
+    normal = {lab["sync_id"] for lab in labels if lab["label"] == "normal"}
+    return [r for r in records if r["sync_id"] in normal]
+
+
+@pytest.mark.parametrize(
+    ("chunk_rows", "min_history"),
+    [
+        (1_000_000, 30),  # one chunk of connectors, every connector with its own model
+        (5_000, 30),  # a chunk per connector or two
+        (5_000, 200),  # some connectors cold: their syncs scored by the pooled models only
+    ],
+)
+def test_cross_fitting_in_parts_gives_the_one_pass_scores(
+    history: list[dict], monkeypatch: pytest.MonkeyPatch, chunk_rows: int, min_history: int
+) -> None:
+    monkeypatch.setattr(model_module, "_XFIT_CHUNK_ROWS", chunk_rows)
+    model = _Compared(n_estimators=20, min_history=min_history).fit(history)
+    parts, one_pass = model.compared_
+    assert model.groups_ and len(parts["group"]) > 0
+    if min_history > 30:
+        assert len(model.intervals_) > (model.intervals_["n_syncs"] >= min_history).sum() > 0
+    for key in model_module._OOS_KEYS:
+        np.testing.assert_array_equal(parts[key], one_pass[key], err_msg=key)
+    # The final forest, its inputs residuals a part at a time, is the one of whole frames.
+    per_connector, features, ivals, group_index = model.inputs_
+    whole = model._group_matrices(
+        model.baseline_.residuals(per_connector, ivals),
+        model.pooled_baseline_.residuals(
+            _with_fleet_copy(features), ivals, against_reference=pl.lit(True)
+        ),
+        group_index,
+    )
+    forest = ArrayIsolationForest(n_estimators=20, random_state=model.random_state)
+    forest.fit([m for m, _, _ in whole])
+    for name, array in forest.arrays_.items():
+        np.testing.assert_array_equal(model.forest_.arrays_[name], array, err_msg=name)
+    for key in ("family", "family_paused"):
+        dense = parts[key].dense(0, len(parts["group"]), len(model.families_))
+        np.testing.assert_array_equal(dense, one_pass[key], err_msg=key)
+        expected = model_module._Families.of(one_pass[key])
+        for field in ("rows", "cols", "values"):
+            np.testing.assert_array_equal(getattr(parts[key], field), getattr(expected, field))
+
+
+def test_calibrators_fitted_in_blocks_are_those_fitted_at_once(
+    history: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_once = FleetModel(n_estimators=20).fit(history).to_arrays()
+    monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 1_000)
+    blocks = FleetModel(n_estimators=20).fit(history).to_arrays()
+    calibrators = [name for name in at_once[0] if name.startswith("calibration/")]
+    assert len(calibrators) >= 6
+    for name in calibrators:
+        np.testing.assert_array_equal(at_once[0][name], blocks[0][name], err_msg=name)
