@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from detector.features import build_features
-from detector.model import FleetModel, prepare
+from detector.model import FleetModel, _next_state, prepare
 
 __all__ = [
     "BacktestReport",
@@ -136,12 +136,31 @@ def fixed_threshold_decisions(
     more than 10% of a resource type removed; Elementary-style: any measure more than
     3 standard deviations from its trailing 14-day mean.
     """
+    return _fixed_thresholds(*_joined_features(history, test))
+
+
+def _joined_features(
+    history: pl.DataFrame | Iterable[Mapping[str, Any]],
+    test: pl.DataFrame | Iterable[Mapping[str, Any]],
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Syncs and features of history then test (test rows numbered from ``offset``).
+
+    A sync's features depend on earlier syncs only, so the history rows are what history
+    alone gives: the backtest builds them once for its start state and the safeguards.
+    """
     h_syncs, h_measures = prepare(history)
     t_syncs, t_measures = prepare(test)
     offset = h_syncs.height
     syncs = pl.concat([h_syncs, t_syncs.with_columns(pl.col("row") + offset)])
     measures = pl.concat([h_measures, t_measures.with_columns(pl.col("row") + offset)])
     syncs, feats = build_features(syncs, measures)
+    return syncs, feats, offset
+
+
+def _fixed_thresholds(
+    syncs: pl.DataFrame, feats: pl.DataFrame, offset: int
+) -> dict[str, pl.DataFrame]:
+    """:func:`fixed_threshold_decisions` on features built by :func:`_joined_features`."""
     is_test = pl.col("row") >= offset
     counts = feats.filter(pl.col("kind") == "count").select(
         "row", "resource", pl.col("value").alias("count"), pl.col("reference").alias("prev")
@@ -224,12 +243,17 @@ def run_backtest(
     timings["fit_s"] = time.perf_counter() - t0
     if progress is not None:
         progress("scoring the test window")
-    state, facts = model.initial_state(history)
+    syncs, feats, offset = _joined_features(history, test)
+    baselines = _fixed_thresholds(syncs, feats, offset)
+    # The state at the end of history, as FleetModel.initial_state(history) gives it,
+    # from the features just built rather than from building them all again.
+    in_history = pl.col("row") < offset
+    state, facts = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
+    del syncs, feats
     t0 = time.perf_counter()
     scored = model.score(test, state=state, facts=facts)
     timings["score_s"] = time.perf_counter() - t0
     timings["test_syncs"] = float(scored.results.height)
-    baselines = fixed_threshold_decisions(history, test)
     report = BacktestReport(
         decisions=scored.results, reasons=scored.reasons, baselines=baselines, timings=timings
     )
