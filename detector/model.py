@@ -549,7 +549,7 @@ class FleetModel:
         f = np.zeros((len(keys), len(self.families_)))
         u = fam_of[m, coded["decade"].to_numpy().astype(np.int8)]
         sel = u >= 0
-        # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as family_expr).
+        # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as _sign).
         j = 2 * u[sel] + (z[sel] < 0)
         np.maximum.at(f, (i[sel], j), np.abs(coded["z_tail"].to_numpy()[sel]))
         return x, keys % n_rows, keys // n_rows, f
@@ -916,15 +916,6 @@ class FleetModel:
 
 
 # ---------------------------------------------------------------- helpers
-def family_expr(measure: pl.Expr, z: pl.Expr) -> pl.Expr:
-    """Signed measure family: ``count-`` for any resource's count below its baseline.
-
-    Resource measures lose their resource type (``user.count`` -> ``count``), null rates
-    their field; sync and API measures and custom metrics keep their own names.
-    """
-    return pl.concat_str(_family_base(measure), _sign(z)).alias("family")
-
-
 def _resource_prefix(measure: pl.Expr) -> pl.Expr:
     """``user.`` for a measure of the ``user`` resource type; null for sync, API, metrics."""
     resource = ~(
@@ -970,6 +961,9 @@ def _tail_keys(measure: pl.Expr, z: pl.Expr) -> list[pl.Expr]:
 
 
 def _family_base(measure: pl.Expr) -> pl.Expr:
+    """Unsigned measure family: resource measures lose their resource type (``user.count``
+    -> ``count``), null rates their field; sync, API measures and metrics keep their names.
+    """
     return (
         pl.when(measure.str.starts_with("api.") | measure.str.starts_with("sync."))
         .then(measure)
