@@ -94,30 +94,28 @@ def save_state(conn: sqlite3.Connection, state: pl.DataFrame, facts: pl.DataFram
     Rows of connectors not in the frames are left alone; a measure a connector stopped
     reporting keeps its last saved row (the model carries it forward too).
     """
-    state_rows = state.select(
+    _upsert(conn, "scoring_state", ("connector_id", "measure"), state.select(
         "connector_id", "measure", "value", "ref_value",
         pl.lit(model_version, dtype=pl.String).alias("model_version"),
-        pl.lit(now).alias("updated_at")).rows()
-    conn.executemany(
-        "INSERT INTO scoring_state (connector_id, measure, value, ref_value, model_version, "
-        "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector_id, measure) DO UPDATE "
-        "SET value = excluded.value, ref_value = excluded.ref_value, "
-        "model_version = excluded.model_version, updated_at = excluded.updated_at",
-        state_rows)
-    fact_rows = facts.select(
+        pl.lit(now).alias("updated_at")))
+    _upsert(conn, "connector_facts", ("connector_id",), facts.select(
         "connector_id",
-        pl.col("state_last_success").dt.epoch("us"),
-        pl.col("state_last_start").dt.epoch("us"),
-        pl.col("state_paused").fill_null(False).cast(pl.Int64),
+        pl.col("state_last_success").dt.epoch("us").alias("last_success_us"),
+        pl.col("state_last_start").dt.epoch("us").alias("last_start_us"),
+        pl.col("state_paused").fill_null(False).cast(pl.Int64).alias("paused"),
         pl.lit(model_version, dtype=pl.String).alias("model_version"),
-        pl.lit(now).alias("updated_at")).rows()
+        pl.lit(now).alias("updated_at")))
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: tuple[str, ...],
+            rows: pl.DataFrame) -> None:
+    """Insert ``rows`` (columns named as the table's), replacing rows with the same key."""
+    columns = rows.columns
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     conn.executemany(
-        "INSERT INTO connector_facts (connector_id, last_success_us, last_start_us, paused, "
-        "model_version, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector_id) "
-        "DO UPDATE SET last_success_us = excluded.last_success_us, "
-        "last_start_us = excluded.last_start_us, paused = excluded.paused, "
-        "model_version = excluded.model_version, updated_at = excluded.updated_at",
-        fact_rows)
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+        rows.rows())
 
 
 def accept_current(conn: sqlite3.Connection, connector_id: str, *, now: str) -> None:
