@@ -101,20 +101,25 @@ def test_emit_many_writes_what_emitting_one_by_one_writes(tmp_path, fmt):
     assert d.report.written == c.report.written == len(one.getvalue().splitlines())
 
 
-def test_emit_many_lines_never_interleave_with_other_writers(tmp_path):
-    path = tmp_path / "events.jsonl"
-    batch = [pause_event(sync_id=f"s{i}") for i in range(200)]
+def _four_writers(path, write) -> None:
+    """Four threads, each with a sink of its own on ``path``, all calling ``write(sink)``."""
 
     def writer() -> None:
         with JsonlFileSink(path) as sink:
-            for _ in range(5):
-                sink.emit_many(batch)
+            write(sink)
 
     threads = [threading.Thread(target=writer) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def test_emit_many_lines_never_interleave_with_other_writers(tmp_path):
+    path = tmp_path / "events.jsonl"
+    batch = [pause_event(sync_id=f"s{i}") for i in range(200)]
+
+    _four_writers(path, lambda sink: [sink.emit_many(batch) for _ in range(5)])
     lines = path.read_text().splitlines()
     assert len(lines) == 4 * 5 * 200
     assert all(json.loads(line)["event_type"] == "sync_scored" for line in lines)
@@ -128,16 +133,7 @@ def test_file_sink_lines_never_interleave(tmp_path):
                                 "expected_range": [1, 3], "distance": 0.0,
                                 "description": "long"}])
 
-    def writer() -> None:
-        with JsonlFileSink(path) as sink:
-            for _ in range(25):
-                sink.emit(big)
-
-    threads = [threading.Thread(target=writer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _four_writers(path, lambda sink: [sink.emit(big) for _ in range(25)])
     lines = path.read_text().splitlines()
     assert len(lines) == 100
     assert all(json.loads(line)["event_id"] == big["event_id"] for line in lines)
