@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import jsonschema
+import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
@@ -181,6 +182,26 @@ def canonical_json(record: dict[str, Any]) -> str:
     """
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
+
+
+# orjson spells some floats differently from ``repr`` (``0.00001`` for ``1e-05``): only
+# where one of them uses an exponent, i.e. the output has a digit before "e+"/"e-" or
+# the "0.0000" of a small number written out (a test holds this for millions of floats).
+_RISKY_NUMBER = re.compile(rb"\de[+-]|0\.0000")
+
+
+def _risky(data: bytes) -> bool:
+    """Whether ``data`` may hold a number orjson spells unlike ``repr`` (``_RISKY_NUMBER``,
+    found with substring searches: a regex over every record costs as much as orjson)."""
+    if b"0.0000" in data:
+        return True
+    for mark in (b"e+", b"e-"):  # in names too ("azure-ad"): a digit before it decides
+        at = data.find(mark)
+        while at > 0:
+            if 0x30 <= data[at - 1] <= 0x39:
+                return True
+            at = data.find(mark, at + 2)
+    return False
 
 
 def _finite_number(checker: object, value: object) -> bool:
@@ -459,6 +480,50 @@ def _too_deep(obj: object, depth: int = 1) -> bool:
     return False
 
 
+def _out_of_order(started: datetime, finished: datetime,
+                  now: datetime | None) -> tuple[str, str] | None:
+    """The (field, rule) the two times break, if any."""
+    if finished < started:
+        return "finished_at", "must not be before started_at"
+    if started > (now or datetime.now(UTC)) + MAX_FUTURE:
+        return "started_at", "must not be more than 1 day in the future"
+    return None
+
+
+def _fast_line(text: str, *, line: int, now: datetime | None,
+               source: str | None) -> Accepted | None:
+    """An ordinary line accepted the short way (orjson), or None: then the line takes the
+    full path (json with the duplicate-key and NaN checks, then ``_check``), which alone
+    decides and explains anything unusual.
+
+    The short way gives the very record and canonical text the full path gives, because
+    it only answers for lines without a backslash (so no escapes: every quote in the
+    text delimits a string, and no lone surrogates) that ``_fast_valid`` takes:
+
+    * a repeated key drops a key (and its value) from the decoded object, so its
+      canonical text has fewer quotes than the line;
+    * orjson refuses NaN, Infinity and numbers too large for a float, and decodes an
+      integer beyond 64 bits as a float, which it writes with an exponent
+      (``_risky``), as it does every float it spells unlike ``repr``.
+    """
+    if "\\" in text:
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    times = _fast_valid(obj)
+    if times is None or _out_of_order(*times, now) is not None:
+        return None
+    data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    if data.count(b'"') != text.count('"') or _risky(data) or len(data) > MAX_RECORD_BYTES:
+        return None
+    return Accepted(line=line, record=obj, content_hash=hashlib.sha256(data).hexdigest(),
+                    canonical=data.decode("utf-8"), source=source)
+
+
 def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | None,
            source: str | None) -> Accepted | Violation:
     """Validate one parsed value; return what the caller stores or reports."""
@@ -486,11 +551,9 @@ def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | No
         times = parse_timestamp(obj["started_at"]), parse_timestamp(obj["finished_at"])
     started, finished = times
     assert started is not None and finished is not None  # the schema's format check
-    if finished < started:
-        return reject("finished_at", "must not be before started_at")
-    limit = (now or datetime.now(UTC)) + MAX_FUTURE
-    if started > limit:
-        return reject("started_at", "must not be more than 1 day in the future")
+    broken = _out_of_order(started, finished, now)
+    if broken is not None:
+        return reject(*broken)
     try:
         text = canonical_json(obj)
     except ValueError:
@@ -639,6 +702,10 @@ def parse_lines(lines: Iterable[str | bytes], *, now: datetime | None = None,
                                       line=number, source=source)
                 continue
         if not text.strip():
+            continue
+        fast = _fast_line(text, line=number, now=now, source=source)
+        if fast is not None:
+            yield fast
             continue
         try:
             obj = _decoder.decode(text)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import make_record, set_path, write_jsonl
 from hypothesis import given, settings
@@ -334,3 +335,112 @@ def test_content_hash_ignores_key_order_and_whitespace() -> None:
                                                        separators=(", ", " : "))], now=NOW)
     assert a.content_hash == b.content_hash
     assert a.canonical == b.canonical
+
+
+# Ordinary lines are accepted the short way (orjson, see contract._fast_line); these pin
+# the values where orjson and json part ways.
+ODD_VALUES = [
+    ("small floats", [1e-05, -7.1e-05, 1.5e-07, 0.0001, 5e-324]),
+    ("large floats", [1e16, 1.2345678901234568e17, 1e300, 999999999999999.9]),
+    ("integers past 64 bits", [2**64, -(2**63) - 1, 10**30]),
+    ("overflowing number", "1e999"),
+    ("escapes", "tab\there \"q\" \\ \b\f\n\r \x00\x1f \x7f \u2028 é 😀"),
+    ("null spelt with escapes", "\\u006eull"),
+    ("keys in code point order", {"b": 1, "a": None, "é": 2, "A": 3, "😀": 4, "\uffff": 5}),
+]
+
+
+@pytest.mark.parametrize("value", [c[1] for c in ODD_VALUES], ids=[c[0] for c in ODD_VALUES])
+def test_canonical_text_of_a_line_is_what_json_writes(value: Any) -> None:
+    text = json.dumps(make_record(extra=value), ensure_ascii=False)
+    if value == "1e999":
+        text = text.replace('"1e999"', "1e999")
+    elif value == "\\u006eull":
+        text = text.replace("\\\\u006eull", "\\u006eull")
+    [result] = parse_lines([text], now=NOW)
+    try:
+        expected = contract.canonical_json(json.loads(text))
+    except ValueError:  # 1e999 decodes to infinity: refused, as json refuses it
+        assert isinstance(result, Violation)
+        assert result.rule == "numbers must be finite (NaN and Infinity are not JSON)"
+        return
+    assert isinstance(result, Accepted)
+    assert result.canonical == expected
+    assert result.content_hash == contract.hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_canonical_floats_are_spelt_as_repr() -> None:
+    """orjson and repr differ only where _RISKY_NUMBER sends the text back to json."""
+    rng = np.random.default_rng(5)
+    floats = np.concatenate([
+        rng.uniform(-1, 1, 60_000) * 10.0 ** rng.integers(-9, 21, 60_000),
+        np.array([round(v, d) for v, d in zip(rng.uniform(0, 1e6, 40_000).tolist(),
+                                               rng.integers(0, 8, 40_000).tolist(),
+                                               strict=True)]),
+        rng.integers(0, 2**64, 40_000, dtype=np.uint64).view(np.float64),
+    ])
+    for x in floats[np.isfinite(floats)].tolist():
+        fast = contract.orjson.dumps(x)
+        if fast != repr(x).encode():
+            assert contract._RISKY_NUMBER.search(fast), (x, fast)
+
+
+@pytest.mark.parametrize("text", [b'{"a":1e-7}', b'{"a":"x","b":[2.5e+300]}', b'{"a":0.00001}',
+                                  b'{"a":"azure-ad","b":1}', b'{"e-":"e+","x":"1e"}', b"e-1"])
+def test_risky_is_the_regex(text: bytes) -> None:
+    assert contract._risky(text) == bool(contract._RISKY_NUMBER.search(text))
+
+
+
+def _full_path(text: str) -> Accepted | Violation:
+    """What parse_lines gives a line without the short way (json, then _check)."""
+    try:
+        obj = contract._decoder.decode(text)
+    except (ValueError, RecursionError) as exc:
+        return contract._text_violation(text, *contract._decode_failure(exc), line=1,
+                                        source=None)
+    return contract._check(obj, line=1, now=NOW, raw=text, source=None)
+
+
+SHORT_WAY_CASES = [
+    ("ordinary", json.dumps(make_record())),
+    ("compact", json.dumps(make_record(), separators=(",", ":"))),
+    ("repeated key", json.dumps(make_record()).replace('"added": 3', '"added": 3, "added": 4')),
+    ("repeated key, space before colon",
+     json.dumps(make_record()).replace('"added": 3', '"added" : 3, "added": 4')),
+    ("repeated key, escaped", json.dumps(make_record()).replace('"added": 3',
+                                                                '"\\u0061dded": 3, "added": 4')),
+    ("repeated top key", json.dumps(make_record(extra={"a": 1})).replace(
+        '"extra"', '"extra": 1, "extra"')),
+    ("NaN", json.dumps(make_record()).replace("0.987", "NaN")),
+    ("overflow", json.dumps(make_record(extra=1.0)).replace('"extra": 1.0', '"extra": 1e999')),
+    ("integer past 64 bits", json.dumps(make_record(extra=2**70))),
+    ("count past 64 bits",
+     json.dumps(make_record()).replace('"added": 3', '"added": 1' + "0" * 25)),
+    ("small float", json.dumps(make_record(extra=[1e-07, 0.00001]))),
+    ("deep extra", json.dumps(make_record(extra=[[[[[[[[[[1]]]]]]]]]]))),
+    ("very deep extra", json.dumps(make_record()).replace(
+        '{"sync_id"', '{"x": ' + "[" * 3000 + "]" * 3000 + ', "sync_id"')),
+    ("finished first", json.dumps(make_record(started_at="2025-05-01T10:00:07Z",
+                                              finished_at="2025-05-01T09:00:07Z"))),
+    ("future", json.dumps(make_record(started_at="2025-07-01T00:00:00Z",
+                                      finished_at="2025-07-01T00:01:00Z"))),
+    ("escaped text", json.dumps(make_record(extra="tab\tquote\"é"))),
+    ("raw non-ASCII", json.dumps(make_record(extra="é😀\u2028"), ensure_ascii=False)),
+    ("not an object", "[1, 2]"),
+    ("bad count", json.dumps(make_record()).replace('"added": 3', '"added": -3')),
+]
+
+
+SHORT_WAY = {c[1] for c in SHORT_WAY_CASES if c[0] in ("ordinary", "compact", "raw non-ASCII")}
+
+
+@pytest.mark.parametrize("text", [c[1] for c in SHORT_WAY_CASES],
+                         ids=[c[0] for c in SHORT_WAY_CASES])
+def test_the_short_way_gives_what_the_full_path_gives(text: str) -> None:
+    [result] = parse_lines([text], now=NOW)
+    assert result == _full_path(text)
+    short = contract._fast_line(text, line=1, now=NOW, source=None)
+    assert (short is not None) == (text in SHORT_WAY)
+    if isinstance(result, Accepted):
+        assert list(result.record) == list(json.loads(text))  # key order kept too
