@@ -468,8 +468,18 @@ class FleetModel:
         """Unsigned tail family index of each (measure code, size decade); -1 for none.
 
         Tails depend on a residual's measure and its resource's size decade only, so
-        the string work is done once per distinct pair, not once per residual row.
+        the string work is done once per distinct pair, not once per residual row; and
+        once per set of measures and families (a batch's passes and pooled models
+        mostly share one), remembered on the model.
         """
+        key = (tuple(self.families_), tuple(measures.to_list()))
+        cache = self.__dict__.setdefault("_family_lookups", {})
+        if key not in cache:
+            cache.clear()  # one entry is what a batch reuses: keep memory flat
+            cache[key] = self._family_lookup_uncached(measures)
+        return cache[key]
+
+    def _family_lookup_uncached(self, measures: pl.Series) -> np.ndarray:
         decades = np.arange(_MAX_DECADE + 1)
         pairs = (
             pl.DataFrame(
@@ -695,11 +705,15 @@ class FleetModel:
         paused_rows = syncs.filter(pl.col("paused"))["row"].to_numpy()
         paused = np.isin(rows, paused_rows)
         forest_s = self.forest_.score_samples(x, groups)
-        out = []
-        for mode in _MODES:
-            stat = self._combined_statistic(forest_s, fam, groups, mode)
-            out.append(self.calibrators_["combined" + mode].tail_probability(stat, groups))
-        return np.where(paused, out[1], out[0])
+        # Each sync through its own mode's calibrators only (row by row the same numbers).
+        p = np.empty(len(x))
+        for mode, mine in zip(_MODES, (~paused, paused), strict=True):
+            if mine.any():
+                stat = self._combined_statistic(forest_s[mine], fam[mine], groups[mine], mode)
+                p[mine] = self.calibrators_["combined" + mode].tail_probability(
+                    stat, groups[mine]
+                )
+        return p
 
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
         policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
