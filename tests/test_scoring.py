@@ -254,6 +254,27 @@ def test_no_model_needed_without_records(tmp_path) -> None:
     assert events[0]["event_type"] == "invalid_record"
 
 
+def test_champion_loads_once_beside_the_input_and_only_with_records(
+        scoring_home: Home, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from detector import scoring
+
+    loads: list[str] = []
+
+    def counted(home: Home):  # noqa: ANN202 - the real loader's result
+        loads.append(threading.current_thread().name)
+        return load_scoring_model(home)
+
+    monkeypatch.setattr(scoring, "load_scoring_model", counted)
+    _score(scoring_home, [json.dumps({"sync_id": "a", "connector_id": "c"})])
+    assert loads == []  # nothing to score: no model read
+    lines = [json.dumps({"sync_id": "b", "connector_id": "c"}), *fleet.lines(fleet.test[:4])]
+    run, events = _score(scoring_home, lines)
+    assert len(loads) == 1 and loads[0].startswith("syncguard-load")
+    assert run.model_version == "1" and run.scored == 4 and len(events) == 5
+
+
 def test_paused_later_syncs_say_so_and_one_pause_per_connector(scoring_home: Home,
                                                                fleet: Fleet) -> None:
     _run, events = _score(scoring_home, fleet.lines())
