@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 import polars as pl
-from scipy import special
-from scipy.special import _ufuncs
+
+from detector.special import ufuncs as _ufuncs
 
 __all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
 
@@ -92,7 +92,7 @@ def nb_signed_z(x: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> np.ndarray:
         pmf = np.where(np.isnan(x), np.nan,
                        np.where((k == x) & (k >= 0), _ufuncs._nbinom_pmf(k, n, p), 0.0))
     upper = np.clip(sf + 0.5 * pmf, 1e-300, 1.0 - 1e-16)
-    return np.clip(-special.ndtri(upper), -Z_CLIP, Z_CLIP)
+    return np.clip(-_ufuncs.ndtri(upper), -Z_CLIP, Z_CLIP)
 
 
 def _gap_factor(gap_s: pl.Expr, interval_s: pl.Expr) -> pl.Expr:
@@ -489,7 +489,7 @@ class SeasonalBaseline:
         lo_x, hi_x = np.clip(x_exp - 3 * scale, -50, 50), np.clip(x_exp + 3 * scale, -50, 50)
         for name, inverse in (
             ("count", lambda x: (ref + 1.0) * np.exp(x) - 1.0),
-            ("rate", special.expit),
+            ("rate", _ufuncs.expit),
             ("log", lambda x: np.exp(x) - _LOG_OFFSET),
             ("level", lambda x: x),
         ):

@@ -18,7 +18,8 @@ a sync breaches when its tail probability is below ``alpha``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
+
+from detector.special import ufuncs as _ufuncs
 
 __all__ = ["TailCalibrator"]
 
@@ -235,6 +236,6 @@ def genpareto_sf(x: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndar
     z = np.asarray(x, dtype=float) / scale
     c = np.asarray(shape, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = special.inv_boxcox(-z, -c)
+        out = _ufuncs.inv_boxcox(-z, -c)
         out = np.where(z <= 0.0, 1.0, out)
         return np.where((c < 0) & (z >= -1.0 / np.where(c < 0, c, -1.0)), 0.0, out)

@@ -62,3 +62,44 @@ def test_the_model_does_not_import_scipy_stats() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "False"
+
+
+def _probe(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def test_scoring_loads_scipy_special_ufuncs_only() -> None:
+    """scipy.special's package import (~0.2 s: numpy.f2py, numpy.testing) is skipped."""
+    out = _probe("import sys, detector.model, detector.scoring; "
+                 "print(sorted(m for m in ('scipy.special', 'numpy.f2py', 'numpy.testing') "
+                 "if m in sys.modules))")
+    assert out == "[]"
+
+
+def test_the_ufuncs_are_scipy_specials_own() -> None:
+    from scipy import special
+
+    from detector.special import ufuncs
+
+    assert ufuncs is special._ufuncs
+    for name in ("ndtri", "expit", "inv_boxcox", "_nbinom_sf", "_nbinom_pmf", "_nbinom_ppf"):
+        assert getattr(ufuncs, name) is getattr(special._ufuncs, name)
+
+
+def test_ufuncs_fall_back_to_the_ordinary_import() -> None:
+    out = _probe(
+        "import importlib, sys\n"
+        "real = importlib.import_module\n"
+        "calls = []\n"
+        "def failing_once(name, *args):\n"
+        "    if name == 'scipy.special._ufuncs':\n"
+        "        calls.append(name)\n"
+        "    if calls == [name]:\n"
+        "        raise ImportError('another scipy layout')\n"
+        "    return real(name, *args)\n"
+        "importlib.import_module = failing_once\n"
+        "from detector.special import ufuncs\n"
+        "import scipy.special\n"
+        "print(ufuncs is scipy.special._ufuncs, len(calls), float(ufuncs.ndtri(0.5)))\n")
+    assert out == "True 2 0.0"
