@@ -5,6 +5,10 @@ the single source of truth. This module adds what JSON Schema cannot say: timest
 ordered and not far in the future, finite numbers, no duplicate keys, size and depth
 limits, and the input framing (one object, an array, or JSON Lines).
 
+An ordinary JSON Lines record is decoded and written out canonically by orjson
+(``_fast_line``) when that is certainly what the json module gives; anything else
+(escapes, repeated keys, NaN, numbers orjson spells unlike ``repr``) takes the json path.
+
 Validation has two paths. ``_fast_valid`` is a conservative hand-written check that
 answers "certainly valid" for ordinary records in a few microseconds; anything it is
 unsure of goes to the jsonschema validator, which decides and explains. The fast path

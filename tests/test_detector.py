@@ -562,3 +562,28 @@ def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
     # 100 records, half populated: blanking all of them is not chance.
     assert "field_entirely_null" in hits(0.5, 100.0)
     assert MIN_POPULATED >= 14  # exp(-14) < 1e-6 per field and sync
+
+
+def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
+    """_tail_probability runs each mode's calibrators on that mode's syncs only: the same
+    numbers as running both modes on every sync and keeping each sync's own."""
+    model, _, test, state, facts = fleet
+    paused_ids = sorted({r["connector_id"] for r in test})[:3]
+    facts = facts.with_columns(pl.col("connector_id").is_in(paused_ids).alias("state_paused"))
+    seen = []
+    real = FleetModel._tail_probability
+
+    def checked(self, x, fam, rows, groups, syncs):
+        out = real(self, x, fam, rows, groups, syncs)
+        paused = np.isin(rows, syncs.filter(pl.col("paused"))["row"].to_numpy())
+        forest_s = self.forest_.score_samples(x, groups)
+        both = [self.calibrators_["combined" + mode].tail_probability(
+            self._combined_statistic(forest_s, fam, groups, mode), groups)
+            for mode in ("", "_paused")]
+        np.testing.assert_array_equal(out, np.where(paused, both[1], both[0]))
+        seen.append((int(paused.sum()), int((~paused).sum())))
+        return out
+
+    monkeypatch.setattr(FleetModel, "_tail_probability", checked)
+    model.score(test[:80], state=state, facts=facts)
+    assert seen and all(p and n for p, n in seen[:1])  # both modes met in the first pass
