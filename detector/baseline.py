@@ -20,9 +20,11 @@ fault left unlabelled in history barely moves either. Missing values are simply 
 rows, so they never poison a fit. ``method="stl"`` estimates the profiles of continuous
 measures with statsmodels' robust STL instead (compared in the backtest).
 
-While a connector is paused, or when it is scored by the pooled model, level-like
-measures (null rates, custom metrics) are judged against the reference sync instead of
-the learned level, so a level shift that persists yields one pause, not one per sync.
+While a connector is paused, level-like measures (null rates, custom metrics, durations,
+API figures) must be off both their learned level and the sync just before, so a level
+shift that persists yields one pause, not one per sync, and data coming back after a
+fault does not pause again. The pooled cold-start model knows a kind's level, not the
+connector's, so it judges them against the sync before only.
 """
 
 from __future__ import annotations
@@ -74,6 +76,24 @@ def transform_expr(value: pl.Expr, *, kind: pl.Expr, reference: pl.Expr, size: p
 def _level_x(value: pl.Expr, kind: pl.Expr, size: pl.Expr) -> pl.Expr:
     """Transform of a reference value for kinds judged level-against-reference."""
     return transform_expr(value, kind=kind, reference=pl.lit(None), size=size)
+
+
+def _judged(expected_x: pl.Expr, scale: pl.Expr, suffix: str) -> tuple[pl.Expr, pl.Expr]:
+    """``expected_x`` and the floored ``scale`` of a comparison (named with ``suffix``).
+
+    Counts are never judged finer than one record in the reference; null rates never
+    finer than the binomial error of the resource's size at the expected rate.
+    """
+    n = pl.col("current_size").fill_null(1000.0).clip(lower_bound=1.0)
+    p = (1.0 / (1.0 + (-expected_x).exp())).clip(1e-4, 1 - 1e-4)
+    floored = (
+        pl.when(pl.col("kind") == "count")
+        .then(pl.max_horizontal(scale, 1.0 / (pl.col("reference").fill_null(0.0) + 1.0)))
+        .when(pl.col("kind") == "rate")
+        .then(pl.max_horizontal(scale, 1.0 / (n * p * (1.0 - p)).sqrt()))
+        .otherwise(scale)
+    )
+    return expected_x.alias(f"expected_x{suffix}"), floored.alias(f"scale{suffix}")
 
 
 def nb_signed_z(x: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -421,36 +441,34 @@ class SeasonalBaseline:
                 pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
             )
         )
-        level_like = pl.col("kind").is_in(["rate", "level"]) | (
-            (pl.col("kind") == "log") & (pl.lit(k == "connector_kind"))
+        level_like = pl.col("kind").is_in(["rate", "level", "log"]) & (
+            pl.col("measure") != "sync.freshness"  # a gap, already relative to the interval
         )
-        ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
         judge_ref = pl.col("_use_ref") & level_like & pl.col("reference").is_not_null()
-        n = pl.col("current_size").fill_null(1000.0).clip(lower_bound=1.0)
-        p = pl.col("expected_x_raw").clip(1e-4, 1 - 1e-4)
+        ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
+        # Two candidate comparisons: the learned level for this time of week, and the
+        # reference sync (the difference of two syncs: sqrt(2) scales of noise).
         rows = rows.with_columns(
-            pl.when(judge_ref).then(ref_x).otherwise(pl.col("expected")).alias("expected_x"),
-            pl.when(judge_ref)
-            .then(pl.col("scale") * math.sqrt(2.0))
-            .otherwise(pl.col("scale"))
-            .alias("scale"),
-        ).with_columns((1.0 / (1.0 + (-pl.col("expected_x")).exp())).alias("expected_x_raw"))
-        count_floor = 1.0 / (pl.col("reference").fill_null(0.0) + 1.0)
-        binom_floor = 1.0 / (n * p * (1.0 - p)).sqrt()
-        rows = rows.with_columns(
-            pl.when(pl.col("kind") == "count")
-            .then(pl.max_horizontal(pl.col("scale"), count_floor))
-            .when(pl.col("kind") == "rate")
-            .then(pl.max_horizontal(pl.col("scale"), binom_floor))
-            .otherwise(pl.col("scale"))
-            .alias("scale"),
+            *_judged(pl.col("expected"), pl.col("scale"), "_lvl"),
+            *_judged(ref_x, pl.col("scale") * math.sqrt(2.0), "_ref"),
             pl.max_horizontal(
                 pl.col("expected") * pl.col("exposure_eff"),
                 pl.when(pl.col("measure") == "sync.partial")
                 .then(pl.lit(_MIN_PARTIAL_MEAN))
                 .otherwise(pl.lit(_MIN_EVENT_MEAN)),
             ).alias("mu"),
-        ).drop("expected_x_raw")
+        )
+        # Pooled models know the kind's level, not this connector's: the reference only. A
+        # paused connector's measure must be off both its learned level and the sync just
+        # before: a level shift that persists (or data coming back) then pauses no more.
+        z_lvl, z_ref = (
+            (pl.col("x") - pl.col(f"expected_x{c}")) / pl.col(f"scale{c}") for c in ("_lvl", "_ref")
+        )
+        use_ref = judge_ref & (pl.lit(k == "connector_kind") | (z_ref.abs() < z_lvl.abs()))
+        rows = rows.with_columns(
+            pl.when(use_ref).then(pl.col(f"{c}_ref")).otherwise(pl.col(f"{c}_lvl")).alias(c)
+            for c in ("expected_x", "scale")
+        ).drop("expected_x_lvl", "scale_lvl", "expected_x_ref", "scale_ref")
         z_level = ((pl.col("x") - pl.col("expected_x")) / pl.col("scale")).clip(-Z_CLIP, Z_CLIP)
         rows = rows.with_columns(z_level.alias("z"))
         events = (pl.col("kind") == "events") & pl.col("dispersion").is_not_null()

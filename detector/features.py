@@ -39,7 +39,8 @@ STATE_SCHEMA = {
     "ref_value": pl.Float64,
 }
 
-_SYNC_LEVEL_MEASURES = ("sync.duration_s", "sync.freshness")
+# A gap since the previous sync: it has no value of its own to carry to the next batch.
+_UNREFERENCED_MEASURES = ("sync.freshness",)
 
 
 def bucket_expr(ts: pl.Expr) -> pl.Expr:
@@ -182,7 +183,7 @@ def build_features(
             syncs.group_by("connector_id").agg(pl.col("connector_kind").first()),
             on="connector_id",
             how="inner",
-        ).filter(~pl.col("measure").is_in(_SYNC_LEVEL_MEASURES))
+        ).filter(~pl.col("measure").is_in(_UNREFERENCED_MEASURES))
         state_rows = state_rows.with_columns(
             pl.lit(None, dtype=pl.UInt32).alias("row"),
             pl.lit(None, dtype=pl.String).alias("resource"),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import special
 
 from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
@@ -303,8 +304,12 @@ class FleetModel:
         if fam.shape[1]:
             rows, cols = np.nonzero(fam > 0)
             p_fam = np.ones_like(fam)
-            p_fam[rows, cols] = self.calibrators_["family" + mode].tail_probability(
-                fam[rows, cols], cols
+            # Never lighter than the residual's own Gaussian tail: a family pooled over
+            # series that rarely see an event (roles added, say) would otherwise call a
+            # count of 2 where this connector often has 1 a one-in-a-million sync.
+            p_fam[rows, cols] = np.maximum(
+                self.calibrators_["family" + mode].tail_probability(fam[rows, cols], cols),
+                special.ndtr(-fam[rows, cols]),
             )
             p = np.minimum(p, p_fam.min(axis=1))
         return -np.log10(np.clip(p, 1e-300, 1.0))

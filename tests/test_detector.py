@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import polars as pl
@@ -397,6 +398,48 @@ def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
     assert out["connector_paused"].to_list()[3:] == [True] * (len(okta) - 3)
 
 
+def test_a_paused_connector_is_not_paused_again_by_a_performance_shift_that_persists(fleet):
+    """After a pause, a measure judged against its learned level (here API requests and
+    latency, dropped for good when a fault took data away) must not pause every later sync:
+    while paused it must be off both its level and the sync just before. A second,
+    different fault still pauses."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:14]
+    okta[2]["resources"]["user"]["count"] //= 3  # the fault that opens the pause
+    for record in okta[2:]:  # ... and a drop in API work that stays
+        record["api"]["requests"] = max(1, record["api"]["requests"] // 4)
+        record["api"]["latency_p50_ms"] /= 4
+        record["api"]["latency_p95_ms"] /= 4
+    okta[10]["resources"]["user"]["null_rates"]["manager"] = 0.9  # a second, different fault
+    out = model.score(okta, state=state, facts=facts).results
+    decisions = out["decision"].to_list()
+    assert decisions[2] == "pause"
+    assert decisions[10] == "pause"
+    # Sync 3 brings the users back and sync 11 the managers: both may pause (the data
+    # moving back is a change too); no other sync may.
+    assert [d for i, d in enumerate(decisions) if i not in (2, 3, 10, 11)].count("pause") == 0
+
+
+def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
+    """Sync-level measures (the duration) carry their value in the state: a paused
+    connector scored one sync at a time compares it with the sync before, as a batch does."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:8]
+    okta[1]["resources"]["user"]["count"] //= 3
+    okta[5]["finished_at"] = okta[6]["started_at"]  # a much longer sync while paused
+    whole = model.score(okta, state=state, facts=facts)
+    s, f, single = state, facts, []
+    for record in okta:
+        out = model.score([record], state=s, facts=f)
+        s, f = out.state, out.facts
+        single.append(out.results)
+    np.testing.assert_allclose(pl.concat(single)["score"], whole.results["score"], rtol=1e-9)
+    duration = whole.reasons.filter(
+        (pl.col("sync_id") == okta[5]["sync_id"]) & (pl.col("metric") == "sync.duration_s")
+    )
+    assert duration.height == 1
+
+
 def test_model_round_trips_through_a_model_file(fleet, tmp_path):
     model, _, test, state, facts = fleet
     arrays, config = model.to_arrays()
@@ -522,6 +565,20 @@ def test_log10_tail_extrapolates_minus_log10_scores():
     cal = TailCalibrator(log10_tail=True).fit(minus_log10_p, np.zeros(50_000, int), n_groups=1)
     p = cal.tail_probability(np.array([2.0, 6.0, 12.0]), np.zeros(3, int))
     np.testing.assert_allclose(p, [1e-2, 1e-6, 1e-12], rtol=0.5)
+
+
+def test_a_family_tail_is_never_lighter_than_the_residuals_gaussian_tail(fleet):
+    """Families pooled over series that rarely see an event (duplicates, retries) have
+    spiky held-out bodies whose fitted tails fall far faster than a Gaussian; a residual of
+    3 scales in one of them must not become a one-in-a-billion sync."""
+    model = fleet[0]
+    n_fam = len(model.families_)
+    raw = model.calibrators_["family"].tail_probability(np.full(n_fam, 3.0), np.arange(n_fam))
+    assert raw.min() < 1e-4  # the spiky families this guards against exist in the fleet
+    forest_s = np.full(n_fam, -1e9)  # nothing from the forest
+    stat = model._combined_statistic(forest_s, np.eye(n_fam) * 3.0, np.zeros(n_fam, int), "")
+    assert stat.max() <= -np.log10(0.5 * math.erfc(3.0 / math.sqrt(2.0))) + 1e-9
+    assert stat.min() > 0.0
 
 
 def test_connector_reporting_partial_data_pauses(fleet):
