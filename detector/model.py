@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import special
 
 from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
@@ -42,6 +41,7 @@ from detector.forest import ArrayIsolationForest
 from detector.frame import measures_frame, syncs_frame, to_struct_frame
 from detector.policy import Policy, load_policy
 from detector.rules import rule_hits
+from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
 
@@ -309,7 +309,7 @@ class FleetModel:
             # count of 2 where this connector often has 1 a one-in-a-million sync.
             p_fam[rows, cols] = np.maximum(
                 self.calibrators_["family" + mode].tail_probability(fam[rows, cols], cols),
-                special.ndtr(-fam[rows, cols]),
+                _ufuncs.ndtr(-fam[rows, cols]),
             )
             p = np.minimum(p, p_fam.min(axis=1))
         return -np.log10(np.clip(p, 1e-300, 1.0))
