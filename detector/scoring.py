@@ -35,11 +35,10 @@ a rerun scores what is left.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -74,8 +73,6 @@ HISTORY_SYNCS = 50
 """Stored syncs per connector a never-scored connector's starting state is built from."""
 
 UNSCORABLE = "unscorable"
-
-T = TypeVar("T")
 
 _SCORE_VALUES = {
     "sync_id": pl.String, "connector_id": pl.String, "decision": pl.String,
@@ -412,13 +409,7 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     -------
     ScoreRun
     """
-    # From the first accepted record on, the champion loads on a second thread while the
-    # rest of the input is parsed and stored: reading, checking and inflating it mostly
-    # runs outside the GIL, parsing mostly inside it. An input with nothing to score
-    # loads no model, as before.
-    champion: list[Future[tuple[FleetModel, str]]] = []
-    items = list(_at_first_record(items, lambda: champion.append(
-        _in_background(load_scoring_model, home))))
+    items = list(items)
     run = ScoreRun()
     run.ingest = store.ingest(items, source=source, actor=actor, in_time_order=True)
     items = [run.ingest.turned_away.get(id(it), it) for it in items]
@@ -427,7 +418,7 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     model: FleetModel | None = None
     try:
         if sync_ids:
-            model, run.model_version = champion[0].result()
+            model, run.model_version = load_scoring_model(home)
     except SyncguardError as exc:
         run.unscorable = str(exc)
     scorer = Scorer(store, model, run.model_version, actor=actor,
@@ -442,26 +433,6 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     for sink in sinks:
         sink.emit_many(run.events)
     return run
-
-
-def _at_first_record(items: Iterable[Accepted | Violation],
-                     start: Callable[[], object]) -> Iterator[Accepted | Violation]:
-    """``items`` as they come, calling ``start()`` as the first accepted record passes."""
-    started = False
-    for item in items:
-        if not started and isinstance(item, Accepted):
-            start()
-            started = True
-        yield item
-
-
-def _in_background(fn: Callable[..., T], *args: Any) -> Future[T]:
-    """``fn(*args)`` started on a thread of its own; the future holds its result or error."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncguard-load")
-    try:
-        return pool.submit(fn, *args)
-    finally:
-        pool.shutdown(wait=False)  # the thread ends when fn returns
 
 
 def _in_input_order(store: Store, items: list[Accepted | Violation],

@@ -254,16 +254,14 @@ def test_no_model_needed_without_records(tmp_path) -> None:
     assert events[0]["event_type"] == "invalid_record"
 
 
-def test_champion_loads_once_beside_the_input_and_only_with_records(
+def test_champion_loads_once_and_only_with_records(
         scoring_home: Home, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     from detector import scoring
 
-    loads: list[str] = []
+    loads: list[Home] = []
 
     def counted(home: Home):  # noqa: ANN202 - the real loader's result
-        loads.append(threading.current_thread().name)
+        loads.append(home)
         return load_scoring_model(home)
 
     monkeypatch.setattr(scoring, "load_scoring_model", counted)
@@ -271,7 +269,7 @@ def test_champion_loads_once_beside_the_input_and_only_with_records(
     assert loads == []  # nothing to score: no model read
     lines = [json.dumps({"sync_id": "b", "connector_id": "c"}), *fleet.lines(fleet.test[:4])]
     run, events = _score(scoring_home, lines)
-    assert len(loads) == 1 and loads[0].startswith("syncguard-load")
+    assert loads == [scoring_home]
     assert run.model_version == "1" and run.scored == 4 and len(events) == 5
 
 
