@@ -95,8 +95,10 @@ class TailCalibrator:
         levels = _LEVELS * (1.0 - self.tail_fraction)
         body = np.full((n_groups, len(levels)), np.nan)
         sizes = np.bincount(groups, minlength=n_groups)
-        order = np.lexsort((scores, groups))
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        # Group by group, in one stable sort on the group alone (a radix sort for small
+        # integer codes): a quantile does not need its slice sorted.
+        order = _group_order(groups, n_groups)
+        starts = np.cumsum(sizes) - sizes
         for g in np.flatnonzero(sizes >= self.min_group_size):
             body[g] = np.quantile(scores[order[starts[g] : starts[g] + sizes[g]]], levels)
         fallback = (
@@ -122,8 +124,13 @@ class TailCalibrator:
             # Groups with fewer than ``min_tail`` exceedances shrink their own shape towards
             # the pooled one in proportion to their data, and keep their own mean excess.
             own = np.bincount(groups[tail], minlength=n_groups)
-            for g in np.flatnonzero(own >= _MIN_OWN_TAIL):
-                y = excess[tail & (groups == g)]
+            fitted = own >= _MIN_OWN_TAIL
+            # Every fitted group's exceedances, group by group in their original order:
+            # one pass over the scores, not one per group.
+            rows = order[tail[order] & fitted[groups[order]]]
+            g_fitted = np.flatnonzero(fitted)
+            parts = np.split(excess[rows], np.cumsum(own[g_fitted])[:-1])
+            for g, y in zip(g_fitted, parts, strict=True):
                 shape[g], scale[g] = _fit_gpd(y)
                 weight = own[g] / self.min_tail
                 if weight < 1.0:
@@ -208,22 +215,55 @@ class TailCalibrator:
 
 _MIN_OWN_TAIL = 20  # exceedances below which a group's own tail is not estimated at all
 _MAX_TAIL_FIT = 5000  # exceedances per GPD fit: plenty for two parameters, and fast
+_LOG_XMAX = float(np.log(np.finfo(float).max))  # scipy.stats' penalty per point off support
+
+
+def _group_order(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Indices ordering ``groups`` by group, stable (a radix sort for small codes)."""
+    codes = groups.astype(np.int16) if n_groups < 2**15 else groups
+    return np.argsort(codes, kind="stable")
 
 
 def _fit_gpd(y: np.ndarray) -> tuple[float, float]:
-    """Generalised Pareto shape and scale of exceedances ``y`` (exponential when few)."""
+    """Generalised Pareto shape and scale of exceedances ``y`` (exponential when few).
+
+    ``scipy.stats.genpareto.fit(y, floc=0)``: its start and its Nelder-Mead search, on
+    the same negative log-likelihood written for this one case (the generic one spends
+    most of a fit on argument handling; a test holds the two equal).
+    """
     if len(y) < 20:
         return 0.0, float(np.mean(y)) if len(y) else 1.0
     if len(y) > _MAX_TAIL_FIT:
         y = np.sort(y)[np.linspace(0, len(y) - 1, _MAX_TAIL_FIT).astype(int)]
-    from scipy import stats  # fitting only
+    from scipy import optimize, stats  # fitting only
 
-    shape, _, scale = stats.genpareto.fit(y, floc=0.0)
+    start = stats.genpareto._fitstart(y)
+    shape, scale = optimize.fmin(_gpd_nnlf, [start[0], start[-1]], args=(y,), disp=0)
     if shape < 0.0:
         # A bounded tail would put an end to what normal syncs can do, and any normal sync
         # beyond it would get probability zero: no lighter than exponential.
         shape, scale = 0.0, float(np.mean(y))
     return float(min(shape, 0.5)), float(scale)
+
+
+def _gpd_nnlf(theta: np.ndarray, y: np.ndarray) -> float:
+    """scipy.stats' penalised negative log-likelihood of ``genpareto(c, loc=0, scale)``."""
+    c, scale = theta
+    if not np.isfinite(c) or scale <= 0:
+        return np.inf
+    x = y / scale
+    n_bad = 0
+    if c < 0:  # support [0, -1/c]: points beyond it are dropped and penalised
+        inside = x <= -1.0 / c
+        n_bad = len(x) - np.count_nonzero(inside)
+        x = x[inside] if n_bad else x
+    logpdf = -_ufuncs.xlog1py(c + 1.0, c * x) / c if c != 0 else -x
+    finite = np.isfinite(logpdf)
+    n_bad += len(finite) - np.count_nonzero(finite)
+    n_log_scale = len(y) * np.log(scale)
+    if n_bad:
+        return -np.sum(logpdf[finite]) + n_bad * _LOG_XMAX * 100 + n_log_scale
+    return -np.sum(logpdf) + n_log_scale
 
 
 def genpareto_sf(x: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.ndarray:
