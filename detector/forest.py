@@ -36,8 +36,21 @@ def average_path_length(n: np.ndarray | float) -> np.ndarray:
 _CONSTANT_RANGE = 1e-7
 #: Feature draws per node before every feature of the remaining nodes is checked at once.
 _DRAW_ROUNDS = 4
+#: Per-node arrays of a fitted forest.
+_NODE_ARRAYS = ("feature", "threshold", "left", "right", "value")
 #: Sub-samples (trees x rows per tree) grown together; bounds the builder's memory.
 _CHUNK_SAMPLES = 2_000_000
+
+
+def _round_down(thr: np.ndarray) -> np.ndarray:
+    """The largest float32 at most each float64 threshold.
+
+    Inputs are float32, and for a float32 ``x``, ``x <= t`` exactly when ``x`` is at most
+    the largest float32 not above ``t``: the splits are scikit-learn's float64 ones, in
+    half the memory, and a split still splits (``lo <= t < hi`` stays true).
+    """
+    t32 = thr.astype(np.float32)
+    return np.where(t32 > thr, np.nextafter(t32, np.float32(-np.inf)), t32)
 
 
 def _segment_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -172,13 +185,13 @@ def _grow(
         s = np.flatnonzero(split)
         lo64, hi64 = lo[s].astype(np.float64), hi[s].astype(np.float64)
         thr = lo64 + rng.random(len(s)) * (hi64 - lo64)
-        thr = np.where(thr == hi64, lo64, thr)  # scikit-learn's guard: a split must split
+        thr = _round_down(np.where(thr == hi64, lo64, thr))  # scikit-learn's guard
 
-        node_thr = np.full(len(node_tree), -2.0)
+        node_thr = np.full(len(node_tree), -2.0, dtype=np.float32)
         node_thr[s] = thr
-        kids = next_id + 2 * np.arange(len(s))
-        node_left = np.full(len(node_tree), -1, dtype=np.int64)
-        node_right = np.full(len(node_tree), -1, dtype=np.int64)
+        kids = (next_id + 2 * np.arange(len(s))).astype(np.int32)
+        node_left = np.full(len(node_tree), -1, dtype=np.int32)
+        node_right = np.full(len(node_tree), -1, dtype=np.int32)
         node_left[s], node_right[s] = kids, kids + 1
         node_value = np.where(split, 0.0, depth + average_path_length(counts.astype(float)))
         feature.append(f)
@@ -192,7 +205,7 @@ def _grow(
         keep = np.repeat(split, counts)
         samples, counts, starts = samples[keep], counts[s], np.cumsum(counts[s]) - counts[s]
         node_of = np.repeat(np.arange(len(s)), counts)
-        go_left = x[samples, f[s][node_of]].astype(np.float64) <= thr[node_of]
+        go_left = x[samples, f[s][node_of]] <= thr[node_of]
         n_left = np.add.reduceat(go_left, starts) if len(s) else np.zeros(0, dtype=np.int64)
         rank_left = np.cumsum(go_left) - go_left
         rank_right = np.arange(len(samples)) - rank_left
@@ -214,7 +227,7 @@ def _grow(
         "left": np.concatenate(left),
         "right": np.concatenate(right),
         "value": np.concatenate(value),
-        "roots": np.arange(len(tree_group), dtype=np.int64).reshape(len(groups), n_estimators),
+        "roots": np.arange(len(tree_group), dtype=np.int32).reshape(len(groups), n_estimators),
         "norm": average_path_length(size.astype(float)),
         "depth": limit + 1,
     }
@@ -303,28 +316,35 @@ class ArrayIsolationForest:
                 )
         else:
             parts = [_grow(x, self.n_estimators, self.max_samples, rng) for x, rng in jobs]
+        del jobs
         self.arrays_ = self._merge(parts)
         return self
 
     @staticmethod
     def _merge(parts: list[dict]) -> dict[str, np.ndarray]:
-        offsets = np.cumsum([0] + [len(p["feature"]) for p in parts[:-1]])
-        shift = lambda a, o: np.where(a >= 0, a + o, -1)  # noqa: E731
-        return {
-            "feature": np.concatenate([p["feature"] for p in parts]),
-            "threshold": np.concatenate([p["threshold"] for p in parts]),
-            "left": np.concatenate(
-                [shift(p["left"], o) for p, o in zip(parts, offsets, strict=True)]
-            ),
-            "right": np.concatenate(
-                [shift(p["right"], o) for p, o in zip(parts, offsets, strict=True)]
-            ),
-            "value": np.concatenate([p["value"] for p in parts]),
-            "roots": np.concatenate(
-                [p["roots"] + o for p, o in zip(parts, offsets, strict=True)]
-            ),
-            "norm": np.concatenate([p["norm"] for p in parts]),
-            "max_depth": np.array([max(int(p["depth"].max()) for p in parts)]),
+        """One forest from the chunks' arrays, filled in place and each chunk freed once
+        copied: the merge holds the whole forest once, plus one chunk."""
+        sizes = [len(p["feature"]) for p in parts]
+        total = sum(sizes)
+        out = {k: np.empty(total, dtype=parts[0][k].dtype) for k in _NODE_ARRAYS}
+        roots, norm, depth = [], [], 0
+        offset = 0
+        while parts:
+            p = parts.pop(0)
+            end = offset + len(p["feature"])
+            for k in _NODE_ARRAYS:
+                out[k][offset:end] = p[k]
+            for k in ("left", "right"):  # children numbered within the chunk; -1 for none
+                kids = out[k][offset:end]
+                kids[kids >= 0] += offset
+            roots.append(p["roots"] + offset)
+            norm.append(p["norm"])
+            depth = max(depth, int(p["depth"].max()))
+            offset = end
+        return out | {
+            "roots": np.concatenate(roots),
+            "norm": np.concatenate(norm),
+            "max_depth": np.array([depth]),
         }
 
     @classmethod

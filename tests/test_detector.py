@@ -644,3 +644,20 @@ def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
     monkeypatch.setattr(FleetModel, "_tail_probability", checked)
     model.score(test[:80], state=state, facts=facts)
     assert seen and all(p and n for p, n in seen[:1])  # both modes met in the first pass
+
+
+def test_array_forest_thresholds_are_the_float32_below_the_drawn_ones():
+    """Thresholds are stored as float32: for float32 inputs ``x <= t`` is the same test
+    as against the float64 draw when ``t`` is the largest float32 not above it."""
+    from detector.forest import _round_down
+
+    rng = np.random.default_rng(9)
+    drawn = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-6, 6, 5000),
+                            np.float32([1.5, -2.0, 0.0]).astype(float)])
+    t = _round_down(drawn)
+    assert t.dtype == np.float32
+    assert np.all(t.astype(float) <= drawn)
+    assert np.all(np.nextafter(t, np.float32(np.inf)).astype(float) > drawn)
+    forest = ArrayIsolationForest(n_estimators=5, random_state=0)
+    a = forest.fit([rng.normal(size=(300, 3))]).arrays_
+    assert a["threshold"].dtype == np.float32 and a["left"].dtype == np.int32
