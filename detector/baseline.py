@@ -203,11 +203,32 @@ class SeasonalBaseline:
                 "_chunk", include_key=False, maintain_order=True
             )
         ]
-        self.series_ = pl.concat([p.series_ for p in parts], how="diagonal_relaxed")
-        self.profile_ = pl.concat([p.profile_ for p in parts], how="diagonal_relaxed").sort(
+        merged = type(self).concat(parts)
+        self.series_, self.profile_ = merged.series_, merged.profile_
+        return self
+
+    @classmethod
+    def concat(cls, parts: list[SeasonalBaseline]) -> SeasonalBaseline:
+        """One baseline holding the series of ``parts``: baselines with the same parameters
+        fitted on rows of different key groups (each series is fitted from its own rows
+        only, so this is the baseline of all their rows at once)."""
+        first = parts[0]
+        k = first.key
+        out = cls(
+            key=k,
+            shrinkage=first.shrinkage,
+            method=first.method,
+            winsor_quantile=first.winsor_quantile,
+        )
+        # Sorted: group_by hands series out in no fixed order, and a model file should not
+        # depend on which thread finished first.
+        out.series_ = pl.concat([p.series_ for p in parts], how="diagonal_relaxed").sort(
+            k, "measure"
+        )
+        out.profile_ = pl.concat([p.profile_ for p in parts], how="diagonal_relaxed").sort(
             k, "measure", "bucket"
         )
-        return self
+        return out
 
     def _fit_part(self, rows: pl.DataFrame, intervals: pl.DataFrame) -> SeasonalBaseline:
         """A baseline with these parameters fitted on ``rows`` (whole series only)."""

@@ -59,7 +59,7 @@ _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
-_CAL_BLOCK_ROWS = 50_000  # held-out syncs per block of the combined statistic when fitting
+_CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _OOS_KEYS = ("forest", "group", "forest_paused")
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
@@ -237,22 +237,22 @@ class FleetModel:
         oos = self._cross_fit_scores(per_connector, features, ivals, group_index)
 
         step("baselines")
-        self.baseline_ = SeasonalBaseline(method=self.baseline_method).fit(per_connector, ivals)
-        self.pooled_baseline_ = SeasonalBaseline(key="connector_kind").fit(
-            _with_fleet_copy(features), ivals
-        )
-
-        step("isolation forests")
-        # Residuals a part at a time, as in cross-fitting: never the whole frames' at once.
-        inputs, _ = self._forest_inputs(
-            _xfit_parts(per_connector, features),
+        # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
+        # rows (every sync twice) are never one frame. Each series is fitted from its own
+        # rows only, so the parts' baselines together are those of the whole frames.
+        parts = _xfit_parts(per_connector, features)
+        inputs, bases = self._forest_inputs(
+            parts,
             None,
-            lambda part, _rows: (
-                self.baseline_ if part.key == "connector_id" else self.pooled_baseline_
-            ),
+            lambda part, rows: part.baseline(self.baseline_method, rows, ivals),
             ivals,
             group_index,
         )
+        self.baseline_ = _merged_baseline(parts, bases, "connector_id")
+        self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
+        del parts, bases
+
+        step("isolation forests")
         self.forest_ = ArrayIsolationForest(
             n_estimators=self.n_estimators,
             max_samples=self.max_samples,
@@ -277,19 +277,7 @@ class FleetModel:
             self.calibrators_["family" + mode] = TailCalibrator(
                 pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
             ).fit(fam.values, fam.cols, n_groups=n_fam)
-            # Row by row the same statistic; in blocks, the dense syncs x families
-            # matrices it reads and makes stay a block's size, not the whole history's.
-            combined = np.concatenate(
-                [
-                    self._combined_statistic(
-                        forest_s[lo : lo + _CAL_BLOCK_ROWS],
-                        fam.dense(lo, min(lo + _CAL_BLOCK_ROWS, len(grp)), n_fam),
-                        grp[lo : lo + _CAL_BLOCK_ROWS],
-                        mode,
-                    )
-                    for lo in range(0, max(len(grp), 1), _CAL_BLOCK_ROWS)
-                ]
-            )
+            combined = self._sparse_combined_statistic(forest_s, fam, grp, mode)
             del fam
             self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
                 combined, grp, n_groups=n_groups
@@ -304,15 +292,32 @@ class FleetModel:
         if fam.shape[1]:
             rows, cols = np.nonzero(fam > 0)
             p_fam = np.ones_like(fam)
-            # Never lighter than the residual's own Gaussian tail: a family pooled over
-            # series that rarely see an event (roles added, say) would otherwise call a
-            # count of 2 where this connector often has 1 a one-in-a-million sync.
-            p_fam[rows, cols] = np.maximum(
-                self.calibrators_["family" + mode].tail_probability(fam[rows, cols], cols),
-                _ufuncs.ndtr(-fam[rows, cols]),
-            )
+            p_fam[rows, cols] = self._family_tail_probability(fam[rows, cols], cols, mode)
             p = np.minimum(p, p_fam.min(axis=1))
         return -np.log10(np.clip(p, 1e-300, 1.0))
+
+    def _sparse_combined_statistic(
+        self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str
+    ) -> np.ndarray:
+        """:meth:`_combined_statistic` row by row, from the sparse family maxima (in blocks
+        of entries: no dense syncs x families matrix while fitting)."""
+        p_forest = self.calibrators_["forest" + mode].tail_probability(forest_s, groups)
+        p_family = fam.row_min(
+            lambda v, c: self._family_tail_probability(v, c, mode), len(groups)
+        )
+        return -np.log10(np.clip(np.minimum(p_forest, p_family), 1e-300, 1.0))
+
+    def _family_tail_probability(
+        self, values: np.ndarray, cols: np.ndarray, mode: str
+    ) -> np.ndarray:
+        """Tail probability of each family maximum ``values`` under its family ``cols``."""
+        # Never lighter than the residual's own Gaussian tail: a family pooled over
+        # series that rarely see an event (roles added, say) would otherwise call a
+        # count of 2 where this connector often has 1 a one-in-a-million sync.
+        return np.maximum(
+            self.calibrators_["family" + mode].tail_probability(values, cols),
+            _ufuncs.ndtr(-values),
+        )
 
     def _cross_fit_scores(
         self,
@@ -1149,6 +1154,22 @@ class _Families:
         """The same entries for syncs numbered from ``n``."""
         return _Families(self.rows + np.int32(n), self.cols, self.values)
 
+    def row_min(
+        self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n_rows: int
+    ) -> np.ndarray:
+        """Each row's smallest ``fn(values, cols)`` over its entries (1 for a row without).
+
+        ``fn`` is applied elementwise, ``_CAL_BLOCK_ROWS`` entries at a time.
+        """
+        out = np.ones(n_rows)
+        for lo in range(0, len(self.values), _CAL_BLOCK_ROWS):
+            rows = self.rows[lo : lo + _CAL_BLOCK_ROWS]
+            p = fn(self.values[lo : lo + _CAL_BLOCK_ROWS], self.cols[lo : lo + _CAL_BLOCK_ROWS])
+            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            first = rows[starts]  # a row cut by a block's end is met again in the next one
+            out[first] = np.minimum(out[first], np.minimum.reduceat(p, starts))
+        return out
+
     def dense(self, lo: int, hi: int, n_cols: int) -> np.ndarray:
         """Rows ``lo:hi`` as the dense matrix (0 where a family has no residual)."""
         a, b = np.searchsorted(self.rows, [lo, hi])
@@ -1213,6 +1234,16 @@ def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_Xf
     ]
     kinds = sorted({*features["connector_kind"].unique().to_list(), POOLED_ALL})
     return connectors + [_XfitPart("connector_kind", features, (kind,)) for kind in kinds]
+
+
+def _merged_baseline(
+    parts: list[_XfitPart], bases: list[SeasonalBaseline | None], key: str
+) -> SeasonalBaseline:
+    """The baselines of the parts keyed by ``key`` (chunks of connectors, or pooled
+    groups) as one."""
+    return SeasonalBaseline.concat(
+        [b for p, b in zip(parts, bases, strict=True) if p.key == key and b is not None]
+    )
 
 
 def _with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import polars.testing
 import pytest
 
 import detector.model as model_module
@@ -131,6 +132,16 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
         ),
         group_index,
     )
+    # The final baselines, fitted a part at a time, are those of the whole frames.
+    for fitted, key, rows in (
+        (model.baseline_, "connector_id", per_connector),
+        (model.pooled_baseline_, "connector_kind", _with_fleet_copy(features)),
+    ):
+        whole_fit = SeasonalBaseline(key=key).fit(rows, ivals)
+        for table in ("series_", "profile_"):
+            pl.testing.assert_frame_equal(
+                getattr(fitted, table), getattr(whole_fit, table), check_column_order=False
+            )
     forest = ArrayIsolationForest(n_estimators=20, random_state=model.random_state)
     forest.fit([m for m, _, _ in whole])
     for name, array in forest.arrays_.items():
@@ -141,6 +152,27 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
         expected = model_module._Families.of(one_pass[key])
         for field in ("rows", "cols", "values"):
             np.testing.assert_array_equal(getattr(parts[key], field), getattr(expected, field))
+        # The combined statistic's family minimum, from the sparse entries in small blocks.
+        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 777)
+        fn = lambda v, c: np.exp(-v) / (1.0 + c)  # noqa: E731
+        p = np.ones_like(dense)
+        p[dense > 0] = fn(dense[dense > 0], np.nonzero(dense > 0)[1])
+        np.testing.assert_array_equal(parts[key].row_min(fn, len(dense)), p.min(axis=1))
+
+
+def test_combined_statistic_from_sparse_family_maxima_is_scorings(
+    history: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _Compared(n_estimators=20).fit(history)
+    oos = model.compared_[0]
+    monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 999)
+    for mode in model_module._MODES:
+        fam, grp = oos["family" + mode], oos["group"]
+        dense = fam.dense(0, len(grp), len(model.families_))
+        np.testing.assert_array_equal(
+            model._sparse_combined_statistic(oos["forest" + mode], fam, grp, mode),
+            model._combined_statistic(oos["forest" + mode], dense, grp, mode),
+        )
 
 
 def test_calibrators_fitted_in_blocks_are_those_fitted_at_once(
