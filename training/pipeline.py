@@ -494,6 +494,7 @@ def train(
     ):
         t0 = time.perf_counter()
         report = _backtest(before, window, labels, config, step, timings)
+        del before, window  # the final fit reads ``frame``: no second copy of its rows
         timings["backtest_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
