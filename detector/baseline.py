@@ -261,8 +261,9 @@ class SeasonalBaseline:
         rows = rows.drop("interval_s", "x", "exposure_eff")
         part.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
         part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed")
-        in_sample = part.residuals(rows, intervals, against_reference=pl.lit(False))
-        width = in_sample.group_by(k, "measure").agg(
+        # In-sample residuals: only z is read (a long frame's other columns are not made).
+        z = part._added_columns(rows, intervals, pl.lit(False), keep=["z"])
+        width = rows.select(k, "measure").hstack(z).group_by(k, "measure").agg(
             (pl.col("z").abs().quantile(_TAIL_QUANTILE) / _GAUSS_TAIL_Z)
             .clip(lower_bound=1.0)
             .alias("tail_width")
@@ -426,6 +427,18 @@ class SeasonalBaseline:
             ``dispersion`` and ``z`` (0 where a series has no baseline).
         """
         self._check_fitted()
+        added = self._added_columns(features, intervals, against_reference)
+        # "scale" and the like replace any input column of the same name.
+        return features.drop(added.columns, strict=False).hstack(added)
+
+    def _added_columns(
+        self,
+        features: pl.DataFrame,
+        intervals: pl.DataFrame,
+        against_reference: pl.Expr | None,
+        keep: list[str] | None = None,
+    ) -> pl.DataFrame:
+        """The columns :meth:`residuals` adds (only ``keep`` of them, when given)."""
         k = self.key
         use_ref = pl.col("paused") if against_reference is None else against_reference
         # Computed on the columns it reads, in the input's row order, then placed beside
@@ -434,14 +447,14 @@ class SeasonalBaseline:
         needed += ["current_size", "exposure", "gap_s"]
         slim = features.select(*dict.fromkeys(needed), use_ref.alias("_use_ref"))
         # In slices of rows: the joins' and expressions' intermediates stay bounded.
-        added = pl.concat(
+        return pl.concat(
             [
-                self._residual_columns(slim.slice(start, _CHUNK_ROWS), intervals)
+                self._residual_columns(slim.slice(start, _CHUNK_ROWS), intervals).select(
+                    keep or pl.all()
+                )
                 for start in range(0, max(slim.height, 1), _CHUNK_ROWS)
             ]
         )
-        # "scale" and the like replace any input column of the same name.
-        return features.drop(added.columns, strict=False).hstack(added)
 
     def _residual_columns(self, slim: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
         """The columns :meth:`residuals` adds, for rows holding only what it reads."""
