@@ -431,6 +431,15 @@ class SeasonalBaseline:
         # "scale" and the like replace any input column of the same name.
         return features.drop(added.columns, strict=False).hstack(added)
 
+    def judged_against_reference(self) -> pl.Expr:
+        """Rows a reference judges when asked (``against_reference`` in :meth:`residuals`):
+        level-like measures with a reference value. Every other row's residual is the
+        same either way."""
+        level_like = pl.col("kind").is_in(["rate", "level", "log"]) & (
+            pl.col("measure") != "sync.freshness"  # a gap, already relative to the interval
+        )
+        return level_like & pl.col("reference").is_not_null()
+
     def _added_columns(
         self,
         features: pl.DataFrame,
@@ -475,10 +484,7 @@ class SeasonalBaseline:
                 pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
             )
         )
-        level_like = pl.col("kind").is_in(["rate", "level", "log"]) & (
-            pl.col("measure") != "sync.freshness"  # a gap, already relative to the interval
-        )
-        judge_ref = pl.col("_use_ref") & level_like & pl.col("reference").is_not_null()
+        judge_ref = pl.col("_use_ref") & self.judged_against_reference()
         ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
         # Two candidate comparisons: the learned level for this time of week, and the
         # reference sync (the difference of two syncs: sqrt(2) scales of noise).

@@ -58,6 +58,7 @@ _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
+_HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured together
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _OOS_KEYS = ("forest", "group", "forest_paused")
@@ -76,6 +77,37 @@ def prepare(
     """Records (dicts, a struct frame, or a store history frame) -> (syncs, measures)."""
     wide = to_struct_frame(records)
     return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
+
+
+def _history_frames(
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`prepare` then :func:`build_features` of a history, in parts of connectors.
+
+    Both work per connector (a connector's kind is settled over its syncs; features are
+    windows over its series and joins on its syncs), so a part of whole connectors gets
+    the rows one pass gives, while one pass's intermediates stay a part's size: one
+    decode of a fleet's record texts holds every resource type's fields for every sync,
+    and the features' joins, windows and sort were the fit's peak of memory. Parts are
+    runs of connectors as the frame lists them (a store history lists each connector's
+    syncs together), rows numbered on across parts; otherwise one pass.
+    """
+    if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
+        ids = history["connector_id"]
+        starts = np.flatnonzero(ids.ne_missing(ids.shift(1)).to_numpy())
+        if len(starts) == ids.n_unique():  # each connector's syncs together
+            cuts = starts[np.flatnonzero(np.diff(starts // _HISTORY_CHUNK_SYNCS, prepend=0))]
+            bounds = np.r_[0, cuts, history.height]
+            parts = [
+                build_features(*prepare(history.slice(lo, hi - lo)))
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+            renumbered = [
+                tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
+                for part, lo in zip(parts, bounds[:-1], strict=True)
+            ]
+            return tuple(pl.concat(frames) for frames in zip(*renumbered, strict=True))
+    return build_features(*prepare(history))
 
 
 @dataclass
@@ -183,12 +215,11 @@ class FleetModel:
         step = progress or (lambda _msg: None)
         if self.min_history < 2:
             raise ValueError("min_history must be >= 2")
-        syncs, measures = prepare(history)
+        step("features")
+        syncs, features = _history_frames(history)
+        del history  # the record texts, when the caller handed them over
         if syncs.height == 0:
             raise ValueError("fit needs at least one sync in history")
-        step("features")
-        syncs, features = build_features(syncs, measures)
-        del measures  # a long frame as large as the features: not needed from here on
         self.intervals_ = _intervals(syncs)
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
@@ -210,23 +241,25 @@ class FleetModel:
             "gap_s",
             "paused",
             *(["started_at"] if self.baseline_method == "stl" else []),
-        ).join(self.intervals_.select("connector_id"), on="connector_id", how="semi")
+        )  # every row's connector has an interval: both come from the syncs
         # Layout of each group's residual vector: measures present in most of its syncs.
         per_connector = (
             features  # the usual case, every connector has its own model: no copy
             if own.height == self.intervals_.height
             else features.filter(pl.col("connector_id").is_in(own["connector_id"].implode()))
         )
-        pooled = _with_fleet_copy(features)
-        self.columns_ = pl.concat(
+        # The pooled groups' layouts, kinds and "*" apart: the pooled rows (the whole
+        # feature frame twice) are never one frame.
+        fleet = pl.lit(POOLED_ALL).alias("connector_kind")
+        pooled_layout = pl.concat(
             [
-                _layout(per_connector, "connector_id", syncs),
-                _layout(pooled, "connector_kind", _with_fleet_copy(syncs)),
+                _layout(features, "connector_kind", syncs),
+                _layout(features.with_columns(fleet), "connector_kind", syncs.with_columns(fleet)),
             ]
+        ).sort("group", "measure")
+        self.columns_ = pl.concat(
+            [_layout(per_connector, "connector_id", syncs), pooled_layout]
         )
-        # The pooled rows are the whole feature frame twice: made again for the final
-        # models only, so that cross-fitting (the peak of memory) does not hold them.
-        del pooled
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
         self.families_ = _tail_families(features)
@@ -363,17 +396,9 @@ class FleetModel:
             for part, base in zip(parts, bases, strict=True):
                 if base is None:
                     continue
-                rows = part.rows(not fold)
-                normal = self._part_matrices(part, base, rows, ivals, group_index)
-                # The same syncs judged as a paused connector's would be: levels against
-                # the sync just before. Paused scoring gets calibrators of its own. (Pooled
-                # models always judge against the sync before: the same matrices.)
-                paused = (
-                    self._part_matrices(part, base, rows, ivals, group_index, paused=True)
-                    if part.key == "connector_id"
-                    else normal
+                normal, paused = self._held_out_matrices(
+                    part, base, part.rows(not fold), ivals, group_index
                 )
-                del rows
                 for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
                     if len(m) == 0 or len(fit_x[g]) == 0:
                         continue
@@ -430,12 +455,49 @@ class FleetModel:
         rows: pl.DataFrame,
         ivals: pl.DataFrame,
         group_index: dict[str, int],
-        *,
-        paused: bool = False,
     ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """``(group index, group matrices)`` of each group of a part, from its ``rows``."""
-        reference = pl.lit(True) if paused or part.key == "connector_kind" else None
+        reference = pl.lit(True) if part.key == "connector_kind" else None
         resid = base.residuals(rows, ivals, against_reference=reference)
+        return self._resid_matrices(part, resid, group_index)
+
+    def _held_out_matrices(
+        self,
+        part: _XfitPart,
+        base: SeasonalBaseline,
+        rows: pl.DataFrame,
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+    ) -> tuple[list, list]:
+        """:meth:`_part_matrices` of held-out ``rows``, as scored normally and as paused.
+
+        Paused, the same syncs are judged as a paused connector's would be: levels against
+        the sync just before (paused scoring gets calibrators of its own). Only those
+        residuals differ, so only those rows are computed again. Pooled models always
+        judge against the sync before: the same matrices.
+        """
+        if part.key != "connector_id":
+            mats = self._part_matrices(part, base, rows, ivals, group_index)
+            return mats, mats
+        normal = base.residuals(rows, ivals)
+        again = rows.select(base.judged_against_reference().fill_null(False)).to_series()
+        redone = base.residuals(rows.filter(again), ivals, against_reference=pl.lit(True))
+        mask = again.to_numpy()
+        spliced = {}
+        for name in ("z", "z_tail"):
+            values = normal[name].to_numpy().copy()
+            values[mask] = redone[name].to_numpy()
+            spliced[name] = values
+        paused = normal.with_columns(pl.Series(name, v) for name, v in spliced.items())
+        return (
+            self._resid_matrices(part, normal, group_index),
+            self._resid_matrices(part, paused, group_index),
+        )
+
+    def _resid_matrices(
+        self, part: _XfitPart, resid: pl.DataFrame, group_index: dict[str, int]
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """``(group index, group matrices)`` of each group of a part, from its residuals."""
         empty = resid.head(0)
         mats = self._group_matrices(
             *((resid, empty) if part.key == "connector_id" else (empty, resid)), group_index

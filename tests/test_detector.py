@@ -355,6 +355,27 @@ def test_measures_frame_is_the_same_unpivoted_at_once_or_kind_by_kind(fleet, mon
     assert at_once["measure"].n_unique() > 20
 
 
+def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monkeypatch):
+    import detector.model as model_module
+
+    _, history, _, _, _ = fleet
+    # A store history frame: the record texts beside their columns, kinds interleaved.
+    stored = pl.DataFrame(
+        {
+            "connector_id": [r["connector_id"] for r in history],
+            "connector_kind": [r.get("connector_kind") for r in history],
+            "record": [json.dumps(r) for r in history],
+        }
+    )
+    by_connector = stored.sort("connector_id", maintain_order=True)  # as the store lists them
+    assert by_connector["connector_kind"].n_unique() > 2
+    monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
+    for frame in (by_connector, stored):  # the second interleaves connectors: one pass
+        one_pass = build_features(*prepare(frame))
+        for got, want in zip(model_module._history_frames(frame), one_pass, strict=True):
+            pl.testing.assert_frame_equal(got, want)
+
+
 def test_scored_events_are_the_frame_rows_and_their_stored_text(fleet):
     """Batch-built events: each dict is its frame row, its text parses back to it, its id
     is the documented UUIDv5, and every shape meets the native schema."""
