@@ -3,14 +3,16 @@ of every cold ``syncguard score``): the same numbers as scipy.stats, bit for bit
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from detector.baseline import Z_CLIP, nb_signed_z
+from detector.baseline import Z_CLIP, betabinom_signed_z, nb_signed_z
 from detector.calibration import genpareto_sf
 
 
@@ -34,6 +36,51 @@ def test_nb_signed_z_equals_the_scipy_stats_formula(seed: int) -> None:
                     1e-300, 1.0 - 1e-16)
     expected = np.clip(stats.norm.isf(upper), -Z_CLIP, Z_CLIP)
     assert np.array_equal(nb_signed_z(x, mu, phi), expected, equal_nan=True)
+
+
+def _betabinom_tail_exact(k: int, n: int, a: float, b: float, upper: bool) -> float:
+    """Mid-p tail of a beta-binomial in 60-digit decimals (the Beta ratio as products)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        a_, b_ = Decimal(a), Decimal(b)
+        den = math.prod((a_ + b_ + i for i in range(n)), start=Decimal(1))
+
+        def pmf(j: int) -> Decimal:
+            num = math.prod((a_ + i for i in range(j)), start=Decimal(1))
+            num *= math.prod((b_ + i for i in range(n - j)), start=Decimal(1))
+            return math.comb(n, j) * num / den
+
+        beyond = range(k + 1, n + 1) if upper else range(k)
+        return float(sum((pmf(j) for j in beyond), start=Decimal(0)) + pmf(k) / 2)
+
+
+def test_betabinom_signed_z_agrees_with_exact_tails() -> None:
+    """Null rates of small resources: the mid-p tail of a beta-binomial as a normal score,
+    summed term by term so far tails keep their digits (scipy.stats.betabinom.sf is 1 - cdf
+    and loses them beyond ~1e-9: it calls a 1e-116 tail 1e-9)."""
+    rng = np.random.default_rng(4)
+    size = 120
+    n = rng.integers(1, 101, size).astype(float)
+    p = 10 ** rng.uniform(-3, -0.05, size)
+    sd = np.sqrt(p * (1 - p)) * 10 ** rng.uniform(-3, -0.3, size)
+    k = np.floor(rng.uniform(0, 1, size) * (n + 1))
+    ab = p * (1 - p) / sd**2 - 1
+    a, b = p * ab, (1 - p) * ab
+    got = betabinom_signed_z(k, n, p, sd)
+    up = [_betabinom_tail_exact(int(k[i]), int(n[i]), a[i], b[i], True) for i in range(size)]
+    lo = [_betabinom_tail_exact(int(k[i]), int(n[i]), a[i], b[i], False) for i in range(size)]
+    up, lo = np.asarray(up), np.asarray(lo)
+    exact = np.where(up < lo, stats.norm.isf(up), stats.norm.ppf(lo))
+    assert (np.abs(exact) > 8).sum() > 10  # far tails are in the sample
+    np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6)
+    # Within scipy's reach, scipy agrees.
+    mid = 0.5 * stats.betabinom.pmf(k, n, a, b)
+    near = np.abs(exact) < 3
+    sf = stats.betabinom.sf(k, n, a, b) + mid
+    np.testing.assert_allclose(sf[near & (up < lo)], up[near & (up < lo)], rtol=1e-6)
+    # 23 of 26 API keys without a policy where none ever lacked one: far out, not 4 scales.
+    assert betabinom_signed_z(np.array([23.0]), np.array([26.0]), np.array([0.02]),
+                              np.array([1e-3]))[0] > 10
 
 
 def test_nbinom_ppf_ufunc_equals_scipy_stats() -> None:
