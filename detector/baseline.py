@@ -167,7 +167,10 @@ def betabinom_signed_z(k: np.ndarray, n: np.ndarray, p: np.ndarray, sd: np.ndarr
                 (j + 1) * (nn - j - 1 + bb) / ((nn - j) * (j + aa)),
             )
             steps = np.where(i <= terms[s, None], np.log(ratio), -np.inf)
-            tail[s] += np.exp(log_pk[s, None] + np.minimum(np.cumsum(steps, axis=1), 700.0)).sum(1)
+            terms_p = np.exp(log_pk[s, None] + np.minimum(np.cumsum(steps, axis=1), 700.0))
+            # Summed left to right (not numpy's pairwise sum): a row's sum then does not
+            # depend on how wide its block is, so results do not depend on the batch.
+            tail[s] += np.cumsum(terms_p, axis=1)[:, -1]
     tail = np.clip(tail, 1e-300, 1.0 - 1e-16)
     z = np.where(upward, -_ufuncs.ndtri(tail), _ufuncs.ndtri(tail))
     return np.clip(z, -Z_CLIP, Z_CLIP)
