@@ -2,7 +2,8 @@
 
 Structural rules live in ``detector/schemas/sync-record.schema.json`` (JSON Schema 2020-12),
 the single source of truth. This module adds what JSON Schema cannot say: timestamps
-ordered and not far in the future, finite numbers, no duplicate keys, size and depth
+ordered and not far in the future, finite numbers, no duplicate keys, no lone UTF-16
+surrogates (a JSON escape such as "\\ud800" that UTF-8 cannot spell), size and depth
 limits, and the input framing (one object, an array, or JSON Lines).
 
 An ordinary JSON Lines record is decoded and written out canonically by orjson
@@ -206,6 +207,51 @@ def _risky(data: bytes) -> bool:
                 return True
             at = data.find(mark, at + 2)
     return False
+
+
+# A string decoded from JSON holds a surrogate code point only when the text escaped a
+# lone one ("\ud800"): json pairs the halves of a UTF-16 pair into one character, and
+# UTF-8 input cannot spell a surrogate at all. Such a string cannot be written as UTF-8
+# (hashed, stored, sent in an event), so the contract refuses it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def _printable(text: str) -> str:
+    """``text`` with any surrogate written as its ``\\udxxx`` escape (so a rejection can
+    still be printed, stored and sent as UTF-8)."""
+    if not _has_surrogate(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogate_rule(text: str) -> str:
+    code = ord(_SURROGATE.search(text).group())
+    return f"must be valid Unicode (\\u{code:04x} is a lone UTF-16 surrogate)"
+
+
+def _surrogate_at(node: object, path: tuple[object, ...] = ()) -> tuple[str, str] | None:
+    """(field, rule) for the first key or string value in ``node`` that holds a surrogate
+    (depth-first, in key order); None when there is none. ``node`` is at most MAX_DEPTH
+    deep (checked before), so recursion is bounded."""
+    if type(node) is str:
+        return (_dotted(path), _surrogate_rule(node)) if _has_surrogate(node) else None
+    if type(node) is dict:
+        items: Iterable[tuple[object, object]] = node.items()
+    elif type(node) is list:
+        items = enumerate(node)
+    else:
+        return None
+    for key, child in items:
+        if type(key) is str and _has_surrogate(key):
+            return _dotted((*path, key)), "key " + _surrogate_rule(key)
+        found = _surrogate_at(child, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 def _finite_number(checker: object, value: object) -> bool:
@@ -446,9 +492,9 @@ def _explain(error: ValidationError) -> tuple[str, str]:
 
 def _name(obj: object, key: str) -> str | None:
     # Only a name the contract allows is repeated: a violation's sync_id and connector_id
-    # go into events, whose schema holds them to the same limits.
+    # go into events, whose schema holds them to the same limits (and UTF-8 spells them).
     value = obj.get(key) if isinstance(obj, dict) else None
-    return value if _is_key(value, _ID_MAX) else None
+    return value if _is_key(value, _ID_MAX) and not _has_surrogate(value) else None
 
 
 def _locator(line: int | None, sync_id: str | None) -> str:
@@ -462,9 +508,10 @@ def _locator(line: int | None, sync_id: str | None) -> str:
 
 def _violation(field: str, rule: str, *, line: int | None, sync_id: str | None,
                connector_id: str | None, raw: str, source: str | None) -> Violation:
-    return Violation(record=_locator(line, sync_id), field=field, rule=rule, line=line,
-                     sync_id=sync_id, connector_id=connector_id, raw=raw[:RAW_LIMIT],
-                     source=source)
+    # A field (a key) or text may hold a lone surrogate: escaped, as UTF-8 cannot spell it.
+    return Violation(record=_locator(line, sync_id), field=_printable(field),
+                     rule=_printable(rule), line=line, sync_id=sync_id,
+                     connector_id=connector_id, raw=_printable(raw[:RAW_LIMIT]), source=source)
 
 
 def _too_deep(obj: object, depth: int = 1) -> bool:
@@ -564,9 +611,13 @@ def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | No
         return reject(WHOLE_RECORD, "numbers must be finite (NaN and Infinity are not JSON)")
     except TypeError:
         return reject(WHOLE_RECORD, "must hold only JSON values")
-    if len(text) > MAX_RECORD_BYTES // 4 and len(text.encode()) > MAX_RECORD_BYTES:
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): not UTF-8
+        return reject(*(_surrogate_at(obj) or (WHOLE_RECORD, "must be valid Unicode")))
+    if len(data) > MAX_RECORD_BYTES:
         return reject(WHOLE_RECORD, "must not be larger than 1 MiB")
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     return Accepted(line=line, record=obj, content_hash=digest, canonical=text, source=source)
 
 
@@ -630,7 +681,9 @@ def _salvage(text: bytes | str, key: str) -> str | None:
     """Best-effort name from a record that would not parse, so the violation still
     names its connector (and a pause can be raised for it)."""
     head = text[:RAW_LIMIT]
-    data = head.encode("utf-8", "replace") if isinstance(head, str) else head
+    # surrogatepass: a name holding a surrogate then fails to decode below (no name),
+    # where "replace" would make up another connector's name ("okta-?").
+    data = head.encode("utf-8", "surrogatepass") if isinstance(head, str) else head
     match = _SALVAGE[key].search(data)
     if match is None:
         return None

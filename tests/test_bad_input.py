@@ -39,6 +39,8 @@ WHOLE = "<record>"
 SENTINEL = 7_654_321
 """A count no simulated record holds: replaced in the JSON text by tokens that are not
 JSON numbers (NaN, Infinity, ...)."""
+LONE = "must be valid Unicode (\\u%s is a lone UTF-16 surrogate)"
+"""``json.dumps`` writes a lone surrogate as its escape ``\\ud800``, as a sender would."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,37 @@ CASES: list[Case] = [
          f"must not be nested more than {MAX_DEPTH} levels deep"),
     Case("nested 100k deep", lambda p: dumps(p.bad)[:-1] + b', "x": ' + b"[" * 100_000
          + b"]" * 100_000 + b"}", WHOLE, f"nested more than {MAX_DEPTH} levels deep"),
+    # ---- lone surrogates: JSON can escape half a UTF-16 pair, UTF-8 cannot spell it
+    Case("lone surrogate in an unknown field", field_set("note", "x\ud800y"), "note",
+         LONE % "d800"),
+    Case("lone low surrogate", field_set("note", "\udfff"), "note", LONE % "dfff"),
+    Case("surrogate pair reversed", field_set("note", "\ude00\ud83d"), "note",
+         LONE % "de00"),
+    Case("lone surrogate in sync_id", field_set("sync_id", "s\ud800"), "sync_id",
+         LONE % "d800"),
+    Case("lone surrogate in connector_id", field_set("connector_id", "okta\udc00"),
+         "connector_id", LONE % "dc00", names_connector=False),
+    Case("lone surrogate in connector_kind", field_set("connector_kind", "okta\ud800"),
+         "connector_kind", LONE % "d800"),
+    Case("lone surrogate in a key", edit(lambda r: r.update({"n\ud800": 1})), "n\\ud800",
+         "key " + LONE % "d800"),
+    Case("lone surrogate in a resource type",
+         edit(lambda r: r["resources"].update({"gr\ud800": {"count": 1}})),
+         "resources.gr\\ud800", "key " + LONE % "d800"),
+    Case("lone surrogate in a null-rate field",
+         field_set("resources.{T}.null_rates", {"em\udbffail": 0.1}),
+         "resources.{T}.null_rates.em\\udbffail", "key " + LONE % "dbff"),
+    Case("lone surrogate in a metric name", field_set("metrics", {"r\ud800": 1.0}),
+         "metrics.r\\ud800", "key " + LONE % "d800"),
+    Case("lone surrogate nested in a list", edit(lambda r: r.update(
+        owner={"team": "iam", "aliases": ["a", {"b": "\ud800"}]})), "owner.aliases.1.b",
+         LONE % "d800"),
+    Case("lone surrogate in a key whose value breaks a rule",
+         field_set("resources.{T}.null_rates", {"e\ud800": 2}),
+         "resources.{T}.null_rates.e\\ud800", "must be a number in [0, 1]"),
+    Case("lone surrogate in sync_id beside a broken rule",
+         edit(lambda r: r.update(sync_id="s\ud800", status="ok")), "status",
+         "must be one of"),
     # ---- required fields and types
     Case("missing sync_id", field_set("sync_id", ...), "sync_id", "is required"),
     Case("missing connector_id", field_set("connector_id", ...), "connector_id",
@@ -230,6 +263,9 @@ CASES: list[Case] = [
     Case("array element with a repeated key", lambda p: b"[\n" + b",\n".join(
         [dumps(p.valid[0]), prefix_key("status", '"failed"')(p), dumps(p.valid[1])])
         + b"\n]\n", WHOLE, "must not repeat the key 'status'", whole=True, line=3),
+    Case("array element with a lone surrogate", lambda p: b"[\n" + b",\n".join(
+        [dumps(p.valid[0]), field_set("note", "\ud800")(p), dumps(p.valid[1])]) + b"\n]\n",
+        "note", LONE % "d800", whole=True, line=3),
     Case("array cut mid-element", lambda p: b"[\n" + dumps(p.valid[0]) + b",\n"
          + dumps(p.valid[1]) + b",\n" + dumps(p.bad)[:-30], WHOLE, "is not valid JSON",
          whole=True, line=4),
@@ -243,6 +279,7 @@ CASES: list[Case] = [
     Case("unknown resource type",
          edit(lambda r: r["resources"].update(widget={"count": 5, "added": 1})), None),
     Case("unknown api field", edit(lambda r: r["api"].update(region="eu")), None),
+    Case("escaped surrogate pair", field_set("note", "\U0001f600 \ud83d\ude00"), None),
     Case("same sync_id, same content", lambda p: dumps(p.bad), None, before=("bad",)),
     Case("empty input", text(b""), None, whole=True),
 ]
@@ -363,7 +400,8 @@ def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 50 and len(rejected) >= 40
 
 
-@pytest.mark.parametrize("name", ["nested 100k deep", "non-UTF-8 bytes"])
+@pytest.mark.parametrize("name", ["nested 100k deep", "non-UTF-8 bytes",
+                                  "lone surrogate in sync_id", "lone surrogate in a key"])
 def test_real_process_reports_cleanly(name: str, base_home: Path, parts: Parts,
                                       tmp_path: Path) -> None:
     """The same cases in a real interpreter: exit code and stderr as a pipeline sees them

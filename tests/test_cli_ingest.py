@@ -50,6 +50,34 @@ def test_ingest_rejects_exit_4_with_each_violation_on_stderr(home: Path,
                              "2 rejected\n")
 
 
+def test_ingest_rejects_lone_surrogates_by_field_in_a_real_process(home: Path,
+                                                                  tmp_path: Path) -> None:
+    """A JSON escape of half a UTF-16 pair ("\\ud800") cannot be stored as UTF-8: the line
+    is rejected by field and rule, the others are stored (it was an internal error)."""
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        make_record(index=0),
+        make_record(index=1, note="\ud800"),
+        make_record(index=2, resources={"user": {"count": 1, "null_rates": {"e\udc00": 0}}}),
+        make_record(index=3, sync_id="okta-prod:\ud800"),
+        make_record(index=4),
+    ])
+    result = run_syncguard("ingest", "--json", path, home=home)
+    assert result.returncode == 4, result.stderr
+    rule = "must be valid Unicode (\\u{} is a lone UTF-16 surrogate)"
+    assert result.stderr.splitlines() == [
+        f"rejected: {path}: line 2 (sync_id 'okta-prod:1'): field 'note': "
+        + rule.format("d800"),
+        f"rejected: {path}: line 3 (sync_id 'okta-prod:2'): field "
+        "'resources.user.null_rates.e\\udc00': key " + rule.format("dc00"),
+        f"rejected: {path}: line 4: field 'sync_id': " + rule.format("d800"),
+    ]
+    report = json.loads(result.stdout)
+    assert (report["accepted"], report["rejected"]) == (2, 3)
+    assert [r["connector_id"] for r in report["rejects"]] == ["okta-prod"] * 3
+    with Store.open(home / "store.sqlite") as store:
+        assert store.history()["sync_id"].to_list() == ["okta-prod:0", "okta-prod:4"]
+
+
 def test_ingest_conflict_is_reported_and_exits_4(home: Path, tmp_path: Path) -> None:
     invoke(home, "ingest", str(write_jsonl(tmp_path / "a.jsonl", [make_record()])))
     changed = write_jsonl(tmp_path / "b.jsonl", [make_record(status="partial")])

@@ -192,6 +192,51 @@ def test_text_level_rules(raw: str, message: str) -> None:
     assert result.raw == raw[: contract.RAW_LIMIT]
 
 
+LONE_SURROGATES = [
+    # (record path, value, field named, rule)
+    ("sync_id", "s\ud800", "sync_id", "must be valid Unicode (\\ud800 is a lone UTF-16 surrogate)"),
+    ("connector_id", "\udfffc", "connector_id",
+     "must be valid Unicode (\\udfff is a lone UTF-16 surrogate)"),
+    ("resources.user.null_rates", {"e\udc00": 0.5}, "resources.user.null_rates.e\\udc00",
+     "key must be valid Unicode (\\udc00 is a lone UTF-16 surrogate)"),
+    ("extra", [1, {"a": ["x", "y\ud83d"]}], "extra.1.a.1",
+     "must be valid Unicode (\\ud83d is a lone UTF-16 surrogate)"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field", "rule"), LONE_SURROGATES,
+                         ids=[c[2] for c in LONE_SURROGATES])
+def test_lone_surrogates_are_rejected_by_field(path: str, value: Any, field: str,
+                                              rule: str) -> None:
+    """A record handed over as a dict: the violation names the field in printable text
+    and repeats no name that UTF-8 cannot spell."""
+    record = set_path(make_record(extra="ok"), path, value)
+    violation = validate_record(record, line=3, now=NOW)
+    assert violation is not None
+    assert (violation.field, violation.rule) == (field, rule)
+    assert violation.sync_id == (None if path == "sync_id" else record["sync_id"])
+    assert violation.connector_id == (None if path == "connector_id" else "okta-prod")
+    for text in (str(violation), violation.field, violation.raw):
+        text.encode("utf-8")  # printable, storable
+
+
+def test_lone_surrogates_in_text_reject_only_their_line() -> None:
+    """Escaped (the usual form) and raw in a str line (an API caller): each rejected, the
+    lines around it accepted; a name salvaged from broken JSON is never made up."""
+    good = json.dumps(make_record())
+    escaped = json.dumps(make_record(index=1, extra="\ud800"))
+    raw = json.dumps(make_record(index=2, extra="\ud800"), ensure_ascii=False)
+    broken = '{"sync_id": "s\ud800", "connector_id": "okta\udc00", "status": '
+    results = list(parse_lines([good, escaped, raw, broken, good.replace('"okta-prod:0"',
+                                                                         '"okta-prod:3"')],
+                               now=NOW))
+    assert [type(r).__name__ for r in results] == ["Accepted", "Violation", "Violation",
+                                                   "Violation", "Accepted"]
+    assert results[1].field == results[2].field == "extra"
+    assert (results[3].sync_id, results[3].connector_id) == (None, None)
+    assert "\\ud800" in results[2].raw and "\\ud800" in results[3].raw
+
+
 def test_nested_eight_deep_is_allowed() -> None:
     record = make_record(x=[[[[[[[1]]]]]]])  # record 1 + 7 lists = 8 levels
     assert validate_record(record, now=NOW) is None
@@ -428,6 +473,10 @@ SHORT_WAY_CASES = [
     ("escaped text", json.dumps(make_record(extra="tab\tquote\"é"))),
     ("raw non-ASCII", json.dumps(make_record(extra="é😀\u2028"), ensure_ascii=False)),
     ("not an object", "[1, 2]"),
+    ("escaped lone surrogate", json.dumps(make_record(extra="\ud800"))),
+    ("escaped lone surrogate in a key", json.dumps(make_record(extra={"k\udc00": 1}))),
+    ("escaped surrogate pair", json.dumps(make_record(extra="\ud83d\ude00"))),
+    ("lone surrogate in text", json.dumps(make_record(extra="\ud800"), ensure_ascii=False)),
     ("bad count", json.dumps(make_record()).replace('"added": 3', '"added": -3')),
 ]
 
