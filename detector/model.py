@@ -17,7 +17,8 @@ Scoring a batch in time order (see :meth:`FleetModel.score`) runs the same chain
 rules and the decision. A connector's first pause in a batch switches its later syncs to
 "paused" mode (judged against the sync just before); nothing else depends on earlier
 decisions, so two vectorised passes give exactly what one-at-a-time scoring gives; the
-second pass re-scores only the connectors that got a new pause in the first.
+second pass re-scores only the syncs after a connector's first new pause (their
+references and times still come from every sync before them).
 
 ``score`` is ``-log10(tail_probability)``, so it is comparable across connectors and
 does not saturate; ``cutoff`` is ``-log10(alpha)`` where ``alpha`` is the per-sync
@@ -678,12 +679,16 @@ class FleetModel:
             .group_by("connector_id")
             .agg((pl.col("seq").min() + 1).alias("paused_seq"))
         )
+        # Connectors are judged independently, so only those with a new pause need the
+        # second pass, and of theirs only the syncs after the pause: the earlier ones are
+        # judged in the same mode against the same references in both passes.
+        new_pauses = new_pauses.join(
+            first["syncs"].group_by("connector_id").agg(pl.col("seq").max().alias("_last")),
+            on="connector_id",
+        ).filter(pl.col("paused_seq") <= pl.col("_last")).drop("_last")
         final = first
         if new_pauses.height:
-            # Connectors are judged independently, so only those with a new pause need
-            # the second pass; everyone else keeps the first pass's frames as they are.
-            affected = new_pauses["connector_id"].implode()
-            mine = pl.col("connector_id").is_in(affected)
+            mine = pl.col("connector_id").is_in(new_pauses["connector_id"].implode())
             syncs_p = syncs.filter(mine)
             second = self._score_pass(
                 syncs_p,
@@ -692,15 +697,25 @@ class FleetModel:
                 facts.filter(mine),
                 new_pauses,
             )
-            final = _merge_passes(first, second, affected)
+            final = _merge_passes(first, second)
         return self._result(final, state, facts)
 
     def _score_pass(self, syncs, measures, state, facts, paused_from):
+        """One vectorised pass; with ``paused_from``, only its connectors' syncs from
+        ``paused_seq`` on are judged (features, times and cold-start intervals still come
+        from every sync given, so the first judged sync has its references)."""
         syncs, features = build_features(
             syncs, measures, state=state, connector_facts=facts, paused_from_seq=paused_from
         )
         known = set(self.intervals_.filter(pl.col("n_syncs") >= self.min_history)["connector_id"])
         intervals = _score_intervals(syncs, self.intervals_)
+        if paused_from is not None:
+            syncs = (
+                syncs.join(paused_from, on="connector_id", how="inner")
+                .filter(pl.col("seq") >= pl.col("paused_seq"))
+                .drop("paused_seq")
+            )
+            features = features.filter(pl.col("row").is_in(syncs["row"].implode()))
         ivals = intervals.select("connector_id", "interval_s")
         is_own = pl.col("connector_id").is_in(list(known))
         own_rows = features.filter(is_own)
@@ -1110,15 +1125,16 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     return [f + sign for f in sorted(chosen) for sign in "+-"]
 
 
-def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:
-    """The first scoring pass with the ``affected`` connectors' frames taken from the second.
+def _merge_passes(first: dict, second: dict) -> dict:
+    """The first scoring pass with the syncs the second one judged taken from it.
 
     Only what :meth:`FleetModel._result` reads is merged: the residuals of flagged syncs
-    (the reasons) and the feature columns the next state is built from. Rows are not
-    re-sorted: ``_result`` orders what it returns by ``row`` (rule hits keep their order
-    within a row), so nothing depends on frame order.
+    (the reasons); the feature columns the next state is built from (values and times) are
+    the same in both passes, so the first pass's are kept whole. Rows are not re-sorted:
+    ``_result`` orders what it returns by ``row`` (rule hits keep their order within a
+    row), so nothing depends on frame order.
     """
-    keep = ~pl.col("connector_id").is_in(affected)
+    keep = ~pl.col("row").is_in(second["syncs"]["row"].implode())
 
     def flagged(part: dict) -> pl.DataFrame:
         rows = part["decided"].filter(pl.col("decision") != "proceed")["row"].implode()
@@ -1126,18 +1142,11 @@ def _merge_passes(first: dict, second: dict, affected: pl.Series) -> dict:
 
     out = {
         key: pl.concat([first[key].filter(keep), second[key]], how="diagonal_relaxed")
-        for key in ("syncs", "decided")
+        for key in ("syncs", "decided", "hits")
     }
     out["resid"] = pl.concat([flagged(first).filter(keep), flagged(second)],
                              how="diagonal_relaxed")
-    out["features"] = pl.concat(
-        [part.select(_NEXT_STATE_COLUMNS) for part in (first["features"].filter(keep),
-                                                       second["features"])],
-        how="vertical_relaxed",
-    )
-    # Rule hits carry no connector: keep the first pass's hits of the other connectors' rows.
-    rows_p = second["syncs"]["row"].implode()
-    out["hits"] = pl.concat([first["hits"].filter(~pl.col("row").is_in(rows_p)), second["hits"]])
+    out["features"] = first["features"].select(_NEXT_STATE_COLUMNS)
     return out
 
 

@@ -461,6 +461,31 @@ def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
     assert duration.height == 1
 
 
+def test_the_second_pass_judges_only_the_syncs_after_a_new_pause(fleet, monkeypatch):
+    """The paused mode's second pass judges a connector's syncs after its first new pause
+    only (the ones before are judged alike in both passes); a pause on a connector's last
+    sync of the batch needs no second pass. The results stay those of one sync at a time
+    (tests above)."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:8]
+    okta[2]["resources"]["user"]["count"] //= 3
+    judged = []
+    real = FleetModel._score_pass
+
+    def spy(self, *args):
+        out = real(self, *args)
+        judged.append(sorted(out["decided"]["sync_id"]))
+        return out
+
+    monkeypatch.setattr(FleetModel, "_score_pass", spy)
+    out = model.score(okta, state=state, facts=facts).results
+    assert out["decision"].to_list()[:3] == ["proceed", "proceed", "pause"]
+    assert judged == [sorted(r["sync_id"] for r in okta), sorted(r["sync_id"] for r in okta[3:])]
+    judged.clear()
+    assert model.score(okta[:3], state=state, facts=facts).results["decision"][2] == "pause"
+    assert len(judged) == 1
+
+
 def test_model_round_trips_through_a_model_file(fleet, tmp_path):
     model, _, test, state, facts = fleet
     arrays, config = model.to_arrays()
