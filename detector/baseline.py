@@ -249,21 +249,23 @@ class SeasonalBaseline:
         needed += ["current_size", "exposure", "gap_s"]
         needed += ["started_at"] if self.method == "stl" else []
         slim = features.select(*dict.fromkeys(needed))
-        # Whole key groups in chunks of about _CHUNK_ROWS rows: every series is fitted from
-        # its own rows only, so chunks give the same baseline as one pass, in less memory.
-        sizes = slim.group_by(k).len().sort(k)
-        chunk = (sizes["len"].cum_sum() - sizes["len"]) // _CHUNK_ROWS
-        parts = [
-            self._fit_part(
-                slim
-                if chunk.max() == 0
-                else slim.filter(pl.col(k).is_in(ids[k].implode())),
-                intervals,
-            )
-            for ids in sizes.select(k, chunk.alias("_chunk")).partition_by(
-                "_chunk", include_key=False, maintain_order=True
-            )
-        ]
+        # Series in chunks of about _CHUNK_ROWS rows: every series is fitted from its own
+        # rows only, so chunks give the same baseline as one pass, in less memory. Key
+        # groups stay whole, but one larger than a chunk (a pooled kind, the fleet's "*")
+        # is cut by measure.
+        sizes = slim.group_by(k, "measure").len().sort(k, "measure")
+        per_key = sizes.group_by(k, maintain_order=True).agg(pl.col("len").sum())
+        if per_key["len"].sum() <= _CHUNK_ROWS:
+            parts = [self._fit_part(slim, intervals)]
+        else:
+            small = per_key.filter(pl.col("len") <= _CHUNK_ROWS)
+            chunks = [pl.col(k).is_in(ids[k].implode()) for ids in _chunks(small, k)]
+            for key in per_key.filter(pl.col("len") > _CHUNK_ROWS)[k].to_list():
+                chunks += [
+                    (pl.col(k) == key) & pl.col("measure").is_in(ids["measure"].implode())
+                    for ids in _chunks(sizes.filter(pl.col(k) == key), "measure")
+                ]
+            parts = [self._fit_part(slim.filter(rows), intervals) for rows in chunks]
         merged = type(self).concat(parts)
         self.series_, self.profile_ = merged.series_, merged.profile_
         return self
@@ -650,6 +652,15 @@ class SeasonalBaseline:
             pl.Series("range_lo", out[:, 1]),
             pl.Series("range_hi", out[:, 2]),
         )
+
+
+def _chunks(sizes: pl.DataFrame, name: str) -> list[pl.DataFrame]:
+    """Consecutive values of column ``name`` holding about ``_CHUNK_ROWS`` rows together
+    (``sizes`` gives each value's ``len``)."""
+    chunk = (sizes["len"].cum_sum() - sizes["len"]) // _CHUNK_ROWS
+    return sizes.select(name, chunk.alias("_chunk")).partition_by(
+        "_chunk", include_key=False, maintain_order=True
+    )
 
 
 def _stl_bucket_medians(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

@@ -707,3 +707,25 @@ def test_array_forest_thresholds_are_the_float32_below_the_drawn_ones():
     forest = ArrayIsolationForest(n_estimators=5, random_state=0)
     a = forest.fit([rng.normal(size=(300, 3))]).arrays_
     assert a["threshold"].dtype == np.float32 and a["left"].dtype == np.int32
+
+
+def test_baseline_fitted_in_chunks_of_series_is_the_one_pass_baseline(fleet, monkeypatch):
+    """Chunks of whole key groups, a group larger than a chunk cut by measure: every
+    series is fitted from its own rows, so the same tables as one pass."""
+    import detector.baseline as baseline_module
+    from detector.baseline import SeasonalBaseline
+    from detector.model import _intervals, _with_fleet_copy
+
+    _, history, _, _, _ = fleet
+    syncs, features = build_features(*prepare(history))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    for key, rows in (("connector_id", features), ("connector_kind", _with_fleet_copy(features))):
+        one_pass = SeasonalBaseline(key=key).fit(rows, ivals)
+        # Smaller than any connector's rows: every key group is cut by measure.
+        monkeypatch.setattr(baseline_module, "_CHUNK_ROWS", rows.height // 40)
+        chunked = SeasonalBaseline(key=key).fit(rows, ivals)
+        monkeypatch.undo()
+        for table in ("series_", "profile_"):
+            pl.testing.assert_frame_equal(
+                getattr(chunked, table), getattr(one_pass, table), check_column_order=False
+            )
