@@ -456,8 +456,30 @@ class FleetModel:
         rows: pl.DataFrame,
         ivals: pl.DataFrame,
         group_index: dict[str, int],
+        *,
+        whole: bool = False,
     ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """``(group index, group matrices)`` of each group of a part, from its ``rows``."""
+        """``(group index, group matrices)`` of each group of a part, from its ``rows``
+        (``whole``: in one pass)."""
+        row = rows["row"]
+        if not whole and rows.height > _XFIT_CHUNK_ROWS and row.is_sorted():
+            # A pooled group (every sync of a kind, or of the fleet): its residuals and
+            # matrices a slice of whole syncs at a time, stacked in row order as one
+            # pass would give them.
+            r = row.to_numpy()
+            cuts = np.unique(np.searchsorted(r, r[_XFIT_CHUNK_ROWS::_XFIT_CHUNK_ROWS]))
+            bounds = np.r_[0, cuts, len(r)]
+            pieces = [
+                self._part_matrices(
+                    part, base, rows.slice(lo, hi - lo), ivals, group_index, whole=True
+                )
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+                if hi > lo
+            ]
+            return [
+                (g, tuple(np.concatenate(m) for m in zip(*(p[i][1] for p in pieces), strict=True)))
+                for i, (g, _) in enumerate(pieces[0])
+            ]
         reference = pl.lit(True) if part.key == "connector_kind" else None
         resid = base.residuals(rows, ivals, against_reference=reference)
         return self._resid_matrices(part, resid, group_index)
