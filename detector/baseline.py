@@ -303,13 +303,7 @@ class SeasonalBaseline:
             winsor_quantile=self.winsor_quantile,
         )
         rows = rows.join(intervals, on="connector_id", how="left").with_columns(
-            transform_expr(
-                pl.col("value"),
-                kind=pl.col("kind"),
-                reference=pl.col("reference"),
-                size=pl.col("current_size"),
-            ).alias("x"),
-            self._exposure_expr().alias("exposure_eff"),
+            *self._observed_columns()
         )
         level_cols = [k, "measure", "bucket", "kind", "x"]
         level_cols += ["started_at"] if self.method == "stl" else []
@@ -335,6 +329,17 @@ class SeasonalBaseline:
             pl.col("tail_width").fill_null(1.0)
         )
         return part
+
+    def _observed_columns(self) -> tuple[pl.Expr, pl.Expr]:
+        """``x`` (the value on its judging scale) and ``exposure_eff``: fitting and
+        scoring read a row the same way."""
+        x = transform_expr(
+            pl.col("value"),
+            kind=pl.col("kind"),
+            reference=pl.col("reference"),
+            size=pl.col("current_size"),
+        )
+        return x.alias("x"), self._exposure_expr().alias("exposure_eff")
 
     def _exposure_expr(self) -> pl.Expr:
         """What an event count is relative to: size x time for churn, 1 for API events."""
@@ -537,13 +542,7 @@ class SeasonalBaseline:
             .join(self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left")
             .join(self.profile_, on=[*keys, "bucket"], how="left", maintain_order="left")
             .with_columns(
-                transform_expr(
-                    pl.col("value"),
-                    kind=pl.col("kind"),
-                    reference=pl.col("reference"),
-                    size=pl.col("current_size"),
-                ).alias("x"),
-                self._exposure_expr().alias("exposure_eff"),
+                *self._observed_columns(),
                 pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
             )
         )
@@ -564,16 +563,18 @@ class SeasonalBaseline:
         # Pooled models know the kind's level, not this connector's: the reference only. A
         # paused connector's measure must be off both its learned level and the sync just
         # before: a level shift that persists (or data coming back) then pauses no more.
-        z_lvl, z_ref = (
-            (pl.col("x") - pl.col(f"expected_x{c}")) / pl.col(f"scale{c}") for c in ("_lvl", "_ref")
+        rows = rows.with_columns(
+            ((pl.col("x") - pl.col(f"expected_x{c}")) / pl.col(f"scale{c}")).alias(f"z{c}")
+            for c in ("_lvl", "_ref")
         )
-        use_ref = judge_ref & (pl.lit(k == "connector_kind") | (z_ref.abs() < z_lvl.abs()))
+        use_ref = judge_ref & (
+            pl.lit(k == "connector_kind") | (pl.col("z_ref").abs() < pl.col("z_lvl").abs())
+        )
         rows = rows.with_columns(
             pl.when(use_ref).then(pl.col(f"{c}_ref")).otherwise(pl.col(f"{c}_lvl")).alias(c)
-            for c in ("expected_x", "scale")
-        ).drop("expected_x_lvl", "scale_lvl", "expected_x_ref", "scale_ref")
-        z_level = ((pl.col("x") - pl.col("expected_x")) / pl.col("scale")).clip(-Z_CLIP, Z_CLIP)
-        rows = rows.with_columns(z_level.alias("z"))
+            for c in ("expected_x", "scale", "z")
+        ).drop(f"{c}{m}" for c in ("expected_x", "scale", "z") for m in ("_lvl", "_ref"))
+        rows = rows.with_columns(pl.col("z").clip(-Z_CLIP, Z_CLIP))
         events = (pl.col("kind") == "events") & pl.col("dispersion").is_not_null()
         ev = rows.select(events.alias("m"), "value", "mu", "dispersion")
         mask = ev["m"].fill_null(False).to_numpy()
@@ -600,7 +601,8 @@ class SeasonalBaseline:
             p = _ufuncs.expit(small["expected_x"].to_numpy()[mask])
             # The sync-to-sync spread of the rate beyond the binomial noise at this size.
             spread = small["scale"].to_numpy()[mask] * p * (1.0 - p)
-            between = np.maximum(spread**2 - p * (1.0 - p) / n, (0.05 * p * (1.0 - p)) ** 2)
+            floor = _SCALE_FLOOR["rate"] * p * (1.0 - p)
+            between = np.maximum(spread**2 - p * (1.0 - p) / n, floor**2)
             z[mask] = betabinom_signed_z(
                 np.rint(small["value"].to_numpy()[mask] * n), n, p, np.sqrt(between)
             )
