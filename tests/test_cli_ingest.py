@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from conftest import make_record, make_records, run_syncguard, write_jsonl
@@ -183,12 +184,14 @@ def test_unexpected_exception_is_exit_1_without_traceback(
 
 
 def test_every_command_has_help() -> None:
-    for command in [None, *(c.name for c in COMMANDS)]:
+    for command in [None, *COMMANDS]:
         args = [command, "--help"] if command else ["--help"]
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0
         assert "Usage:" in result.output
-        help_text = (cli if command is None else cli.commands[command]).help
+        found = cli if command is None else cli.get_command(click.Context(cli), command)
+        assert found is not None and (command is None or found.name == command)
+        help_text = found.help
         assert help_text and len(help_text.split()) >= 8, command
 
 

@@ -1,41 +1,35 @@
 """The ``syncguard`` command group: global options and the one place errors are shown.
 
-Commands live one per module in this package and are registered in :data:`COMMANDS`;
-each returns an exit code (or raises :class:`~detector.errors.SyncguardError`), and only
+Commands live one per module in this package and are registered in :data:`COMMANDS`
+by name; a command's module is imported only when that command runs or help lists it,
+so ``syncguard score`` does not pay for the imports of ``demo`` or ``backtest``. Each
+command returns an exit code (or raises :class:`~detector.errors.SyncguardError`), and only
 this module decides what a person sees when something goes wrong.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
 import click
 
 from detector import __version__
-from detector.cli import (
-    backtest,
-    demo,
-    freshness,
-    ingest,
-    label,
-    models,
-    resume,
-    score,
-    simulate,
-    status,
-    train,
-)
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
 __all__ = ["cli", "COMMANDS"]
 
-COMMANDS: list[click.Command] = [simulate.command, ingest.command, status.command,
-                                 backtest.command, demo.command, train.command,
-                                 models.command, score.command, resume.command,
-                                 label.command, freshness.command]
-"""Registered subcommands; a new command module appends its ``command`` here."""
+COMMANDS: dict[str, str] = {
+    name: f"detector.cli.{module}" for name, module in (
+        ("simulate", "simulate"), ("ingest", "ingest"), ("status", "status"),
+        ("backtest", "backtest"), ("demo", "demo"), ("train", "train"),
+        ("models", "models"), ("score", "score"), ("resume", "resume"),
+        ("label", "label"), ("check-freshness", "freshness"))
+}
+"""Registered subcommands: name -> the module whose ``command`` it is; a new command
+module adds itself here."""
 
 DEBUG_ENV = "SYNCGUARD_DEBUG"
 
@@ -48,7 +42,20 @@ class SyncguardGroup(click.Group):
 
     Click's own usage errors keep click's handling (exit 2). Set ``SYNCGUARD_DEBUG=1``
     to get the traceback instead.
+
+    Commands come from :data:`COMMANDS`, each module imported on first use (a cold
+    ``syncguard score`` imports the score path only).
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = importlib.import_module(module).command
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -77,10 +84,6 @@ def cli(ctx: click.Context, home: str | None) -> None:
     """syncguard: score identity-connector syncs against each connector's learned normal
     behaviour, and pause the ones that cannot be trusted."""
     ctx.obj = resolve_home(home)
-
-
-for _command in COMMANDS:
-    cli.add_command(_command)
 
 
 if __name__ == "__main__":  # python -m detector.cli.main, used by tests and benchmarks

@@ -37,12 +37,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import jsonschema
 import orjson
 
 from detector.errors import SyncguardError
+
+if TYPE_CHECKING:  # imported by _validator: scoring emits events without validating them
+    import jsonschema
 
 __all__ = [
     "EVENT_VERSION",
@@ -492,6 +494,8 @@ def schema() -> dict[str, Any]:
 @cache
 def _validator(kind: str | None = None) -> jsonschema.Draft202012Validator:
     """Validator for one variant (``kind``) or, for unknown kinds, the whole schema."""
+    import jsonschema
+
     root = schema()
     # Validating the chosen variant directly gives readable errors; oneOf errors are not.
     target = {"$defs": root["$defs"], **root["$defs"][kind]} if kind else root
