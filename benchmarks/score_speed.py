@@ -1,7 +1,7 @@
 """Scoring speed: batch syncs/s end to end, and one sync from a cold process.
 
 Run: ``.venv/bin/python benchmarks/score_speed.py [--connectors 100] [--days 30]
-[--score-days 7] [--runs 3] [--singles 5] [--profile]``
+[--score-days 7] [--runs 3] [--singles 5] [--profile] [--no-bytecode]``
 
 A simulated fleet's history is stored, a model fitted on it is installed as the champion
 and the last two days of history are scored once, so every connector has saved state
@@ -17,6 +17,12 @@ and the last two days of history are scored once, so every connector has saved s
   imports, champion): the rate once the process runs;
 * **single sync, cold process**: ``syncguard score ONE.jsonl`` for the next sync of one
   connector, each in a new interpreter; median of ``--singles`` runs.
+
+The CLI processes read syncguard's modules as compiled bytecode, as an installed package
+does (``pip install`` compiles it): it is compiled once, untimed, into a cache in the
+benchmark's temporary directory (``PYTHONPYCACHEPREFIX``), because a development shell
+with ``PYTHONDONTWRITEBYTECODE=1`` would otherwise have every process compile each module
+again (~0.1-0.2 s CPU). ``--no-bytecode`` times them that way instead.
 
 The in-process runs hand the service the input as the CLI does (a generator: parsing runs
 inside ``score_items``). The breakdown row times each stage of one more in-process run,
@@ -172,12 +178,26 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cli(home: Home, *args: str,
-        cpu: list[float] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Wall seconds of ``syncguard --home HOME ARGS`` in a new interpreter (its CPU
-    seconds appended to ``cpu`` when given)."""
+def _env(pycache: Path | None) -> dict[str, str]:
+    """The CLI processes' environment: this checkout first, and the bytecode cache."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SYNCGUARD_HOME", None)
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+def compile_bytecode(pycache: Path) -> None:
+    """Compile syncguard's modules into ``pycache`` (what installing the package does)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "detector")],
+                   env=_env(pycache), check=True)
+
+
+def cli(home: Home, *args: str, cpu: list[float] | None = None,
+        pycache: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of ``syncguard --home HOME ARGS`` in a new interpreter (its CPU
+    seconds appended to ``cpu`` when given; bytecode read from ``pycache`` when given)."""
+    env = _env(pycache)
     cpu0 = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "detector.cli.main", "--home",
@@ -202,6 +222,8 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-bytecode", action="store_true",
+                        help="CLI processes compile syncguard's modules each time")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="syncguard-bench-") as tmp:
@@ -213,6 +235,9 @@ def main() -> None:
               f"model: {args.trees} trees; scoring the last {args.score_days} days: {n} syncs "
               f"(set-up {time.perf_counter() - t0:.0f} s, not timed)")
         load_scoring_model(base)  # warm the file cache for every run alike
+        pycache = None if args.no_bytecode else work / "pycache"
+        if pycache is not None:
+            compile_bytecode(pycache)
 
         load_before = os.getloadavg()[0]
         in_proc, in_cpu = [], []
@@ -242,7 +267,8 @@ def main() -> None:
                                  cpu=cli_cpu)
             via_cli.append(seconds)
         home = fresh_copy(base, work / "single")
-        single = [cli(home, "score", str(path))[0] for path in singles[:args.singles]]
+        single = [cli(home, "score", str(path), pycache=pycache)[0]
+                  for path in singles[:args.singles]]
 
     med_in, med_first, med_cli, med_one = (statistics.median(x) for x in (
         in_proc, first_run, via_cli, single))
@@ -267,7 +293,9 @@ def main() -> None:
          f"min {min(single):.2f} / max {max(single):.2f}", "<= 1.5 s"),
     ]
     print(f"\nmedian of {args.runs} runs, each on a fresh copy of the home; load average "
-          f"{load_before:.1f} before the timed runs, {os.getloadavg()[0]:.1f} after\n")
+          f"{load_before:.1f} before the timed runs, {os.getloadavg()[0]:.1f} after; CLI "
+          f"processes {'compile every module' if pycache is None else 'read compiled bytecode'}"
+          "\n")
     print(f"{'measure':<44} {'result':>16}  {'time':>22}  target")
     for name, value, secs, target in rows:
         print(f"{name:<44} {value:>16}  {secs:>22}  {target}")
