@@ -238,7 +238,8 @@ def test_check_freshness_exit_0_when_all_fresh(tmp_path: Path) -> None:
 def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet: Fleet,
                                                        tmp_path: Path) -> None:
     """The cold-start path: a `syncguard score` process loads none of the heavy libraries
-    it does not need (the champion comes from the local cache, not from MLflow)."""
+    it does not need (the champion comes from the local cache, not from MLflow), nor the
+    modules of other commands, and collects garbage rarely."""
     path = write_jsonl(tmp_path / "one.jsonl", fleet.test[:1])
     probe = (
         "import runpy, sys\n"
@@ -249,6 +250,10 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
         "    code = exc.code\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules}\n"
         "               & {'mlflow', 'sklearn', 'matplotlib', 'statsmodels', 'training'})\n"
+        "heavy += sorted(m for m in sys.modules if m.startswith('detector.cli.')\n"
+        "                and m[13:] not in ('main', 'score', 'options', 'sinks'))\n"
+        "import gc\n"
+        "print('GC', gc.get_threshold()[0], file=sys.stderr)\n"
         "print('HEAVY', code, heavy, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
@@ -256,3 +261,8 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
                           check=True)
     assert json.loads(done.stdout)["model_version"] == "1"  # it did score with the model
     assert done.stderr.strip().splitlines()[-1] in ("HEAVY 0 []", "HEAVY 3 []")
+    # The program (python -m, as the console script) collects garbage rarely.
+    from detector.cli.main import RARE_GC_THRESHOLD
+
+    assert done.stderr.strip().splitlines()[-2] == f"GC {RARE_GC_THRESHOLD}"
+

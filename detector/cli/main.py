@@ -9,6 +9,7 @@ this module decides what a person sees when something goes wrong.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from typing import Any
@@ -19,7 +20,7 @@ from detector import __version__
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
-__all__ = ["cli", "COMMANDS"]
+__all__ = ["cli", "main", "COMMANDS", "RARE_GC_THRESHOLD"]
 
 COMMANDS: dict[str, str] = {
     name: f"detector.cli.{module}" for name, module in (
@@ -32,6 +33,10 @@ COMMANDS: dict[str, str] = {
 module adds itself here."""
 
 DEBUG_ENV = "SYNCGUARD_DEBUG"
+
+RARE_GC_THRESHOLD = 50_000
+"""Container allocations between young-generation garbage collections in a syncguard
+process (CPython's default is 700)."""
 
 
 class SyncguardGroup(click.Group):
@@ -86,5 +91,19 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj = resolve_home(home)
 
 
-if __name__ == "__main__":  # python -m detector.cli.main, used by tests and benchmarks
+def main() -> None:
+    """The ``syncguard`` program: :func:`cli`, collecting garbage rarely.
+
+    A command's imports and a scoring batch allocate a few hundred thousand container
+    objects that live on (modules, classes) or that reference counting frees (records,
+    events), with few cycles among them; at CPython's default threshold the collector ran
+    ~300 times in a cold ``syncguard score`` of 3,087 syncs, 0.1-0.15 s of CPU finding
+    next to nothing. Cycles are still collected, only later; the process ends after its
+    one command, so nothing needs restoring.
+    """
+    gc.set_threshold(RARE_GC_THRESHOLD, *gc.get_threshold()[1:])
     cli()
+
+
+if __name__ == "__main__":  # python -m detector.cli.main, used by tests and benchmarks
+    main()
