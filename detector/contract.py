@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -138,6 +139,9 @@ class Accepted:
         The canonical JSON text itself (sorted keys, compact), as the store keeps it.
     source : str or None
         Input the record came from, when known.
+    times : tuple of datetime, or None
+        ``started_at`` and ``finished_at`` as validation parsed them (the store reuses
+        them instead of parsing again); None on a record built by hand.
     """
 
     line: int | None
@@ -145,6 +149,8 @@ class Accepted:
     content_hash: str
     canonical: str = ""
     source: str | None = None
+    times: tuple[datetime, datetime] | None = dataclasses.field(default=None, compare=False,
+                                                               repr=False)
 
     def reject(self, field: str, rule: str) -> Violation:
         """This record turned away by a rule the store decides (it needs history, such
@@ -579,7 +585,7 @@ def _fast_line(text: str, *, line: int, now: datetime | None,
     if data.count(b'"') != text.count('"') or _risky(data) or len(data) > MAX_RECORD_BYTES:
         return None
     return Accepted(line=line, record=obj, content_hash=hashlib.sha256(data).hexdigest(),
-                    canonical=data.decode("utf-8"), source=source)
+                    canonical=data.decode("utf-8"), source=source, times=times)
 
 
 def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | None,
@@ -627,7 +633,8 @@ def _check(obj: object, *, line: int | None, now: datetime | None, raw: str | No
     if len(data) > MAX_RECORD_BYTES:
         return reject(WHOLE_RECORD, "must not be larger than 1 MiB")
     digest = hashlib.sha256(data).hexdigest()
-    return Accepted(line=line, record=obj, content_hash=digest, canonical=text, source=source)
+    return Accepted(line=line, record=obj, content_hash=digest, canonical=text, source=source,
+                    times=(started, finished))
 
 
 def validate_record(obj: object, *, line: int | None = None,

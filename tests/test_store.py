@@ -143,6 +143,27 @@ def test_history_keeps_unknown_keys_and_normalises_offsets(store: Store) -> None
     assert text == "2025-03-03T00:00:00.500000Z"
 
 
+def test_ingest_reuses_the_times_validation_parsed(store: Store,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed records carry their times into the store (no second parse); a record built
+    by hand, without them, is parsed there: both store the same text and epoch."""
+    from detector.contract import Accepted
+
+    parsed = _items([make_record(index=0, started_at="2025-03-03T02:00:00.5+02:00",
+                                 finished_at="2025-03-03T00:05:00Z")])
+    by_hand = [Accepted(line=None, record=dict(parsed[0].record, sync_id="by-hand"),
+                        content_hash="h")]
+    assert parsed[0].times is not None and by_hand[0].times is None
+    with monkeypatch.context() as patch:
+        patch.setattr(syncs_module, "parse_timestamp", None)  # any call would fail
+        store.ingest(parsed, source="x", in_time_order=True)
+    store.ingest(by_hand, source="x", in_time_order=True)
+    rows = store.conn.execute("SELECT started_at, started_ts, finished_at, finished_ts "
+                              "FROM syncs ORDER BY sync_id").fetchall()
+    assert rows[0] == rows[1] == ("2025-03-03T00:00:00.500000Z", 1740960000.5,
+                                  "2025-03-03T00:05:00Z", 1740960300.0)
+
+
 def test_connector_status_lists_rejected_only_connectors(store: Store) -> None:
     items = _items(make_records(1, 2, kinds=("okta",)))
     items += list(parse_lines(['{"connector_id": "vault-1", "sync_id": "v"}', "{oops"],

@@ -129,10 +129,16 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+def _times(item: Accepted) -> tuple[datetime | None, datetime | None]:
+    """The record's start and finish: as validation parsed them, else parsed here."""
+    if item.times is not None:
+        return item.times
+    return parse_timestamp(item.record["started_at"]), parse_timestamp(item.record["finished_at"])
+
+
 def _sync_row(item: Accepted, source: str, now: str) -> tuple[Any, ...]:
-    rec = item.record  # an Accepted built by hand may lack the canonical text
-    started = parse_timestamp(rec["started_at"])
-    finished = parse_timestamp(rec["finished_at"])
+    rec = item.record  # an Accepted built by hand may lack the canonical text and times
+    started, finished = _times(item)
     assert started is not None and finished is not None  # guaranteed by the contract
     return (rec["sync_id"], rec["connector_id"], rec.get("connector_kind"),
             _utc_text(started), started.timestamp(), _utc_text(finished), finished.timestamp(),
@@ -158,7 +164,7 @@ def _too_late(batch: list[Accepted | Violation], stored: dict[str, str],
     for item in batch:
         if isinstance(item, Accepted) and item.record["sync_id"] not in stored:
             limit = last.get(item.record["connector_id"])
-            started = parse_timestamp(item.record["started_at"])
+            started = _times(item)[0]
             if limit is not None and started is not None and started.timestamp() < limit:
                 when = _utc_text(datetime.fromtimestamp(limit, UTC))
                 violation = item.reject(
