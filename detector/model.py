@@ -962,8 +962,10 @@ class FleetModel:
             for col in frame.columns:
                 values = frame[col].to_numpy()
                 if values.dtype == object:
-                    values = frame[col].fill_null("").to_numpy().astype(str)
-                arrays[f"{name}/{col}"] = values
+                    arrays.update(_text_codes(f"{name}/{col}",
+                                              frame[col].fill_null("").to_numpy().astype(str)))
+                else:
+                    arrays[f"{name}/{col}"] = values
         arrays.update({f"forest/{k}": v for k, v in self.forest_.arrays_.items()})
         for key, cal in self.calibrators_.items():
             arrays.update(cal.to_arrays(f"calibration/{key}/"))
@@ -995,15 +997,19 @@ class FleetModel:
             random_state=config["random_state"],
         )
 
-        def frame(name: str) -> pl.DataFrame:
-            schema = config["frames"][name]
-            cols = {c: arrays[f"{name}/{c}"] for c in schema}
+        def column(key: str) -> pl.Series | np.ndarray:
+            if f"{key}{_CODES}" in arrays:  # text as codes into its distinct values
+                distinct = pl.Series(arrays[f"{key}{_DISTINCT}"].tolist(), dtype=pl.String)
+                return distinct.gather(arrays[f"{key}{_CODES}"])
+            values = arrays[key]  # a model file written before text was coded
             # Fixed-width numpy text goes through a list: polars reads numpy's "<U" arrays
             # several times slower, and model loading is part of every cold score.
-            out = pl.DataFrame({
-                c: pl.Series(c, v.tolist(), dtype=pl.String) if v.dtype.kind == "U" else v
-                for c, v in cols.items()
-            })
+            return pl.Series(values.tolist(), dtype=pl.String) if values.dtype.kind == "U" \
+                else values
+
+        def frame(name: str) -> pl.DataFrame:
+            schema = config["frames"][name]
+            out = pl.DataFrame({c: column(f"{name}/{c}") for c in schema})
             casts = {}
             for c, t in schema.items():
                 if t.startswith("String"):
@@ -1039,6 +1045,21 @@ class FleetModel:
 
 
 # ---------------------------------------------------------------- helpers
+_DISTINCT, _CODES = "@distinct", "@codes"
+
+
+def _text_codes(key: str, text: np.ndarray) -> dict[str, np.ndarray]:
+    """A text column as its sorted distinct values and each row's code into them.
+
+    A model's text columns are keys (connector, measure, kind) repeated over thousands of
+    rows: as fixed-width text they were over half of a model file's bytes, inflated and
+    turned into Python strings at every cold score; coded they are a few kilobytes.
+    """
+    distinct, codes = np.unique(text, return_inverse=True)
+    smallest = np.min_scalar_type(max(len(distinct) - 1, 0))
+    return {f"{key}{_DISTINCT}": distinct, f"{key}{_CODES}": codes.reshape(-1).astype(smallest)}
+
+
 def _resource_prefix(measure: pl.Expr) -> pl.Expr:
     """``user.`` for a measure of the ``user`` resource type; null for sync, API, metrics."""
     resource = ~(

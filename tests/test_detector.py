@@ -486,6 +486,36 @@ def test_the_second_pass_judges_only_the_syncs_after_a_new_pause(fleet, monkeypa
     assert len(judged) == 1
 
 
+def _model_frames(model: FleetModel) -> dict[str, pl.DataFrame]:
+    return {"intervals": model.intervals_, "columns": model.columns_,
+            "expected_resources": model.expected_resources_,
+            "baseline.series": model.baseline_.series_,
+            "baseline.profile": model.baseline_.profile_,
+            "pooled.series": model.pooled_baseline_.series_,
+            "pooled.profile": model.pooled_baseline_.profile_}
+
+
+def test_model_file_text_is_coded_and_uncoded_files_still_load(fleet):
+    """Text columns are saved as distinct values and codes; a model file written before
+    (whole fixed-width text columns) rebuilds the very same frames."""
+    model = fleet[0]
+    arrays, config = model.to_arrays()
+    coded = [k.removesuffix("@codes") for k in arrays if k.endswith("@codes")]
+    assert "baseline.profile/measure" in coded and "baseline.profile/connector_id" in coded
+    for key in coded:
+        distinct = arrays[f"{key}@distinct"]
+        assert distinct.dtype.kind == "U" and len(np.unique(distinct)) == len(distinct)
+        assert arrays[f"{key}@codes"].dtype.kind == "u"
+    uncoded = {k: v for k, v in arrays.items() if "@" not in k}
+    uncoded.update({key: arrays[f"{key}@distinct"][arrays[f"{key}@codes"]] for key in coded})
+    assert not any(k.endswith("/measure") for k in arrays)  # no whole text column left
+    new = _model_frames(FleetModel.from_arrays(arrays, config))
+    old = _model_frames(FleetModel.from_arrays(uncoded, config))
+    for name, frame in _model_frames(model).items():
+        polars.testing.assert_frame_equal(new[name], old[name])
+        assert new[name].height == frame.height
+
+
 def test_model_round_trips_through_a_model_file(fleet, tmp_path):
     model, _, test, state, facts = fleet
     arrays, config = model.to_arrays()
