@@ -25,6 +25,7 @@ __all__ = [
     "measure_kind",
     "measure_kind_expr",
     "to_struct_frame",
+    "in_sync_order",
     "syncs_frame",
     "measures_frame",
 ]
@@ -110,6 +111,23 @@ def to_struct_frame(
     if not rows:
         return pl.DataFrame(schema=_SYNC_COLUMNS)
     return pl.from_dicts(rows, infer_schema_length=None)
+
+
+def in_sync_order(wide: pl.DataFrame) -> pl.DataFrame:
+    """``wide`` (from :func:`to_struct_frame`) by connector, start (UTC) and sync_id.
+
+    A fitted model then depends on which syncs it is given, not on their order: row
+    numbers pick each isolation forest's sample, and sums of floats round by order.
+    A frame already in that order (the store reads history so) is returned as it is.
+    """
+    keys = [c for c in ("connector_id", "started_at", "sync_id") if c in wide.columns]
+    if wide.height < 2 or not keys:
+        return wide
+    by = [_timestamp(c) if c == "started_at" else pl.col(c) for c in keys]
+    order = wide.select(pl.arg_sort_by(by, nulls_last=True)).to_series().to_numpy()
+    if (order[1:] > order[:-1]).all():
+        return wide
+    return wide[order]
 
 
 def _timestamp(column: str) -> pl.Expr:

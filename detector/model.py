@@ -39,7 +39,7 @@ from detector.calibration import TailCalibrator
 from detector.explain import PERFORMANCE_MEASURES, REASON_Z, reasons_frame
 from detector.features import STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
-from detector.frame import measures_frame, syncs_frame, to_struct_frame
+from detector.frame import in_sync_order, measures_frame, syncs_frame, to_struct_frame
 from detector.policy import Policy, load_policy
 from detector.rules import rule_hits
 from detector.special import ufuncs as _ufuncs
@@ -90,17 +90,18 @@ def _history_frames(
     the rows one pass gives, while one pass's intermediates stay a part's size: one
     decode of a fleet's record texts holds every resource type's fields for every sync,
     and the features' joins, windows and sort were the fit's peak of memory. Parts are
-    runs of connectors as the frame lists them (a store history lists each connector's
-    syncs together), rows numbered on across parts; otherwise one pass.
+    runs of connectors of a frame in connector order (as the store reads history), rows
+    numbered on across parts; otherwise one pass. Either way the syncs are numbered in
+    sync order (see :func:`in_sync_order`), whatever order they came in.
     """
     if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
         ids = history["connector_id"]
-        starts = np.flatnonzero(ids.ne_missing(ids.shift(1)).to_numpy())
-        if len(starts) == ids.n_unique():  # each connector's syncs together
+        if ids.null_count() == 0 and ids.is_sorted():
+            starts = np.flatnonzero(ids.ne_missing(ids.shift(1)).to_numpy())
             cuts = starts[np.flatnonzero(np.diff(starts // _HISTORY_CHUNK_SYNCS, prepend=0))]
             bounds = np.r_[0, cuts, history.height]
             parts = [
-                build_features(*prepare(history.slice(lo, hi - lo)))
+                build_features(*_prepare_history(history.slice(lo, hi - lo)))
                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
             ]
             renumbered = [
@@ -108,7 +109,15 @@ def _history_frames(
                 for part, lo in zip(parts, bounds[:-1], strict=True)
             ]
             return tuple(pl.concat(frames) for frames in zip(*renumbered, strict=True))
-    return build_features(*prepare(history))
+    return build_features(*_prepare_history(history))
+
+
+def _prepare_history(
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`prepare` of history put in sync order (see :func:`in_sync_order`)."""
+    wide = in_sync_order(to_struct_frame(history))
+    return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from detector.events.scored import scored_events
 from detector.explain import reasons_frame
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
-from detector.frame import measure_kind, measures_frame, to_struct_frame
+from detector.frame import in_sync_order, measure_kind, measures_frame, to_struct_frame
 from detector.model import FleetModel, _tail_families, prepare, tail_family_expr
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
@@ -370,10 +370,25 @@ def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monk
     by_connector = stored.sort("connector_id", maintain_order=True)  # as the store lists them
     assert by_connector["connector_kind"].n_unique() > 2
     monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
-    for frame in (by_connector, stored):  # the second interleaves connectors: one pass
-        one_pass = build_features(*prepare(frame))
+    # One pass over the syncs in sync order; the interleaved frame takes that one pass.
+    one_pass = build_features(*prepare(in_sync_order(to_struct_frame(stored))))
+    for frame in (by_connector, stored):
         for got, want in zip(model_module._history_frames(frame), one_pass, strict=True):
             pl.testing.assert_frame_equal(got, want)
+
+
+def test_a_fitted_model_does_not_depend_on_the_order_of_its_history(fleet):
+    """The same syncs in another order give the same model, bit for bit (row numbers
+    pick the forests' samples; float sums round by order)."""
+    _, history, _, _, _ = fleet
+    shuffled = list(history)
+    np.random.default_rng(3).shuffle(shuffled)
+    a, config_a = FleetModel(n_estimators=10, n_jobs=2).fit(history).to_arrays()
+    b, config_b = FleetModel(n_estimators=10).fit(shuffled).to_arrays()
+    assert config_a == config_b
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_scored_events_are_the_frame_rows_and_their_stored_text(fleet):
