@@ -30,7 +30,9 @@ from detector.events.webhook import (
 from detector.store.db import connect
 
 SECRET = "s3cr3t-hmac-key-DO-NOT-LOG-7f9a21"
-FAST = RetryPolicy(max_attempts=4, timeout_s=0.3, backoff_base_s=0.01, backoff_max_s=0.05)
+# Time-outs far above a loaded machine's response time, so that only the tests about
+# time-outs (which set their own) ever see one.
+FAST = RetryPolicy(max_attempts=4, timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
 
 
 class Receiver:
@@ -155,9 +157,9 @@ def test_delivers_signed_event_with_idempotency_key(receiver, store_path):
 
 
 def test_5xx_and_timeouts_are_retried_then_succeed(receiver, store_path, caplog):
-    receiver.script = [500, {"sleep": 0.6}, 503, 200]
+    receiver.script = [500, {"sleep": 3.0}, 503, 200]
     sleeps: list[float] = []
-    retry = RetryPolicy(max_attempts=5, timeout_s=0.3, backoff_base_s=0.01, backoff_max_s=0.05)
+    retry = RetryPolicy(max_attempts=5, timeout_s=1.5, backoff_base_s=0.01, backoff_max_s=0.05)
     with (caplog.at_level(logging.WARNING, "syncguard.events.webhook"),
           make_sink(receiver.url, store_path, sleeps=sleeps, retry=retry) as sink):
         sink.emit(pause_event())

@@ -26,7 +26,7 @@ pytest_plugins = ["scoring_fixtures"]  # fleet, scoring_home
 def _score(home: Home, fleet: Fleet, records: list[dict], url: str, *extra: str) -> Result:
     stdin = "".join(line + "\n" for line in fleet.lines(records))
     return CliRunner().invoke(
-        cli, ["--home", str(home.root), "score", "--webhook", url, "--webhook-timeout", "0.5",
+        cli, ["--home", str(home.root), "score", "--webhook", url, "--webhook-timeout", "2",
               *extra], input=stdin, catch_exceptions=False)
 
 
@@ -48,8 +48,9 @@ def test_webhook_retries_queues_and_delivers_each_event_once_in_order(
     monkeypatch.setenv(SECRET_ENV, SECRET)
     first, second, third = fleet.test[:6], fleet.test[6:12], fleet.test[12:16]
 
-    # Up, but failing now and then: two 500s, then a reply slower than the time-out.
-    receiver.script = [500, 500, 200, {"sleep": 1.0, "status": 503}]
+    # Up, but failing now and then: two 500s, then a reply slower than the time-out (a
+    # time-out well above a loaded machine's reply time, so no other request times out).
+    receiver.script = [500, 500, 200, {"sleep": 4.0, "status": 503}]
     run1 = _score(scoring_home, fleet, first, receiver.url)
     assert run1.exit_code in (0, 3), run1.stderr
     assert receiver.accepted_ids() == _ids(run1)
