@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import polars.testing
 import pytest
+from conftest import make_record
 from sklearn.ensemble import IsolationForest
 
 from detector.calibration import TailCalibrator
@@ -432,6 +433,35 @@ def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
     assert decisions[2] == "pause"
     assert decisions[4:].count("pause") <= 1
     assert out["connector_paused"].to_list()[3:] == [True] * (len(okta) - 3)
+
+
+def test_a_lone_custom_metric_pauses_on_a_spike_and_once_on_a_level_shift():
+    """A single series, as a public benchmark would feed one: daily seasonality, noise
+    and a slow trend are normal; a spike and a later level shift are each paused once."""
+    hours = np.arange(24 * 120)
+    values = (
+        50.0
+        + 10.0 * np.sin(2 * np.pi * hours / 24)
+        + np.random.default_rng(0).normal(0.0, 2.0, len(hours))
+        + 0.002 * hours
+    )
+    spike, shift = 24 * 80 + 5, 24 * 100
+    values[spike] += 30.0
+    values[shift:] += 25.0
+    # One connector reporting a steady resource and the series as a custom metric.
+    records = [
+        make_record("kpi", i, kind="custom", api=..., metrics={"value": float(v)},
+                    resources={"item": {"count": 1000, "added": 0, "removed": 0}})
+        for i, v in enumerate(values)
+    ]
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    out = model.score(test, state=state, facts=facts).results
+    paused = out.filter(pl.col("decision") != "proceed")["sync_id"].to_list()
+    assert paused == [f"kpi:{spike}", f"kpi:{shift}"]
+    # Judged while paused from the spike on: the shift stood out against the sync before.
+    assert out["connector_paused"].to_list()[shift - 24 * 60]
 
 
 def test_a_paused_connector_is_not_paused_again_by_a_performance_shift_that_persists(fleet):
