@@ -238,8 +238,9 @@ def test_check_freshness_exit_0_when_all_fresh(tmp_path: Path) -> None:
 def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet: Fleet,
                                                        tmp_path: Path) -> None:
     """The cold-start path: a `syncguard score` process loads none of the heavy libraries
-    it does not need (the champion comes from the local cache, not from MLflow), nor the
-    modules of other commands, and collects garbage rarely."""
+    it does not need (the champion comes from the local cache, not from MLflow; ordinary
+    records and events pass the short schema checks), nor the modules of other commands,
+    and collects garbage rarely."""
     path = write_jsonl(tmp_path / "one.jsonl", fleet.test[:1])
     probe = (
         "import runpy, sys\n"
@@ -249,7 +250,8 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules}\n"
-        "               & {'mlflow', 'sklearn', 'matplotlib', 'statsmodels', 'training'})\n"
+        "               & {'mlflow', 'sklearn', 'matplotlib', 'statsmodels', 'training',\n"
+        "                  'jsonschema'})\n"
         "heavy += sorted(m for m in sys.modules if m.startswith('detector.cli.')\n"
         "                and m[13:] not in ('main', 'score', 'options', 'sinks'))\n"
         "import gc\n"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import uuid
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -19,9 +22,12 @@ from event_samples import (
     stale_event,
     violation,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.events import native
 from detector.events.native import NativeEventError, Reason, RuleHit, sync_scored
+from detector.events.scored import _certainly_valid
 
 SCHEMA_PATH = Path(__file__).parents[1] / "detector" / "schemas" / "native-event.schema.json"
 
@@ -216,3 +222,103 @@ def test_dumps_refuses_nan_and_infinity_even_beside_nulls(payload):
 def test_dumps_refuses_what_json_cannot_hold(payload):
     with pytest.raises(TypeError, match="not JSON serializable"):
         native.dumps(payload)
+
+
+# ----------------------------------------------------------- the batch's short schema check
+
+# Values near the schema's edges (enum members of other fields, lengths at and past the
+# limits, timestamps and ids just off the pattern, numbers just outside [0, 1]) and any JSON.
+_NEAR = [None, True, False, 0, 1, -1, 2, 0.5, 1.0000001, -1e-9, 10**20, math.nan, math.inf,
+         "", "x", "x" * 64, "x" * 65, "x" * 256, "x" * 257, "\n", "1", "Count", "count_to_zero",
+         *native.DECISIONS, *native.SEVERITIES, *native.CRITICALITIES, "sync_scored",
+         "2026-11-20T14:03:41.000Z", "2026-13-20T14:03:41.000Z", "2026-11-20T14:03:60.000Z",
+         "2026-11-20T14:03:41.000Z\n", "2026-11-20T14:03:41Z",
+         "5f0a7c3e-1d2b-5a4c-8e6f-0123456789ab", "5f0a7c3e-1d2b-4a4c-8e6f-0123456789ab",
+         "5F0A7C3E-1D2B-5A4C-8E6F-0123456789AB", "5f0a7c3e-1d2b-5a4c-8e6f-0123456789ab\n",
+         "count_to_zero\n", [], [None, None], [1, 2], [1], [1, 2, 3], [None, "1"], {},
+         {"rule": "r", "detail": "d"}, ...]
+_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                          st.text(max_size=3))
+_json = st.recursive(_json_scalars, lambda kids: st.lists(kids, max_size=3)
+                     | st.dictionaries(st.text(max_size=3), kids, max_size=3), max_leaves=6)
+_EVENT_PATHS = ["event_version", "event_type", "event_id", "sync_id", "connector_id",
+                "connector_kind", "scored_at", "model_version", "decision", "severity",
+                "criticality", "score", "cutoff", "tail_probability", "reasons", "rule_hits",
+                "connector_paused", "cold_start", "replay", "extra", "reasons.0",
+                "reasons.0.metric", "reasons.0.observed", "reasons.0.expected",
+                "reasons.0.expected_range", "reasons.0.expected_range.1", "reasons.0.distance",
+                "reasons.0.description", "reasons.0.extra", "rule_hits.0", "rule_hits.0.rule",
+                "rule_hits.0.detail", "rule_hits.0.extra"]
+
+
+def _event_with_a_rule_hit() -> dict:
+    return sync_scored(sync_id="s", connector_id="c", scored_at=SCORED_AT, decision="pause",
+                       severity="high", criticality="leaver", model_version=None,
+                       rule_hits=[RuleHit("count_to_zero", "user count went to 0")])
+
+
+def _set(event: dict, dotted: str, value: object) -> dict:
+    out = copy.deepcopy(event)
+    *parents, last = dotted.split(".")
+    node: Any = out
+    for key in parents:
+        node = node[int(key) if isinstance(node, list) else key]
+    key = int(last) if isinstance(node, list) else last
+    if value is ...:
+        del node[key]
+    else:
+        node[key] = value
+    return out
+
+
+@st.composite
+def _mutated_events(draw: st.DrawFn) -> dict:
+    event = draw(st.sampled_from(_base_events()))
+    for path in draw(st.lists(st.sampled_from(_EVENT_PATHS), max_size=2)):
+        value = draw(st.one_of(st.just(...), st.sampled_from(_NEAR), _json))
+        with contextlib.suppress(KeyError, IndexError, TypeError, ValueError):
+            event = _set(event, path, value)
+    return event
+
+
+def _base_events() -> list[dict]:
+    # As a batch's events are: read back from their JSON.
+    return [json.loads(native.dumps(make())) for make in
+            (pause_event, proceed_event, _event_with_a_rule_hit)]
+
+
+def test_short_check_never_passes_what_the_schema_rejects_one_field_off(
+        schema_validator: jsonschema.Draft202012Validator) -> None:
+    """Every field of every shape set to every value near the edges (or removed)."""
+    passed = 0
+    for event in _base_events():
+        for path in _EVENT_PATHS:
+            for value in _NEAR:
+                with contextlib.suppress(KeyError, IndexError, TypeError):
+                    changed = _set(event, path, value)
+                    if _certainly_valid(changed):
+                        passed += 1
+                        assert list(schema_validator.iter_errors(changed)) == [], (path, value)
+    assert passed > 100  # the check is exercised, not only refusing
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutated_events())
+def test_short_check_never_passes_what_the_schema_rejects(
+        schema_validator: jsonschema.Draft202012Validator, event: dict) -> None:
+    if _certainly_valid(event):
+        assert list(schema_validator.iter_errors(event)) == []
+
+
+def test_short_check_passes_ordinary_events_and_catches_broken_ones() -> None:
+    """Not vacuous: the built events pass it (so a batch needs no jsonschema), and
+    breaking one field at a time fails it."""
+    events = _base_events()
+    assert all(_certainly_valid(e) for e in events)
+    for path, value in [("severity", "urgent"), ("event_id", "x"), ("tail_probability", 2),
+                        ("scored_at", "2026-11-20T14:03:41Z"), ("replay", 0), ("extra", 1),
+                        ("reasons.0.distance", -1), ("reasons.0.expected_range", [1]),
+                        ("sync_id", ""), ("model_version", "")]:
+        broken = _set(events[0], path, value)
+        assert not _certainly_valid(broken), path
+    assert not _certainly_valid(_set(events[2], "rule_hits.0.rule", "Count"))
