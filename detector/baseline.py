@@ -242,19 +242,47 @@ class SeasonalBaseline:
         intervals : pl.DataFrame
             ``connector_id, interval_s``: each connector's usual time between syncs.
         """
+        self._fit(features, intervals, None)
+        return self
+
+    def fit_residuals(
+        self,
+        features: pl.DataFrame,
+        intervals: pl.DataFrame,
+        *,
+        against_reference: pl.Expr | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fit, then ``z`` and ``z_tail`` of every row of ``features``, in its order.
+
+        The same values as ``fit(features, intervals).residuals(features, intervals,
+        against_reference=...)``, without a second pass over the rows: fitting already
+        judges every row (for the tail widths), against the learned level; only rows a
+        reference would judge (see :meth:`judged_against_reference`) are judged again.
+        """
+        use_ref = pl.col("paused") if against_reference is None else against_reference
+        return self._fit(features, intervals, use_ref)
+
+    def _fit(
+        self, features: pl.DataFrame, intervals: pl.DataFrame, use_ref: pl.Expr | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`fit`; with ``use_ref``, also what :meth:`fit_residuals` returns."""
         self._check_params()
         k = self.key
         # Only the columns fitting reads: every join and filter below then moves less.
         needed = ["connector_id", k, "measure", "bucket", "kind", "value", "reference"]
         needed += ["current_size", "exposure", "gap_s"]
         needed += ["started_at"] if self.method == "stl" else []
-        slim = features.select(*dict.fromkeys(needed))
+        extra = []
+        if use_ref is not None:  # what fit_residuals needs: the variant, each row's place
+            extra = [use_ref.alias("_use_ref"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i")]
+        slim = features.select(*dict.fromkeys(needed), *extra)
         # Series in chunks of about _CHUNK_ROWS rows: every series is fitted from its own
         # rows only, so chunks give the same baseline as one pass, in less memory. Key
         # groups stay whole, but one larger than a chunk (a pooled kind, the fleet's "*")
         # is cut by measure.
         sizes = slim.group_by(k, "measure").len().sort(k, "measure")
         per_key = sizes.group_by(k, maintain_order=True).agg(pl.col("len").sum())
+        chunks = [pl.lit(True)]
         if per_key["len"].sum() <= _CHUNK_ROWS:
             parts = [self._fit_part(slim, intervals)]
         else:
@@ -266,9 +294,31 @@ class SeasonalBaseline:
                     for ids in _chunks(sizes.filter(pl.col(k) == key), "measure")
                 ]
             parts = [self._fit_part(slim.filter(rows), intervals) for rows in chunks]
-        merged = type(self).concat(parts)
+        merged = type(self).concat([part for part, _ in parts])
         self.series_, self.profile_ = merged.series_, merged.profile_
-        return self
+        if use_ref is None:
+            return None
+        # A part's table of one row joins as one broadcast value, which polars divides by
+        # as a product with its reciprocal (the last bit can differ): the rows of such a
+        # part (one series in a chunk) are judged again by the whole baseline, as
+        # residuals() judges them.
+        broadcast = [
+            rows
+            for rows, (part, _) in zip(chunks, parts, strict=True)
+            if len(parts) > 1 and min(part.series_.height, part.profile_.height) == 1
+        ]
+        # Each part's rows in its own order: placed back in the order of ``features``
+        # (each part's arrays freed once placed).
+        z, z_tail = np.empty(slim.height), np.empty(slim.height)
+        while parts:
+            i, part_z, part_tail = parts.pop()[1]
+            z[i], z_tail[i] = part_z, part_tail
+        for rows in broadcast:
+            again = slim.filter(rows)
+            redone = self._added_columns(again, intervals, pl.col("_use_ref"), ["z", "z_tail"])
+            i = again["_i"].to_numpy()
+            z[i], z_tail[i] = redone["z"].to_numpy(), redone["z_tail"].to_numpy()
+        return z, z_tail
 
     @classmethod
     def concat(cls, parts: list[SeasonalBaseline]) -> SeasonalBaseline:
@@ -293,8 +343,14 @@ class SeasonalBaseline:
         )
         return out
 
-    def _fit_part(self, rows: pl.DataFrame, intervals: pl.DataFrame) -> SeasonalBaseline:
-        """A baseline with these parameters fitted on ``rows`` (whole series only)."""
+    def _fit_part(
+        self, rows: pl.DataFrame, intervals: pl.DataFrame
+    ) -> tuple[SeasonalBaseline, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """A baseline with these parameters fitted on ``rows`` (whole series only).
+
+        With ``_use_ref`` and ``_i`` columns in ``rows``, also each row's ``_i``, and its
+        ``z`` and ``z_tail`` judged with ``_use_ref`` (see :meth:`fit_residuals`).
+        """
         k = self.key
         part = type(self)(
             key=k,
@@ -318,8 +374,25 @@ class SeasonalBaseline:
         rows = rows.drop("interval_s", "x", "exposure_eff")
         part.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
         part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed")
-        # In-sample residuals: only z is read (a long frame's other columns are not made).
-        z = part._added_columns(rows, intervals, pl.lit(False), keep=["z"])
+        # In-sample residuals against the learned level: only z is read (a long frame's
+        # other columns are not made).
+        wanted = "_use_ref" in rows.columns
+        if not wanted:
+            z = part._added_columns(rows, intervals, pl.lit(False), keep=["z"])
+        else:
+            # Judged as asked once; the rows a reference judges (the only ones whose z
+            # differs) again against the level, for the tail widths.
+            asked = part._added_columns(rows, intervals, pl.col("_use_ref"), keep=["z"])
+            again = rows.select(
+                (pl.col("_use_ref") & part.judged_against_reference()).fill_null(False)
+            ).to_series()
+            z = asked
+            if again.any():
+                level = asked["z"].to_numpy().copy()
+                level[again.to_numpy()] = part._added_columns(
+                    rows.filter(again), intervals, pl.lit(False), keep=["z"]
+                )["z"].to_numpy()
+                z = pl.DataFrame({"z": level})
         width = rows.select(k, "measure").hstack(z).group_by(k, "measure").agg(
             (pl.col("z").abs().quantile(_TAIL_QUANTILE) / _GAUSS_TAIL_Z)
             .clip(lower_bound=1.0)
@@ -328,7 +401,21 @@ class SeasonalBaseline:
         part.series_ = part.series_.join(width, on=[k, "measure"], how="left").with_columns(
             pl.col("tail_width").fill_null(1.0)
         )
-        return part
+        if not wanted:
+            return part, None
+        # z_tail as the residual pass makes it: over the series' tail width (1 without one).
+        tails = (
+            rows.select(k, "measure", "_i")
+            .hstack(asked)
+            .join(
+                part.series_.select(k, "measure", "tail_width"),
+                on=[k, "measure"],
+                how="left",
+                maintain_order="left",
+            )
+            .select("_i", "z", (pl.col("z") / pl.col("tail_width").fill_null(1.0)).alias("z_tail"))
+        )
+        return part, tuple(tails[c].to_numpy() for c in ("_i", "z", "z_tail"))
 
     def _observed_columns(self) -> tuple[pl.Expr, pl.Expr]:
         """``x`` (the value on its judging scale) and ``exposure_eff``: fitting and

@@ -284,13 +284,7 @@ class FleetModel:
         # rows (every sync twice) are never one frame. Each series is fitted from its own
         # rows only, so the parts' baselines together are those of the whole frames.
         parts = _xfit_parts(per_connector, features)
-        inputs, bases = self._forest_inputs(
-            parts,
-            None,
-            lambda part, rows: part.baseline(self.baseline_method, rows, ivals),
-            ivals,
-            group_index,
-        )
+        inputs, bases = self._forest_inputs(parts, None, ivals, group_index)
         self.baseline_ = _merged_baseline(parts, bases, "connector_id")
         self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
         del parts, bases
@@ -387,13 +381,7 @@ class FleetModel:
         families: dict[str, list[_Families]] = {"family" + mode: [] for mode in _MODES}
         n_done = 0
         for fold in (False, True):
-            fit_x, bases = self._forest_inputs(
-                parts,
-                fold,
-                lambda part, rows: part.baseline(self.baseline_method, rows, ivals),
-                ivals,
-                group_index,
-            )
+            fit_x, bases = self._forest_inputs(parts, fold, ivals, group_index)
             if all(base is None for base in bases):
                 continue
             forest = ArrayIsolationForest(
@@ -436,24 +424,28 @@ class FleetModel:
         self,
         parts: list[_XfitPart],
         fold: bool | None,
-        baseline_of: Callable[[_XfitPart, pl.DataFrame], SeasonalBaseline],
         ivals: pl.DataFrame,
         group_index: dict[str, int],
     ) -> tuple[list[np.ndarray], list[SeasonalBaseline | None]]:
         """Every group's forest inputs from its part's rows on side ``fold`` (None: all).
 
-        ``baseline_of(part, rows)`` gives the baseline of a part's residuals; returned
-        per part too (None for a part without rows on that side).
+        Each part's baseline is fitted on those rows and returned per part too (None for
+        a part without rows on that side); the inputs are its in-sample residuals, which
+        fitting already made (:meth:`SeasonalBaseline.fit_residuals`).
         """
         width = int(self.columns_["col"].max()) + 1
         inputs = [np.zeros((0, width), np.float32)] * len(group_index)
         bases: list[SeasonalBaseline | None] = []
         for part in parts:
             rows = part.rows(fold)
-            base = baseline_of(part, rows) if rows.height else None
-            if base is not None:
-                for g, (x, _, _) in self._part_matrices(part, base, rows, ivals, group_index):
+            base = None
+            if rows.height:
+                base, z, z_tail = part.fit_residuals(self.baseline_method, rows, ivals)
+                resid = rows.with_columns(pl.Series("z", z), pl.Series("z_tail", z_tail))
+                del z, z_tail
+                for g, (x, _, _) in self._part_matrices(part, base, resid, ivals, group_index):
                     inputs[g] = x
+                del resid
             bases.append(base)
             del rows
         return inputs, bases
@@ -469,7 +461,7 @@ class FleetModel:
         whole: bool = False,
     ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """``(group index, group matrices)`` of each group of a part, from its ``rows``
-        (``whole``: in one pass)."""
+        (``whole``: in one pass); rows that carry ``z`` and ``z_tail`` are residuals."""
         row = rows["row"]
         if not whole and rows.height > _XFIT_CHUNK_ROWS and row.is_sorted():
             # A pooled group (every sync of a kind, or of the fleet): its residuals and
@@ -489,8 +481,9 @@ class FleetModel:
                 (g, tuple(np.concatenate(m) for m in zip(*(p[i][1] for p in pieces), strict=True)))
                 for i, (g, _) in enumerate(pieces[0])
             ]
-        reference = pl.lit(True) if part.key == "connector_kind" else None
-        resid = base.residuals(rows, ivals, against_reference=reference)
+        if "z_tail" in rows.columns:  # residuals already made (by fit_residuals)
+            return self._resid_matrices(part, rows, group_index)
+        resid = base.residuals(rows, ivals, against_reference=part.against_reference)
         return self._resid_matrices(part, resid, group_index)
 
     def _held_out_matrices(
@@ -1330,11 +1323,23 @@ class _XfitPart:
             return every.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))
         return self.source.filter(side & (pl.col("connector_kind") == self.groups[0]))
 
-    def baseline(self, method: str, rows: pl.DataFrame, ivals: pl.DataFrame) -> SeasonalBaseline:
-        """The part's baseline fitted on ``rows`` (pooled ones always seasonal profiles)."""
+    @property
+    def against_reference(self) -> pl.Expr | None:
+        """Rows judged against the sync before: pooled models always, connectors when
+        paused (None: :meth:`SeasonalBaseline.residuals`' default, the ``paused`` column)."""
+        return pl.lit(True) if self.key == "connector_kind" else None
+
+    def fit_residuals(
+        self, method: str, rows: pl.DataFrame, ivals: pl.DataFrame
+    ) -> tuple[SeasonalBaseline, np.ndarray, np.ndarray]:
+        """The part's baseline fitted on ``rows`` (pooled ones always seasonal profiles),
+        and the ``z``, ``z_tail`` of ``rows`` it gives, as the part's models judge them."""
         if self.key == "connector_id":
-            return SeasonalBaseline(method=method).fit(rows, ivals)
-        return SeasonalBaseline(key="connector_kind").fit(rows, ivals)
+            base = SeasonalBaseline(method=method)
+        else:
+            base = SeasonalBaseline(key="connector_kind")
+        z, z_tail = base.fit_residuals(rows, ivals, against_reference=self.against_reference)
+        return base, z, z_tail
 
 
 def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_XfitPart]:

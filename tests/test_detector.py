@@ -804,3 +804,37 @@ def test_baseline_fitted_in_chunks_of_series_is_the_one_pass_baseline(fleet, mon
             pl.testing.assert_frame_equal(
                 getattr(chunked, table), getattr(one_pass, table), check_column_order=False
             )
+
+
+@pytest.mark.parametrize("chunk_share", [None, 40])
+def test_fit_residuals_are_those_of_fit_then_residuals(fleet, monkeypatch, chunk_share):
+    """``fit_residuals`` gives the z and z_tail the fitted baseline's residual pass gives,
+    in the input's order: per connector with some syncs paused (judged against the sync
+    before), pooled against the sync before; in one part or chunks cut by measure."""
+    import detector.baseline as baseline_module
+    from detector.baseline import SeasonalBaseline
+    from detector.model import _intervals, _with_fleet_copy
+
+    _, history, _, _, _ = fleet
+    syncs, features = build_features(*prepare(history))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    # Every third sync paused: those rows' level-like measures judge against the reference.
+    features = features.with_columns((pl.col("row") % 3 == 0).alias("paused"))
+    cases = (
+        ("connector_id", features.reverse(), None),
+        ("connector_kind", _with_fleet_copy(features), pl.lit(True)),
+    )
+    for key, rows, against in cases:
+        if chunk_share:
+            monkeypatch.setattr(baseline_module, "_CHUNK_ROWS", rows.height // chunk_share)
+        fitted = SeasonalBaseline(key=key)
+        z, z_tail = fitted.fit_residuals(rows, ivals, against_reference=against)
+        monkeypatch.undo()
+        plain = SeasonalBaseline(key=key).fit(rows, ivals)
+        for table in ("series_", "profile_"):
+            pl.testing.assert_frame_equal(getattr(fitted, table), getattr(plain, table))
+        expected = plain.residuals(rows, ivals, against_reference=against)
+        assert expected["z"].to_numpy().tobytes() == z.tobytes()
+        assert expected["z_tail"].to_numpy().tobytes() == z_tail.tobytes()
+        again = rows.select(plain.judged_against_reference() & pl.col("paused"))
+        assert again.to_series().sum() > 0 or key == "connector_kind"
