@@ -19,10 +19,13 @@ and the last two days of history are scored once, so every connector has saved s
   connector, each in a new interpreter; median of ``--singles`` runs.
 
 The CLI processes read syncguard's modules as compiled bytecode, as an installed package
-does (``pip install`` compiles it): it is compiled once, untimed, into a cache in the
-benchmark's temporary directory (``PYTHONPYCACHEPREFIX``), because a development shell
-with ``PYTHONDONTWRITEBYTECODE=1`` would otherwise have every process compile each module
-again (~0.1-0.2 s CPU). ``--no-bytecode`` times them that way instead.
+does (``pip install`` compiles it), because a development shell with
+``PYTHONDONTWRITEBYTECODE=1`` has every process compile each of syncguard's ~50 modules
+again (~0.1-0.2 s CPU): two untimed score runs (a batch and a single sync, on a throwaway
+copy of the home) write the bytecode of every module they import into a cache in the
+benchmark's temporary directory, which the timed processes read (``PYTHONPYCACHEPREFIX``;
+the cache must hold every module, the libraries' too, as Python then looks for bytecode
+there only). ``--no-bytecode`` times them compiling syncguard's modules instead.
 
 The in-process runs hand the service the input as the CLI does (a generator: parsing runs
 inside ``score_items``). The breakdown row times each stage of one more in-process run,
@@ -187,10 +190,13 @@ def _env(pycache: Path | None) -> dict[str, str]:
     return env
 
 
-def compile_bytecode(pycache: Path) -> None:
-    """Compile syncguard's modules into ``pycache`` (what installing the package does)."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "detector")],
-                   env=_env(pycache), check=True)
+def compile_bytecode(pycache: Path, home: Home, *args: str) -> None:
+    """One untimed ``syncguard --home HOME ARGS`` that writes the bytecode of every module
+    it imports into ``pycache`` (what installing the package does for syncguard's)."""
+    env = _env(pycache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "detector.cli.main", "--home", str(home.root),
+                    *args], capture_output=True, env=env, cwd=REPO, check=False)
 
 
 def cli(home: Home, *args: str, cpu: list[float] | None = None,
@@ -237,7 +243,10 @@ def main() -> None:
         load_scoring_model(base)  # warm the file cache for every run alike
         pycache = None if args.no_bytecode else work / "pycache"
         if pycache is not None:
-            compile_bytecode(pycache)
+            throwaway = fresh_copy(base, work / "bytecode")
+            compile_bytecode(pycache, throwaway, "score", str(test_path), "--events-file",
+                             str(work / "bytecode.jsonl"), "--no-stdout")
+            compile_bytecode(pycache, throwaway, "score", str(singles[-1]))
 
         load_before = os.getloadavg()[0]
         in_proc, in_cpu = [], []
