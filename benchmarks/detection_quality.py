@@ -9,7 +9,8 @@ Usage::
 For each seed: simulate the fleet, fit on the first ``--train-days`` days (labelled
 faults left out), score the rest in time order, and print the quality table for
 syncguard beside the fixed-threshold safeguards, the per-class recall and the
-calibration line; then one summary row per seed.
+calibration line (also apart for syncs judged while their connector was paused and while
+it was not); then one summary row per seed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.model import FleetModel  # noqa: E402
 from detector.policy import load_policy  # noqa: E402
-from training.backtest import format_table, run_backtest  # noqa: E402
+from training.backtest import calibration_by_mode, format_table, run_backtest  # noqa: E402
 from training.simulator import simulate_fleet  # noqa: E402
 
 
@@ -61,6 +62,10 @@ def main() -> None:
         print(f"\n=== seed {seed}: {args.connectors} connectors x {args.days} days, "
               f"trained on the first {args.train_days} ===")
         print(format_table(report))
+        for mode in calibration_by_mode(report, labels, test).iter_rows(named=True):
+            print(f"  {'paused' if mode['paused'] else 'not paused'}: "
+                  f"{mode['normal_syncs']} normal syncs, {mode['false_pauses']} false pauses, "
+                  f"calibration ratio {mode['ratio']:.2f}")
         row = report.quality.row(0, named=True)  # syncguard first
         summary.append((seed, row, report.calibration, report.timings))
     print("\nseed | episodes | episode recall | first-sync recall | false pauses / 1000 | "

@@ -1,11 +1,13 @@
-"""The backtest builds history's features once: its start state is initial_state's."""
+"""The backtest: history's features built once (its start state is initial_state's), and
+its calibration apart by mode."""
 
 from __future__ import annotations
 
 import polars.testing
+import pytest
 
 from detector.model import FleetModel
-from training.backtest import run_backtest
+from training.backtest import calibration_by_mode, run_backtest
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -31,3 +33,19 @@ def test_backtest_scores_from_the_state_at_the_end_of_history() -> None:
     assert report.quality is not None and set(report.baselines) >= {"zscore_3sigma_14d"}
 
 
+
+
+def test_calibration_by_mode_splits_the_calibration_and_the_false_pauses() -> None:
+    records, labels = simulate_fleet(6, 40, seed=5)
+    history = [r for r in records if r["started_at"] < CUT]
+    test = [r for r in records if r["started_at"] >= CUT]
+    report = run_backtest(history, test, labels=labels, model=FleetModel(n_estimators=20))
+    modes = calibration_by_mode(report, labels, test)
+    assert modes["paused"].to_list() == [False, True]  # a fault pauses, nobody resumes
+    total = report.calibration["normal_syncs"]
+    assert modes["normal_syncs"].sum() == total
+    quality = report.quality.row(0, named=True)
+    assert modes["false_pauses"].sum() == quality["false_pauses"]
+    weights = modes["normal_syncs"] / total
+    for rate in ("budgeted_rate", "realised_rate"):
+        assert (modes[rate] * weights).sum() == pytest.approx(report.calibration[rate])

@@ -30,6 +30,7 @@ __all__ = [
     "fixed_threshold_decisions",
     "evaluate",
     "format_table",
+    "calibration_by_mode",
 ]
 
 
@@ -329,3 +330,29 @@ def format_table(report: BacktestReport) -> str:
         f"for {int(t.get('test_syncs', 0))} test syncs"
     )
     return "\n".join(lines)
+
+
+def calibration_by_mode(
+    report: BacktestReport,
+    labels: Iterable[Mapping[str, Any]] | pl.DataFrame,
+    test: Iterable[Mapping[str, Any]] | pl.DataFrame,
+) -> pl.DataFrame:
+    """``report.calibration`` and the false pauses apart for syncs judged while their
+    connector was already paused (against the sync before; ``paused``) and while not.
+
+    One row per mode: normal syncs (the first after a fault left out, as in the quality
+    table), false pauses, budgeted and realised false-pause rates and their ratio.
+    """
+    normal = _scorable_normal(_labels_frame(labels), prepare(test)[0])
+    return (
+        report.decisions.join(normal, on="sync_id")
+        .group_by("paused")
+        .agg(
+            pl.len().alias("normal_syncs"),
+            (pl.col("decision") == "pause").sum().alias("false_pauses"),
+            (10 ** -pl.col("cutoff")).mean().alias("budgeted_rate"),
+            (pl.col("score") > pl.col("cutoff")).mean().alias("realised_rate"),
+        )
+        .with_columns((pl.col("realised_rate") / pl.col("budgeted_rate")).alias("ratio"))
+        .sort("paused")
+    )
