@@ -7,9 +7,10 @@ A fitted fleet model is a directory holding two files:
     fixed-width dtypes are allowed (bool, integers, floats, complex, datetimes,
     fixed-width unicode and bytes), so the file loads with ``allow_pickle=False``.
 ``manifest.json``
-    ``format`` (``"syncguard-fleet/1"``), ``created_at``, the ``config`` the model
-    was fitted with, its backtest ``metrics``, free ``meta``, an index of the arrays
-    (dtype and shape) and the SHA-256 and size of every other file in the directory.
+    ``format`` (``"syncguard-fleet/2"``; ``/1`` files still load), ``created_at``, the
+    ``config`` the model was fitted with, its backtest ``metrics``, free ``meta``, an
+    index of the arrays (dtype and shape) and the SHA-256 and size of every other file
+    in the directory.
 
 The SHA-256 of ``manifest.json`` itself (:func:`model_digest`) therefore fingerprints
 the whole model; the registry stores it as a version tag and the local cache checks
@@ -48,6 +49,7 @@ from detector.errors import ModelError
 
 __all__ = [
     "FORMAT",
+    "READABLE_FORMATS",
     "MANIFEST_NAME",
     "ARRAYS_NAME",
     "ALLOWED_DTYPE_KINDS",
@@ -57,7 +59,10 @@ __all__ = [
     "model_digest",
 ]
 
-FORMAT = "syncguard-fleet/1"
+FORMAT = "syncguard-fleet/2"
+#: Formats this syncguard reads. /2 stores text columns as distinct values and codes,
+#: which a reader of /1 cannot rebuild: it refuses the file by its format instead.
+READABLE_FORMATS = ("syncguard-fleet/1", FORMAT)
 MANIFEST_NAME = "manifest.json"
 ARRAYS_NAME = "arrays.npz"
 
@@ -365,9 +370,10 @@ def _parse_manifest(raw: bytes, manifest_path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ModelError(f"{manifest_path} must hold a JSON object")
     fmt = manifest.get("format")
-    if fmt != FORMAT:
+    if fmt not in READABLE_FORMATS:
+        readable = " and ".join(repr(f) for f in READABLE_FORMATS)
         raise ModelError(
-            f"{manifest_path} has format {fmt!r}; this syncguard reads {FORMAT!r} only "
+            f"{manifest_path} has format {fmt!r}; this syncguard reads {readable} only "
             "(retrain, or use the syncguard version that wrote it)"
         )
     files = manifest.get("files")
