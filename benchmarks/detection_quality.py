@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.model import FleetModel  # noqa: E402
 from detector.policy import load_policy  # noqa: E402
-from training.backtest import calibration_by_mode, format_table, run_backtest  # noqa: E402
+from training.backtest import format_table, run_backtest  # noqa: E402
 from training.simulator import simulate_fleet  # noqa: E402
 
 
@@ -62,10 +62,10 @@ def main() -> None:
         print(f"\n=== seed {seed}: {args.connectors} connectors x {args.days} days, "
               f"trained on the first {args.train_days} ===")
         print(format_table(report))
-        for mode in calibration_by_mode(report, labels, test).iter_rows(named=True):
+        for mode in report.calibration_by_mode.iter_rows(named=True):
             print(f"  {'paused' if mode['paused'] else 'not paused'}: "
-                  f"{mode['normal_syncs']} normal syncs, {mode['false_pauses']} false pauses, "
-                  f"calibration ratio {mode['ratio']:.2f}")
+                  f"{mode['normal_syncs']:.0f} normal syncs, {mode['false_pauses']} false "
+                  f"pauses, calibration ratio {mode['calibration_ratio']:.2f}")
         row = report.quality.row(0, named=True)  # syncguard first
         summary.append((seed, row, report.calibration, report.timings))
     print("\nseed | episodes | episode recall | first-sync recall | false pauses / 1000 | "

@@ -7,7 +7,7 @@ import polars.testing
 import pytest
 
 from detector.model import FleetModel
-from training.backtest import calibration_by_mode, run_backtest
+from training.backtest import run_backtest
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -40,7 +40,7 @@ def test_calibration_by_mode_splits_the_calibration_and_the_false_pauses() -> No
     history = [r for r in records if r["started_at"] < CUT]
     test = [r for r in records if r["started_at"] >= CUT]
     report = run_backtest(history, test, labels=labels, model=FleetModel(n_estimators=20))
-    modes = calibration_by_mode(report, labels, test)
+    modes = report.calibration_by_mode
     assert modes["paused"].to_list() == [False, True]  # a fault pauses, nobody resumes
     total = report.calibration["normal_syncs"]
     assert modes["normal_syncs"].sum() == total

@@ -30,7 +30,6 @@ __all__ = [
     "fixed_threshold_decisions",
     "evaluate",
     "format_table",
-    "calibration_by_mode",
 ]
 
 
@@ -44,6 +43,9 @@ class BacktestReport:
     quality: pl.DataFrame | None = None  # one row per method
     per_class: pl.DataFrame | None = None  # method x class recall
     calibration: dict[str, float] = field(default_factory=dict)
+    # The same apart for syncs judged while their connector was already paused (against
+    # the sync before; ``paused``) and while not, with their false pauses.
+    calibration_by_mode: pl.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -277,15 +279,31 @@ def run_backtest(
         normal = breach.join(_scorable_normal(label_frame, t_syncs), on="sync_id")
     else:
         normal = breach
-    budget = float(normal["alpha"].mean() or 0.0)
-    realised = float(normal["breach"].mean() or 0.0)
+    overall = _calibration_table(normal).row(0, named=True)
     report.calibration = {
-        "budgeted_rate": budget,
-        "realised_rate": realised,
-        "calibration_ratio": realised / budget if budget else float("nan"),
-        "normal_syncs": float(normal.height),
+        key: overall[key]
+        for key in ("budgeted_rate", "realised_rate", "calibration_ratio", "normal_syncs")
     }
+    report.calibration_by_mode = _calibration_table(normal, "paused")
     return report
+
+
+def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
+    """Budgeted and realised false-pause rates of ``normal`` syncs (``alpha``, ``breach``
+    and ``decision`` columns), their ratio and the false pauses: one row, or one per ``by``."""
+    rates = [
+        pl.len().cast(pl.Float64).alias("normal_syncs"),
+        (pl.col("decision") == "pause").sum().alias("false_pauses"),
+        pl.col("alpha").mean().fill_null(0.0).alias("budgeted_rate"),
+        pl.col("breach").mean().fill_null(0.0).alias("realised_rate"),
+    ]
+    table = normal.group_by(by).agg(rates).sort(by) if by else normal.select(rates)
+    return table.with_columns(
+        pl.when(pl.col("budgeted_rate") > 0)
+        .then(pl.col("realised_rate") / pl.col("budgeted_rate"))
+        .otherwise(float("nan"))
+        .alias("calibration_ratio")
+    )
 
 
 def format_table(report: BacktestReport) -> str:
@@ -331,28 +349,3 @@ def format_table(report: BacktestReport) -> str:
     )
     return "\n".join(lines)
 
-
-def calibration_by_mode(
-    report: BacktestReport,
-    labels: Iterable[Mapping[str, Any]] | pl.DataFrame,
-    test: Iterable[Mapping[str, Any]] | pl.DataFrame,
-) -> pl.DataFrame:
-    """``report.calibration`` and the false pauses apart for syncs judged while their
-    connector was already paused (against the sync before; ``paused``) and while not.
-
-    One row per mode: normal syncs (the first after a fault left out, as in the quality
-    table), false pauses, budgeted and realised false-pause rates and their ratio.
-    """
-    normal = _scorable_normal(_labels_frame(labels), prepare(test)[0])
-    return (
-        report.decisions.join(normal, on="sync_id")
-        .group_by("paused")
-        .agg(
-            pl.len().alias("normal_syncs"),
-            (pl.col("decision") == "pause").sum().alias("false_pauses"),
-            (10 ** -pl.col("cutoff")).mean().alias("budgeted_rate"),
-            (pl.col("score") > pl.col("cutoff")).mean().alias("realised_rate"),
-        )
-        .with_columns((pl.col("realised_rate") / pl.col("budgeted_rate")).alias("ratio"))
-        .sort("paused")
-    )
