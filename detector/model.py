@@ -116,8 +116,7 @@ def _prepare_history(
     history: Iterable[Mapping[str, Any]] | pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` of history put in sync order (see :func:`in_sync_order`)."""
-    wide = in_sync_order(to_struct_frame(history))
-    return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
+    return prepare(in_sync_order(to_struct_frame(history)))
 
 
 @dataclass
