@@ -1285,13 +1285,6 @@ class _Families:
             out[first] = np.minimum(out[first], np.minimum.reduceat(p, starts))
         return out
 
-    def dense(self, lo: int, hi: int, n_cols: int) -> np.ndarray:
-        """Rows ``lo:hi`` as the dense matrix (0 where a family has no residual)."""
-        a, b = np.searchsorted(self.rows, [lo, hi])
-        out = np.zeros((hi - lo, n_cols))
-        out[self.rows[a:b] - lo, self.cols[a:b]] = self.values[a:b]
-        return out
-
 
 @dataclass(frozen=True)
 class _XfitPart:
@@ -1371,11 +1364,6 @@ def _merged_baseline(
     return SeasonalBaseline.concat(
         [b for p, b in zip(parts, bases, strict=True) if p.key == key and b is not None]
     )
-
-
-def _with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows for the pooled models: each kind, plus every row again under kind ``"*"``."""
-    return pl.concat([frame, frame.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
 
 
 def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +155,11 @@ def receiver():
     yield r
     if r.server is not None:
         r.stop()
+
+
+def with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:
+    """One pass's rows for the pooled models: each kind, plus every row again under kind
+    ``"*"`` (fitting never makes this frame; tests compare its parts against it)."""
+    from detector.model import POOLED_ALL
+
+    return pl.concat([frame, frame.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])

@@ -6,11 +6,12 @@ import numpy as np
 import polars as pl
 import polars.testing
 import pytest
+from conftest import with_fleet_copy
 
 import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
-from detector.model import FleetModel, _with_fleet_copy
+from detector.model import FleetModel
 from training.simulator import simulate_fleet
 
 
@@ -91,7 +92,7 @@ class _Compared(FleetModel):
         self.compared_ = (
             dict(oos),  # fitting the calibrators pops what it has used
             _one_pass_cross_fit(
-                self, per_connector, _with_fleet_copy(features), ivals, group_index
+                self, per_connector, with_fleet_copy(features), ivals, group_index
             ),
         )
         return oos
@@ -128,14 +129,14 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
     whole = model._group_matrices(
         model.baseline_.residuals(per_connector, ivals),
         model.pooled_baseline_.residuals(
-            _with_fleet_copy(features), ivals, against_reference=pl.lit(True)
+            with_fleet_copy(features), ivals, against_reference=pl.lit(True)
         ),
         group_index,
     )
     # The final baselines, fitted a part at a time, are those of the whole frames.
     for fitted, key, rows in (
         (model.baseline_, "connector_id", per_connector),
-        (model.pooled_baseline_, "connector_kind", _with_fleet_copy(features)),
+        (model.pooled_baseline_, "connector_kind", with_fleet_copy(features)),
     ):
         whole_fit = SeasonalBaseline(key=key).fit(rows, ivals)
         for table in ("series_", "profile_"):
@@ -147,7 +148,7 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
     for name, array in forest.arrays_.items():
         np.testing.assert_array_equal(model.forest_.arrays_[name], array, err_msg=name)
     for key in ("family", "family_paused"):
-        dense = parts[key].dense(0, len(parts["group"]), len(model.families_))
+        dense = _dense(parts[key], len(parts["group"]), len(model.families_))
         np.testing.assert_array_equal(dense, one_pass[key], err_msg=key)
         expected = model_module._Families.of(one_pass[key])
         for field in ("rows", "cols", "values"):
@@ -160,6 +161,13 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
         np.testing.assert_array_equal(parts[key].row_min(fn, len(dense)), p.min(axis=1))
 
 
+def _dense(fam, n_rows: int, n_cols: int) -> np.ndarray:
+    """Sparse family maxima as the dense syncs x families matrix (0: no residual)."""
+    out = np.zeros((n_rows, n_cols))
+    out[fam.rows, fam.cols] = fam.values
+    return out
+
+
 def test_combined_statistic_from_sparse_family_maxima_is_scorings(
     history: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,7 +176,7 @@ def test_combined_statistic_from_sparse_family_maxima_is_scorings(
     monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 999)
     for mode in model_module._MODES:
         fam, grp = oos["family" + mode], oos["group"]
-        dense = fam.dense(0, len(grp), len(model.families_))
+        dense = _dense(fam, len(grp), len(model.families_))
         np.testing.assert_array_equal(
             model._sparse_combined_statistic(oos["forest" + mode], fam, grp, mode),
             model._combined_statistic(oos["forest" + mode], dense, grp, mode),

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import polars.testing
 import pytest
-from conftest import make_record
+from conftest import make_record, with_fleet_copy
 from sklearn.ensemble import IsolationForest
 
 from detector.calibration import TailCalibrator
@@ -789,12 +789,12 @@ def test_baseline_fitted_in_chunks_of_series_is_the_one_pass_baseline(fleet, mon
     series is fitted from its own rows, so the same tables as one pass."""
     import detector.baseline as baseline_module
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals, _with_fleet_copy
+    from detector.model import _intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
     ivals = _intervals(syncs).select("connector_id", "interval_s")
-    for key, rows in (("connector_id", features), ("connector_kind", _with_fleet_copy(features))):
+    for key, rows in (("connector_id", features), ("connector_kind", with_fleet_copy(features))):
         one_pass = SeasonalBaseline(key=key).fit(rows, ivals)
         # Smaller than any connector's rows: every key group is cut by measure.
         monkeypatch.setattr(baseline_module, "_CHUNK_ROWS", rows.height // 40)
@@ -813,7 +813,7 @@ def test_fit_residuals_are_those_of_fit_then_residuals(fleet, monkeypatch, chunk
     before), pooled against the sync before; in one part or chunks cut by measure."""
     import detector.baseline as baseline_module
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals, _with_fleet_copy
+    from detector.model import _intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
@@ -822,7 +822,7 @@ def test_fit_residuals_are_those_of_fit_then_residuals(fleet, monkeypatch, chunk
     features = features.with_columns((pl.col("row") % 3 == 0).alias("paused"))
     cases = (
         ("connector_id", features.reverse(), None),
-        ("connector_kind", _with_fleet_copy(features), pl.lit(True)),
+        ("connector_kind", with_fleet_copy(features), pl.lit(True)),
     )
     for key, rows, against in cases:
         if chunk_share:
