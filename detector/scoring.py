@@ -411,7 +411,11 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     """
     items = list(items)
     run = ScoreRun()
-    run.ingest = store.ingest(items, source=source, actor=actor, in_time_order=True)
+    # One transaction around the ingest's batches (each a savepoint, audited as before):
+    # every COMMIT writes each page it dirtied to the WAL, and every batch touches most
+    # leaf pages of the syncs indexes; in one, those pages are written once, not per batch.
+    with store.atomic():
+        run.ingest = store.ingest(items, source=source, actor=actor, in_time_order=True)
     items = [run.ingest.turned_away.get(id(it), it) for it in items]
     sync_ids = [it.record["sync_id"] for it in items if isinstance(it, Accepted)]
 
