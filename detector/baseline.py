@@ -35,6 +35,7 @@ import math
 import numpy as np
 import polars as pl
 
+from detector.frame import RARE_SYNC_EVENTS
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
@@ -45,8 +46,9 @@ _TAIL_QUANTILE = 0.99
 _GAUSS_TAIL_Z = 2.576  # the 99th percentile of |z| for a Gaussian series
 _SHRINK = 4.0  # pseudo-observations pulling a bucket towards the series median
 _MIN_EVENT_MEAN = 0.05
-# A connector that has not said "partial" in its history: about one sync in a thousand.
-_MIN_PARTIAL_MEAN = 1e-3
+# A connector that has not said "partial" (or repeated its last data) in its history:
+# about one sync in a thousand.
+_MIN_RARE_SYNC_EVENT_MEAN = 1e-3
 _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
@@ -433,7 +435,9 @@ class SeasonalBaseline:
         size = pl.col("exposure").fill_null(pl.col("current_size")).fill_null(1.0)
         per_size = size.clip(lower_bound=1.0)
         gap = _gap_factor(pl.col("gap_s"), pl.col("interval_s"))
-        per_sync = pl.col("measure").str.starts_with("api.") | (pl.col("measure") == "sync.partial")
+        per_sync = pl.col("measure").str.starts_with("api.") | pl.col("measure").is_in(
+            list(RARE_SYNC_EVENTS)
+        )
         return (
             pl.when(per_sync)
             .then(pl.lit(1.0))
@@ -642,8 +646,8 @@ class SeasonalBaseline:
             *_judged(ref_x, pl.col("scale") * math.sqrt(2.0), "_ref"),
             pl.max_horizontal(
                 pl.col("expected") * pl.col("exposure_eff"),
-                pl.when(pl.col("measure") == "sync.partial")
-                .then(pl.lit(_MIN_PARTIAL_MEAN))
+                pl.when(pl.col("measure").is_in(list(RARE_SYNC_EVENTS)))
+                .then(pl.lit(_MIN_RARE_SYNC_EVENT_MEAN))
                 .otherwise(pl.lit(_MIN_EVENT_MEAN)),
             ).alias("mu"),
         )

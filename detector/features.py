@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.frame import measure_kind_expr
+from detector.frame import UNCHANGED_MEASURE, measure_kind_expr
 
 __all__ = [
     "N_BUCKETS",
@@ -108,6 +108,50 @@ def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFr
         "state_last_success",
         "state_last_start",
         strict=False,
+    )
+
+
+def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFrame:
+    """One :data:`~detector.frame.UNCHANGED_MEASURE` row per sync that reports resources.
+
+    ``rows`` holds every (sync, measure) row with ``_prev_value``, the series' value at the
+    sync before (the state's row for the first sync of a batch). A sync repeats the one
+    before when all its counts, duplicate counts and null rates equal their previous values
+    and its churn is zero; the run length then carries on from the state's.
+    """
+    churn = (pl.col("kind") == "events") & ~pl.col("measure").str.ends_with(".duplicates")
+    same = (
+        pl.when(churn)
+        .then(pl.col("value") == 0)
+        .otherwise(pl.col("value") == pl.col("_prev_value"))
+        .fill_null(False)  # a type, stat or field the sync before did not report: news
+    )
+    info = ["connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused"]
+    syncs = (
+        rows.filter(~pl.col("is_state") & pl.col("resource").is_not_null())
+        .group_by("row")
+        .agg(same.all().alias("_same"), *(pl.col(c).first() for c in info))
+    )
+    start = pl.lit(0.0)
+    if state is not None and state.height:
+        carried = state.filter(pl.col("measure") == UNCHANGED_MEASURE).select(
+            "connector_id", pl.col("value").alias("_start")
+        )
+        syncs = syncs.join(carried, on="connector_id", how="left")
+        start = pl.col("_start").fill_null(0.0)
+    # Runs begin at each sync that changed something; before the batch's first such sync
+    # the run is the state's, carried on.
+    run = (~pl.col("_same")).cast(pl.Int64).cum_sum().over("connector_id", order_by="seq")
+    syncs = syncs.with_columns(run.alias("_run"))
+    position = pl.col("seq").rank("ordinal").over("connector_id", "_run") - 1
+    length = pl.when(pl.col("_run") == 0).then(start + position + 1).otherwise(position)
+    return syncs.with_columns(
+        pl.lit(UNCHANGED_MEASURE).alias("measure"),
+        length.cast(pl.Float64).alias("value"),
+        pl.lit(None, dtype=pl.String).alias("resource"),
+        pl.lit("events").alias("kind"),
+        pl.lit(None, dtype=pl.Float64).alias("ref_value"),
+        pl.lit(None, dtype=pl.Float64).alias("reference"),
     )
 
 
@@ -204,6 +248,7 @@ def build_features(
         .over("connector_id", "measure", order_by="seq")
         .name.prefix("_prev_")
     )
+    unchanged = _unchanged_runs(rows, state)
     prev_value = pl.col("_prev_value")
     prev_ref = pl.col("_prev_ref_value")
     prev_is_state = pl.col("_prev_is_state").fill_null(False)
@@ -217,8 +262,9 @@ def build_features(
     rows = (
         rows.with_columns(reference.alias("reference"))
         .filter(~pl.col("is_state"))
-        .drop("_prev_value", "_prev_ref_value", "_prev_is_state")
+        .drop("_prev_value", "_prev_ref_value", "_prev_is_state", "is_state")
     )
+    rows = pl.concat([rows, unchanged.select(rows.columns).cast(rows.schema)])
 
     # Exposure: the resource's size at the reference sync, for churn and null rates.
     sizes = rows.filter(pl.col("kind") == "count").select(

@@ -22,6 +22,8 @@ import polars as pl
 
 __all__ = [
     "MEASURE_KINDS",
+    "RARE_SYNC_EVENTS",
+    "UNCHANGED_MEASURE",
     "measure_kind",
     "measure_kind_expr",
     "to_struct_frame",
@@ -56,16 +58,27 @@ _SYNC_COLUMNS = {
 #: time (training on a large fleet); below it, all at once (scoring chunks).
 _ONE_UNPIVOT_CELLS = 3_000_000
 
+#: Syncs in a row, up to and including this one, that returned exactly the data of the sync
+#: before: every count, duplicate count and null rate unchanged and no churn reported. A
+#: stuck cache or a stale snapshot repeats itself; a live source rarely does for long.
+UNCHANGED_MEASURE = "sync.unchanged_syncs"
+
 #: Per-sync measures that are counts of events (one exposure per sync).
-_EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial")
+_EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", UNCHANGED_MEASURE)
+
+#: Per-sync events a healthy connector may never show in its history (see the baseline's
+#: floor for their expected count).
+RARE_SYNC_EVENTS = ("sync.partial", UNCHANGED_MEASURE)
 
 
 def measure_kind(measure: str) -> str:
     """Return the modelling kind of a measure name (one of :data:`MEASURE_KINDS`)."""
     if measure.startswith("metric."):
         return "level"
-    if measure.startswith("api.") or measure == "sync.partial":
-        return "events" if measure in _EVENT_MEASURES else "log"
+    if measure in _EVENT_MEASURES:
+        return "events"
+    if measure.startswith("api."):
+        return "log"
     if measure == "sync.duration_s" or measure == "sync.freshness":
         return "log"
     if ".null_rate." in measure:

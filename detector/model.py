@@ -39,7 +39,13 @@ from detector.calibration import TailCalibrator
 from detector.explain import PERFORMANCE_MEASURES, REASON_Z, reasons_frame
 from detector.features import STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
-from detector.frame import in_sync_order, measures_frame, syncs_frame, to_struct_frame
+from detector.frame import (
+    UNCHANGED_MEASURE,
+    in_sync_order,
+    measures_frame,
+    syncs_frame,
+    to_struct_frame,
+)
 from detector.policy import Policy, load_policy
 from detector.rules import rule_hits
 from detector.special import ufuncs as _ufuncs
@@ -778,7 +784,7 @@ class FleetModel:
             features,
             intervals=ivals,
             expected_resources=self.expected_resources_,
-            partial_rates=self._partial_rates(syncs),
+            rare_event_rates=self._rare_event_rates(syncs),
         )
         decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
         return {
@@ -789,13 +795,19 @@ class FleetModel:
             "decided": decided,
         }
 
-    def _partial_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
-        """Each connector's learned rate of ``partial`` syncs (its kind's when cold)."""
+    def _rare_event_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
+        """Each connector's learned rates of ``partial`` syncs and of repeated data (its
+        kind's when cold): ``connector_id, partial_rate, repeat_rate``."""
+        measures = {"partial_rate": "sync.partial", "repeat_rate": UNCHANGED_MEASURE}
 
         def rates(base: SeasonalBaseline) -> pl.DataFrame:
-            return base.series_.filter(pl.col("measure") == "sync.partial").select(
-                base.key, pl.col("rate").alias("partial_rate")
-            )
+            out = base.series_.select(base.key).unique()
+            for name, measure in measures.items():
+                learned = base.series_.filter(pl.col("measure") == measure)
+                out = out.join(
+                    learned.select(base.key, pl.col("rate").alias(name)), on=base.key, how="left"
+                )
+            return out
 
         conn = syncs.select("connector_id", "connector_kind").unique()
         return (
@@ -803,9 +815,8 @@ class FleetModel:
             .join(rates(self.pooled_baseline_), on="connector_kind", how="left", suffix="_kind")
             .select(
                 "connector_id",
-                pl.coalesce("partial_rate", "partial_rate_kind").alias("partial_rate"),
+                *(pl.coalesce(name, f"{name}_kind").alias(name) for name in measures),
             )
-            .drop_nulls()
         )
 
     def _tail_probability(self, x, fam, rows, groups, syncs) -> np.ndarray:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from detector.frame import UNCHANGED_MEASURE
+
 __all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS", "MIN_POPULATED",
-           "MAX_PARTIAL_RATE"]
+           "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
 #: least an hour late), e.g. an hourly connector that skipped two syncs.
@@ -23,6 +25,14 @@ MIN_RECORDS = 5
 MIN_POPULATED = 20
 #: Connectors that report ``partial`` on more syncs than this have it judged by the model.
 MAX_PARTIAL_RATE = 0.01
+#: Syncs in a row returning exactly the data of the sync before (no count, null rate or
+#: duplicate moved, no churn) before a connector that rarely repeats itself is paused. Two:
+#: one repeat can be a quiet hour, a second in a row from a source that changes on nearly
+#: every sync is a stuck cache or a stale snapshot.
+MIN_REPEATS = 2
+#: Connectors whose history repeats itself more often than this (repeated syncs per sync)
+#: have their runs judged by the model (a quiet app may not change for days).
+MAX_REPEAT_RATE = 0.01
 
 RULES = {
     "sync_failed": "the connector reported the sync as failed",
@@ -32,6 +42,8 @@ RULES = {
     "field_entirely_null": "a field that was populated is null on every record",
     "overdue_sync": "the sync arrived long after the connector's usual interval",
     "partial_sync": "the connector reported its data as partial, which it rarely does",
+    "repeated_snapshot": "the connector returned exactly its previous data again, which it "
+    "rarely does",
 }
 
 
@@ -45,7 +57,7 @@ def rule_hits(
     *,
     intervals: pl.DataFrame,
     expected_resources: pl.DataFrame | None = None,
-    partial_rates: pl.DataFrame | None = None,
+    rare_event_rates: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per rule hit: ``row, rule, detail``.
 
@@ -57,6 +69,9 @@ def rule_hits(
         ``connector_id, interval_s``.
     expected_resources : pl.DataFrame, optional
         ``connector_id, resource`` the connector always reported in history.
+    rare_event_rates : pl.DataFrame, optional
+        ``connector_id, partial_rate, repeat_rate``: how often the connector said
+        ``partial``, and repeated its previous data, per sync in history.
     """
     status_hits = pl.concat(
         [
@@ -119,12 +134,12 @@ def rule_hits(
         )
     )
     parts = [status_hits, zero, all_null, late]
-    if partial_rates is not None:
+    if rare_event_rates is not None:
         # The connector itself says the data is incomplete. Some connectors say so
         # routinely (skipped objects they may not read); those are left to the model.
         parts.append(
             syncs.filter(pl.col("status") == "partial")
-            .join(partial_rates, on="connector_id", how="inner")
+            .join(rare_event_rates, on="connector_id", how="inner")
             .filter(pl.col("partial_rate") < MAX_PARTIAL_RATE)
             .select(
                 "row",
@@ -133,6 +148,24 @@ def rule_hits(
                     "status partial (error_class {}); this connector's usual partial rate {}%",
                     pl.col("error_class").fill_null("none"),
                     (pl.col("partial_rate") * 100).round(2),
+                ).alias("detail"),
+            )
+        )
+        parts.append(
+            features.filter(
+                (pl.col("measure") == UNCHANGED_MEASURE) & (pl.col("value") >= MIN_REPEATS)
+            )
+            .join(rare_event_rates, on="connector_id", how="inner")
+            .filter(pl.col("repeat_rate") < MAX_REPEAT_RATE)
+            .select(
+                "row",
+                pl.lit("repeated_snapshot").alias("rule"),
+                pl.format(
+                    "the data of the sync before returned unchanged {} syncs in a row (no "
+                    "count, null rate or duplicate moved, no churn); this connector repeats "
+                    "itself on {}% of syncs",
+                    _fmt(pl.col("value")),
+                    (pl.col("repeat_rate") * 100).round(2),
                 ).alias("detail"),
             )
         )

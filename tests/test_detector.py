@@ -486,6 +486,85 @@ def test_a_paused_connector_is_not_paused_again_by_a_performance_shift_that_pers
     assert [d for i, d in enumerate(decisions) if i not in (2, 3, 10, 11)].count("pause") == 0
 
 
+def _scored_one_at_a_time(model, records, state, facts) -> pl.DataFrame:
+    """The results of scoring ``records`` one sync at a time, each from the state before."""
+    results = []
+    for record in records:
+        out = model.score([record], state=state, facts=facts)
+        state, facts = out.state, out.facts
+        results.append(out.results)
+    return pl.concat(results)
+
+
+def _repeating(records: list[dict], first: int) -> list[dict]:
+    """``records`` with every sync from ``first`` on returning the data of the sync before
+    it (a stuck cache): the same resources, no churn; the API figures stay as they were."""
+    out = [copy.deepcopy(r) for r in records]
+    frozen = copy.deepcopy(out[first - 1]["resources"])
+    for stats in frozen.values():
+        stats.update({k: 0 for k in ("added", "removed", "modified") if k in stats})
+    for record in out[first:]:
+        record["resources"] = copy.deepcopy(frozen)
+    return out
+
+
+def test_a_frozen_snapshot_pauses_though_its_api_figures_look_normal(fleet):
+    """A connector that keeps returning the same data: each sync alone looks like a quiet
+    one, the run of exact repeats does not. Paused once, with the run as the reason; the
+    same judged a sync at a time; the run ends when the data moves again."""
+    model, _, test, state, facts = fleet
+    okta = _repeating([r for r in test if r["connector_id"].startswith("okta")][:12], 3)
+    okta[9:] = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][9:12]
+    whole = model.score(okta, state=state, facts=facts)
+    decisions = whole.results["decision"].to_list()
+    assert decisions[:3] == ["proceed"] * 3
+    first = decisions.index("pause")
+    assert 3 <= first <= 5, decisions
+    reasons = whole.reasons.filter(pl.col("sync_id") == okta[first]["sync_id"])
+    assert "sync.unchanged_syncs" in reasons["metric"].to_list()
+    hits = whole.rule_hits.filter(pl.col("rule") == "repeated_snapshot")
+    assert set(hits["sync_id"]) == {r["sync_id"] for r in okta[4:9]}  # two repeats on
+    run = whole.reasons.filter(pl.col("metric") == "sync.unchanged_syncs")
+    assert run["observed"].to_list() == sorted(run["observed"].to_list())  # 1, 2, 3 ...
+    assert set(run["sync_id"]) <= {r["sync_id"] for r in okta[3:9]}
+    single = _scored_one_at_a_time(model, okta, state, facts)
+    np.testing.assert_allclose(single["score"], whole.results["score"], rtol=1e-9)
+
+
+def test_a_frozen_snapshot_pauses_a_connector_already_paused(fleet):
+    """While paused, a sync is judged against the one before; a run of repeats still grows
+    with every sync, so a stale snapshot after an earlier fault is paused too."""
+    model, _, test, state, facts = fleet
+    okta = _repeating([r for r in test if r["connector_id"].startswith("okta")][:12], 5)
+    okta[1]["resources"]["user"]["count"] //= 3  # the earlier fault: paused from here on
+    out = model.score(okta, state=state, facts=facts).results
+    decisions = out["decision"].to_list()
+    assert decisions[1] == "pause"
+    assert "pause" in decisions[5:8], decisions
+
+
+def test_a_connector_that_often_repeats_itself_is_not_paused_for_doing_so():
+    """A small app whose syncs often return the same data (nobody joined, left or changed)
+    has learned that runs of repeats are normal for it."""
+    rng = np.random.default_rng(3)
+    records, size = [], 40
+    for i in range(24 * 75):
+        changed = rng.random() < 0.3  # a change in about one sync in three
+        joined = int(changed)
+        size += joined
+        records.append(make_record(
+            "tiny-app", i, kind="tiny",
+            resources={"user": {"count": size, "added": joined, "removed": 0, "modified": 0}},
+        ))
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    out = model.score(test, state=state, facts=facts)
+    runs = out.reasons.filter(pl.col("metric") == "sync.unchanged_syncs")
+    assert out.results.filter(pl.col("decision") == "pause").height == 0
+    assert runs.height == 0
+
+
 def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
     """Sync-level measures (the duration) carry their value in the state: a paused
     connector scored one sync at a time compares it with the sync before, as a batch does."""
@@ -494,12 +573,8 @@ def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
     okta[1]["resources"]["user"]["count"] //= 3
     okta[5]["finished_at"] = okta[6]["started_at"]  # a much longer sync while paused
     whole = model.score(okta, state=state, facts=facts)
-    s, f, single = state, facts, []
-    for record in okta:
-        out = model.score([record], state=s, facts=f)
-        s, f = out.state, out.facts
-        single.append(out.results)
-    np.testing.assert_allclose(pl.concat(single)["score"], whole.results["score"], rtol=1e-9)
+    single = _scored_one_at_a_time(model, okta, state, facts)
+    np.testing.assert_allclose(single["score"], whole.results["score"], rtol=1e-9)
     duration = whole.reasons.filter(
         (pl.col("sync_id") == okta[5]["sync_id"]) & (pl.col("metric") == "sync.duration_s")
     )

@@ -10,6 +10,7 @@ from event_samples import all_findings, pause_event, proceed_event, review_event
 from ocsf_check import OcsfValidator, compile_schema
 
 from detector.events.ocsf import is_finding, to_detection_finding
+from detector.rules import RULES
 
 CLASS = "detection_finding"
 
@@ -117,6 +118,17 @@ def test_rule_hits_lead_the_finding():
                                                           "rule.count_to_zero"]
     assert "API credentials" in finding["remediation"]["desc"]
     assert finding["risk_score"] >= 90 and finding["risk_level"] == "Critical"
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_rule_has_its_own_remediation_hint(rule):
+    """A hint per rule the detector can raise (keys are the rule names, not aliases)."""
+    from event_samples import rule_pause_event
+
+    generic = to_detection_finding(rule_pause_event() | {"rule_hits": []})["remediation"]["desc"]
+    event = rule_pause_event() | {"rule_hits": [{"rule": rule, "detail": "seen"}]}
+    text = to_detection_finding(event)["remediation"]["desc"]
+    assert len(text) > len(generic) and text != generic
 
 
 def test_remediation_tells_the_operator_what_to_do(finding):

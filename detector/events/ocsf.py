@@ -79,11 +79,19 @@ _TARGET_TYPE = "Identity Connector"
 _RULE_HINTS = {
     "auth_failure": "check the connector's API credentials (expired or rotated secret, revoked "
     "token, missing scopes)",
-    "failed_sync": "read the connector's run log for the failure and fix it before the next sync",
+    "sync_failed": "read the connector's run log for the failure and fix it before the next sync",
     "count_to_zero": "check the connector's scopes, filters and API permissions for the resource "
     "type that returned nothing",
-    "all_null_field": "check the connector's field mapping and the source schema (a renamed or "
-    "removed attribute)",
+    "field_entirely_null": "check the connector's field mapping and the source schema (a renamed "
+    "or removed attribute)",
+    "resource_missing": "check the connector's configuration and scopes for the resource type "
+    "it no longer reports",
+    "overdue_sync": "check the connector's scheduler or job runner, and whether the sync before "
+    "it was skipped",
+    "partial_sync": "read the connector's run log for what it could not read (rate limits, "
+    "time-outs, permissions) and re-run the sync",
+    "repeated_snapshot": "check the connector's cache, export job or source snapshot: it has "
+    "returned the same data for several syncs in a row; force a full re-read",
     "stale": "check the connector's scheduler or job runner",
     "unscorable": "no model could score this sync: check `syncguard models list` and retrain "
     "with `syncguard train` if no champion is available",
