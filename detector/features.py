@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.frame import UNCHANGED_MEASURE, measure_kind_expr
+from detector.frame import MAX_UNCHANGED_RUN, UNCHANGED_MEASURE, measure_kind_expr
 
 __all__ = [
     "N_BUCKETS",
@@ -117,7 +117,8 @@ def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFr
     ``rows`` holds every (sync, measure) row with ``_prev_value``, the series' value at the
     sync before (the state's row for the first sync of a batch). A sync repeats the one
     before when all its counts, duplicate counts and null rates equal their previous values
-    and its churn is zero; the run length then carries on from the state's.
+    and its churn is zero; the run length then carries on from the state's, up to
+    :data:`~detector.frame.MAX_UNCHANGED_RUN`.
     """
     churn = (pl.col("kind") == "events") & ~pl.col("measure").str.ends_with(".duplicates")
     same = (
@@ -147,7 +148,7 @@ def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFr
     length = pl.when(pl.col("_run") == 0).then(start + position + 1).otherwise(position)
     return syncs.with_columns(
         pl.lit(UNCHANGED_MEASURE).alias("measure"),
-        length.cast(pl.Float64).alias("value"),
+        length.clip(upper_bound=MAX_UNCHANGED_RUN).cast(pl.Float64).alias("value"),
         pl.lit(None, dtype=pl.String).alias("resource"),
         pl.lit("events").alias("kind"),
         pl.lit(None, dtype=pl.Float64).alias("ref_value"),

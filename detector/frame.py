@@ -23,6 +23,7 @@ import polars as pl
 __all__ = [
     "MEASURE_KINDS",
     "RARE_SYNC_EVENTS",
+    "MAX_UNCHANGED_RUN",
     "UNCHANGED_MEASURE",
     "measure_kind",
     "measure_kind_expr",
@@ -62,6 +63,10 @@ _ONE_UNPIVOT_CELLS = 3_000_000
 #: before: every count, duplicate count and null rate unchanged and no churn reported. A
 #: stuck cache or a stale snapshot repeats itself; a live source rarely does for long.
 UNCHANGED_MEASURE = "sync.unchanged_syncs"
+#: Runs are counted up to here: a source that never changes (a static resource beside a
+#: custom metric) then sits at a constant, instead of a count that grows past anything its
+#: history saw. A day of hourly syncs; a stuck cache is flagged long before.
+MAX_UNCHANGED_RUN = 24
 
 #: Per-sync measures that are counts of events (one exposure per sync).
 _EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", UNCHANGED_MEASURE)

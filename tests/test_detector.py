@@ -20,7 +20,14 @@ from detector.events.scored import scored_events
 from detector.explain import reasons_frame
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
-from detector.frame import in_sync_order, measure_kind, measures_frame, to_struct_frame
+from detector.frame import (
+    MAX_UNCHANGED_RUN,
+    UNCHANGED_MEASURE,
+    in_sync_order,
+    measure_kind,
+    measures_frame,
+    to_struct_frame,
+)
 from detector.model import FleetModel, _tail_families, prepare, tail_family_expr
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
@@ -563,6 +570,29 @@ def test_a_connector_that_often_repeats_itself_is_not_paused_for_doing_so():
     runs = out.reasons.filter(pl.col("metric") == "sync.unchanged_syncs")
     assert out.results.filter(pl.col("decision") == "pause").height == 0
     assert runs.height == 0
+
+
+def test_a_source_that_never_changes_is_not_paused_for_its_ever_longer_run():
+    """Every sync repeats the one before (a static resource beside a custom metric): the
+    run is counted up to MAX_UNCHANGED_RUN, so the test window, twice as long as history,
+    holds nothing history did not; two batches carry the run as one does."""
+    records = [
+        make_record("static", i, kind="static", api=..., metrics={"value": 5.0 + i % 3},
+                    resources={"item": {"count": 100, "added": 0, "removed": 0}})
+        for i in range(24 * 90)
+    ]
+    history, test = records[: 24 * 30], records[24 * 30 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    whole = model.score(test, state=state, facts=facts)
+    assert whole.results.filter(pl.col("decision") != "proceed").height == 0
+    first = model.score(test[:100], state=state, facts=facts)
+    second = model.score(test[100:], state=first.state, facts=first.facts)
+    run = second.state.filter(pl.col("measure") == UNCHANGED_MEASURE)["value"].to_list()
+    assert run == [MAX_UNCHANGED_RUN]
+    np.testing.assert_allclose(
+        pl.concat([first.results, second.results])["score"], whole.results["score"], rtol=1e-9
+    )
 
 
 def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
