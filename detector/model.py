@@ -68,6 +68,7 @@ _PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance:
 _HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured together
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
+_SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
 _OOS_KEYS = ("forest", "group", "forest_paused")
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
@@ -825,15 +826,20 @@ class FleetModel:
             return np.zeros(0)
         paused_rows = syncs.filter(pl.col("paused"))["row"].to_numpy()
         paused = np.isin(rows, paused_rows)
-        forest_s = self.forest_.score_samples(x, groups)
-        # Each sync through its own mode's calibrators only (row by row the same numbers).
         p = np.empty(len(x))
-        for mode, mine in zip(_MODES, (~paused, paused), strict=True):
-            if mine.any():
-                stat = self._combined_statistic(forest_s[mine], fam[mine], groups[mine], mode)
-                p[mine] = self.calibrators_["combined" + mode].tail_probability(
-                    stat, groups[mine]
-                )
+        # Every number here is a sync's own (row by row the same whatever the block), so
+        # syncs go through in blocks: the walk's and the calibrators' temporaries (syncs x
+        # trees, entries x quantiles) then stay small enough to be reused from the heap and
+        # the caches, where a whole batch's were fresh pages mapped for each step.
+        for lo in range(0, len(x), _SCORE_BLOCK_ROWS):
+            block = slice(lo, lo + _SCORE_BLOCK_ROWS)
+            g, out = groups[block], p[block]
+            forest_s = self.forest_.score_samples(x[block], g)
+            # Each sync through its own mode's calibrators only.
+            for mode, mine in zip(_MODES, (~paused[block], paused[block]), strict=True):
+                if mine.any():
+                    stat = self._combined_statistic(forest_s[mine], fam[block][mine], g[mine], mode)
+                    out[mine] = self.calibrators_["combined" + mode].tail_probability(stat, g[mine])
         return p
 
     def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
