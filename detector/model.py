@@ -285,6 +285,13 @@ class FleetModel:
         step("cross-fitting calibration scores")
         oos = self._cross_fit_scores(per_connector, features, ivals, group_index)
 
+        # The calibrators read the held-out scores only, so they are fitted now: the
+        # scores (the family maxima of every sync, for each group it is judged by, the
+        # largest arrays a fit keeps) are freed before the baselines and forests run.
+        step("calibration")
+        self._fit_calibrators(oos)
+        del oos
+
         step("baselines")
         # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
         # rows (every sync twice) are never one frame. Each series is fitted from its own
@@ -302,9 +309,6 @@ class FleetModel:
             random_state=self.random_state,
             n_jobs=self.n_jobs,
         ).fit(inputs)
-
-        step("calibration")
-        self._fit_calibrators(oos)
         return self
 
     def _fit_calibrators(self, oos: dict[str, Any]) -> None:
