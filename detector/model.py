@@ -406,7 +406,7 @@ class FleetModel:
                     continue
                 normal, paused = self._held_out_matrices(
                     part, base, part.rows(not fold), ivals, group_index
-                )
+                )  # family maxima already sparse (_Families)
                 for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
                     if len(m) == 0 or len(fit_x[g]) == 0:
                         continue
@@ -415,8 +415,8 @@ class FleetModel:
                         "forest": forest.score_samples(m, gi),
                         "group": gi,
                         "forest_paused": forest.score_samples(mp, gi),
-                        "family": _Families.of(f),
-                        "family_paused": _Families.of(fp),
+                        "family": f,
+                        "family_paused": fp,
                     }
             # In group order, as the calibrators' inputs always were.
             for group_scores in filter(None, held):
@@ -453,7 +453,8 @@ class FleetModel:
                 base, z, z_tail = part.fit_residuals(self.baseline_method, rows, ivals)
                 resid = rows.with_columns(pl.Series("z", z), pl.Series("z_tail", z_tail))
                 del z, z_tail
-                for g, (x, _, _) in self._part_matrices(part, base, resid, ivals, group_index):
+                mats = self._part_matrices(part, base, resid, ivals, group_index, families="none")
+                for g, (x, _, _) in mats:
                     inputs[g] = x
                 del resid
             bases.append(base)
@@ -469,9 +470,11 @@ class FleetModel:
         group_index: dict[str, int],
         *,
         whole: bool = False,
-    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        families: str = "sparse",
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, _Families | None]]]:
         """``(group index, group matrices)`` of each group of a part, from its ``rows``
-        (``whole``: in one pass); rows that carry ``z`` and ``z_tail`` are residuals."""
+        (``whole``: in one pass); rows that carry ``z`` and ``z_tail`` are residuals.
+        ``families`` as in :meth:`_group_matrices` ("sparse" or "none")."""
         row = rows["row"]
         if not whole and rows.height > _XFIT_CHUNK_ROWS and row.is_sorted():
             # A pooled group (every sync of a kind, or of the fleet): its residuals and
@@ -482,19 +485,22 @@ class FleetModel:
             bounds = np.r_[0, cuts, len(r)]
             pieces = [
                 self._part_matrices(
-                    part, base, rows.slice(lo, hi - lo), ivals, group_index, whole=True
+                    part,
+                    base,
+                    rows.slice(lo, hi - lo),
+                    ivals,
+                    group_index,
+                    whole=True,
+                    families=families,
                 )
                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
                 if hi > lo
             ]
-            return [
-                (g, tuple(np.concatenate(m) for m in zip(*(p[i][1] for p in pieces), strict=True)))
-                for i, (g, _) in enumerate(pieces[0])
-            ]
+            return [(g, _stacked([p[i][1] for p in pieces])) for i, (g, _) in enumerate(pieces[0])]
         if "z_tail" in rows.columns:  # residuals already made (by fit_residuals)
-            return self._resid_matrices(part, rows, group_index)
+            return self._resid_matrices(part, rows, group_index, families)
         resid = base.residuals(rows, ivals, against_reference=part.against_reference)
-        return self._resid_matrices(part, resid, group_index)
+        return self._resid_matrices(part, resid, group_index, families)
 
     def _held_out_matrices(
         self,
@@ -525,28 +531,38 @@ class FleetModel:
             spliced[name] = values
         paused = normal.with_columns(pl.Series(name, v) for name, v in spliced.items())
         return (
-            self._resid_matrices(part, normal, group_index),
-            self._resid_matrices(part, paused, group_index),
+            self._resid_matrices(part, normal, group_index, "sparse"),
+            self._resid_matrices(part, paused, group_index, "sparse"),
         )
 
     def _resid_matrices(
-        self, part: _XfitPart, resid: pl.DataFrame, group_index: dict[str, int]
-    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        self,
+        part: _XfitPart,
+        resid: pl.DataFrame,
+        group_index: dict[str, int],
+        families: str = "sparse",
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, _Families | None]]]:
         """``(group index, group matrices)`` of each group of a part, from its residuals."""
         empty = resid.head(0)
-        mats = self._group_matrices(
-            *((resid, empty) if part.key == "connector_id" else (empty, resid)), group_index
-        )
+        own, pooled = (resid, empty) if part.key == "connector_id" else (empty, resid)
+        mats = self._group_matrices(own, pooled, group_index, families=families)
         return [(group_index[g], mats[group_index[g]]) for g in part.groups if g in group_index]
 
     def _group_matrices(
-        self, resid: pl.DataFrame, pooled_resid: pl.DataFrame, group_index: dict[str, int]
-    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per model group, in group order: forest inputs, row ids and family maxima."""
+        self,
+        resid: pl.DataFrame,
+        pooled_resid: pl.DataFrame,
+        group_index: dict[str, int],
+        *,
+        families: str = "dense",
+    ) -> list[tuple[np.ndarray, np.ndarray, Any]]:
+        """Per model group, in group order: forest inputs, row ids and family maxima
+        (``families``: "dense" syncs x families, "sparse" :class:`_Families`, "none")."""
         width = int(self.columns_["col"].max()) + 1
         n_fam = len(self.families_)
+        no_fam = {"dense": np.zeros((0, n_fam)), "sparse": _Families.concat([]), "none": None}
         out = [
-            (np.zeros((0, width), np.float32), np.zeros(0, dtype=np.int64), np.zeros((0, n_fam)))
+            (np.zeros((0, width), np.float32), np.zeros(0, dtype=np.int64), no_fam[families])
             for _ in group_index
         ]
         for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
@@ -563,12 +579,14 @@ class FleetModel:
                     "current_size",
                 ),
                 width,
+                families,
             )
             # _matrix returns its syncs ordered by group: each group is one slice.
             bounds = np.flatnonzero(np.diff(group)) + 1
             for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(group)], strict=True):
                 g = group[lo]
-                out[group_index[self.groups_[g]]] = (x[lo:hi], rows[lo:hi], fam[lo:hi])
+                part_fam = None if fam is None else fam[lo:hi]
+                out[group_index[self.groups_[g]]] = (x[lo:hi], rows[lo:hi], part_fam)
         return out
 
     def _family_lookup(self, measures: pl.Series) -> np.ndarray:
@@ -612,14 +630,17 @@ class FleetModel:
         )
 
     def _matrix(
-        self, resid: pl.DataFrame, width: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self, resid: pl.DataFrame, width: int, families: str = "dense"
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
         """Scatter long residual rows into per-sync matrices.
 
         Returns the forest inputs (syncs x width, per the group's layout, clipped; float32,
         the precision the forest splits on), the row ids, the group index, and each
         family's largest residual (syncs x families; 0 where the family has no residual in
-        the direction it names). Syncs come ordered by group index, then row.
+        the direction it names). Syncs come ordered by group index, then row. With
+        ``families="sparse"`` the family maxima are the same entries as
+        :class:`_Families` (fitting keeps them so: a dense matrix is mostly zeros, and
+        its pages cost more than the scatter), with ``"none"`` they are not made.
 
         String keys are turned into integer codes once per distinct value (groups and
         measures are few); the scatter itself is numpy indexing.
@@ -663,12 +684,18 @@ class FleetModel:
         sel = col >= 0
         x[i[sel], col[sel]] = np.clip(z[sel], -_FOREST_Z_CLIP, _FOREST_Z_CLIP)
         del col, g
-        f = np.zeros((len(keys), len(self.families_)))
+        if families == "none":
+            return x, keys % n_rows, keys // n_rows, None
         u = fam_of[m, coded["decade"].to_numpy().astype(np.int8)]
         sel = u >= 0
         # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as _sign).
         j = 2 * u[sel] + (z[sel] < 0)
-        np.maximum.at(f, (i[sel], j), np.abs(coded["z_tail"].to_numpy()[sel]))
+        values = np.abs(coded["z_tail"].to_numpy()[sel])
+        if families == "sparse":
+            f = _Families.maxima(i[sel], j, values, len(self.families_))
+        else:
+            f = np.zeros((len(keys), len(self.families_)))
+            np.maximum.at(f, (i[sel], j), values)
         return x, keys % n_rows, keys // n_rows, f
 
     # ================================================================ score
@@ -1092,14 +1119,16 @@ def _resource_prefix(measure: pl.Expr) -> pl.Expr:
     return pl.when(resource).then(pl.concat_str(measure.str.split(".").list.first(), pl.lit(".")))
 
 
-def _size_suffix() -> pl.Expr:
+def _size_suffix(decade: pl.Expr | None = None) -> pl.Expr:
     """``@2`` for a resource of 100-999 records (its larger side of the change); null else.
+
+    ``decade``: the row's :func:`_size_decade`, when already computed.
 
     Small apps move in bursts (a team of 12 leaves a 37-seat app at once) that are 10
     to 30 residual scales out; in a directory of 50,000 that never happens in normal
     life, so a 3 % loss there is damning. Tails per size decade keep the two apart.
     """
-    decade = _size_decade()
+    decade = _size_decade() if decade is None else decade
     return pl.when(decade > 0).then(pl.concat_str(pl.lit("@"), decade.cast(pl.String)))
 
 
@@ -1110,13 +1139,14 @@ def _size_decade() -> pl.Expr:
     return pl.when(size.is_not_null()).then(decade).otherwise(0)
 
 
-def _tail_keys(measure: pl.Expr, z: pl.Expr) -> list[pl.Expr]:
+def _tail_keys(measure: pl.Expr, z: pl.Expr, decade: pl.Expr | None = None) -> list[pl.Expr]:
     """Candidate tails of a residual, most specific first (null where one does not apply).
 
     ``user.count@4-`` (type and size), ``user.count-`` (type), ``count@4-`` (size) and
-    ``count-`` (family). Needs ``exposure`` and ``current_size`` columns.
+    ``count-`` (family). Needs ``exposure`` and ``current_size`` columns, or ``decade``
+    (the :func:`_size_decade` they give).
     """
-    base, sign, size = _family_base(measure), _sign(z), _size_suffix()
+    base, sign, size = _family_base(measure), _sign(z), _size_suffix(decade)
     typed = pl.concat_str(_resource_prefix(measure), base)
     return [
         pl.concat_str(typed, size, sign),
@@ -1163,11 +1193,16 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     ``_TAIL_MIN_ROWS`` of them from ``_TAIL_MIN_CONNECTORS`` connectors: fewer, and its
     tail would be one connector's habits; those residuals stay in a broader tail.
     """
+    # A row's candidate tails depend on its measure and size decade only: the string
+    # work is done once per connector, measure and decade, each counting its rows.
+    distinct = features.group_by(
+        "connector_id", "measure", _size_decade().alias("decade"), maintain_order=True
+    ).len("rows")
     keys = [
         k.str.head(-1).alias(f"k{i}")
-        for i, k in enumerate(_tail_keys(pl.col("measure"), pl.lit(1.0)))
+        for i, k in enumerate(_tail_keys(pl.col("measure"), pl.lit(1.0), pl.col("decade")))
     ]
-    tagged = features.select("connector_id", *keys).with_columns(
+    tagged = distinct.select("connector_id", "rows", *keys).with_columns(
         pl.lit(None, pl.String).alias("tail")
     )
     chosen: set[str] = set(tagged["k3"].unique().to_list())
@@ -1175,7 +1210,10 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
         open_rows = tagged.filter(pl.col("tail").is_null() & pl.col(f"k{i}").is_not_null())
         enough = (
             open_rows.group_by(f"k{i}")
-            .agg(pl.len().alias("n"), pl.col("connector_id").n_unique().alias("connectors"))
+            .agg(
+                pl.col("rows").sum().alias("n"),
+                pl.col("connector_id").n_unique().alias("connectors"),
+            )
             .filter(
                 (pl.col("n") >= _TAIL_MIN_ROWS) & (pl.col("connectors") >= _TAIL_MIN_CONNECTORS)
             )[f"k{i}"]
@@ -1277,6 +1315,28 @@ class _Families:
         return cls(rows.astype(np.int32), cols.astype(np.int32), fam[rows, cols])
 
     @classmethod
+    def maxima(
+        cls, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
+    ) -> _Families:
+        """The entries ``of`` the dense matrix ``np.maximum.at(zeros, (rows, cols),
+        values)`` gives (``values`` >= 0), without making that matrix."""
+        cell = rows.astype(np.int64) * n_cols + cols
+        order = np.argsort(cell, kind="stable")
+        cell = cell[order]
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if len(cell) else cell
+        top = np.maximum.reduceat(values[order], starts) if len(cell) else values[:0]
+        kept = top > 0  # as ``fam > 0`` in :meth:`of`: a maximum of 0 is no entry
+        cell = cell[starts[kept]]
+        return cls((cell // n_cols).astype(np.int32), (cell % n_cols).astype(np.int32), top[kept])
+
+    def __getitem__(self, syncs: slice) -> _Families:
+        """The entries of syncs ``start:stop``, numbered from 0 (as a dense matrix's rows)."""
+        lo, hi = np.searchsorted(self.rows, [syncs.start, syncs.stop])
+        return _Families(
+            self.rows[lo:hi] - np.int32(syncs.start), self.cols[lo:hi], self.values[lo:hi]
+        )
+
+    @classmethod
     def concat(cls, parts: list[_Families]) -> _Families:
         if not parts:
             return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
@@ -1375,6 +1435,19 @@ def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_Xf
     ]
     kinds = sorted({*features["connector_kind"].unique().to_list(), POOLED_ALL})
     return connectors + [_XfitPart("connector_kind", features, (kind,)) for kind in kinds]
+
+
+def _stacked(pieces: list[tuple]) -> tuple:
+    """Group matrices of consecutive slices of syncs as one: arrays stacked, the sparse
+    family maxima renumbered on (``None`` stays ``None``)."""
+    x = [p[0] for p in pieces]
+    fam = [p[2] for p in pieces]
+    if fam[0] is not None:
+        starts = np.cumsum([0] + [len(m) for m in x[:-1]])
+        fam = _Families.concat([f.shifted(int(n)) for f, n in zip(fam, starts, strict=True)])
+    else:
+        fam = None
+    return np.concatenate(x), np.concatenate([p[1] for p in pieces]), fam
 
 
 def _merged_baseline(
