@@ -136,12 +136,22 @@ def _times(item: Accepted) -> tuple[datetime | None, datetime | None]:
     return parse_timestamp(item.record["started_at"]), parse_timestamp(item.record["finished_at"])
 
 
+def _stored_time(text: object, moment: datetime) -> str:
+    """How a record's time is stored: :func:`_utc_text` of it, or the text as sent when it
+    is already that (whole seconds, UTC, ``T`` and ``Z``: what most connectors send; the
+    contract checked it parses to ``moment``), without a datetime formatted per row."""
+    if type(text) is str and len(text) == 20 and text[10] == "T" and text[19] == "Z":
+        return text
+    return _utc_text(moment)
+
+
 def _sync_row(item: Accepted, source: str, now: str) -> tuple[Any, ...]:
     rec = item.record  # an Accepted built by hand may lack the canonical text and times
     started, finished = _times(item)
     assert started is not None and finished is not None  # guaranteed by the contract
     return (rec["sync_id"], rec["connector_id"], rec.get("connector_kind"),
-            _utc_text(started), started.timestamp(), _utc_text(finished), finished.timestamp(),
+            _stored_time(rec.get("started_at"), started), started.timestamp(),
+            _stored_time(rec.get("finished_at"), finished), finished.timestamp(),
             rec["status"], rec.get("error_class"), item.content_hash,
             item.canonical or canonical_json(rec), item.source or source, now)
 
