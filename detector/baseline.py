@@ -56,7 +56,8 @@ _STD_SHARE = 0.3
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
 _CHUNK_ROWS = 1_000_000  # rows fitted or scored together: bounds a large fleet's memory
 _SMALL_RATE_N = 100  # records up to which null rates are judged as beta-binomial counts
-_BETABINOM_BLOCK = 20_000  # rows per block of beta-binomial tail terms
+_BETABINOM_BLOCK = 2_000  # rows per block of beta-binomial tail terms (x 40 terms: temporaries
+# that stay in the caches and the heap; 20,000 rows made 6 MB arrays, fresh pages each)
 _BETABINOM_TERMS = 40  # terms of a beta-binomial tail summed past the observed count
 
 
