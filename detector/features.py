@@ -39,6 +39,9 @@ STATE_SCHEMA = {
     "ref_value": pl.Float64,
 }
 
+# What the measures derived from whole syncs carry of their sync.
+_SYNC_INFO = ("connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused")
+
 # A gap since the previous sync: it has no value of its own to carry to the next batch.
 _UNREFERENCED_MEASURES = ("sync.freshness",)
 
@@ -111,6 +114,40 @@ def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFr
     )
 
 
+def _unexplained_changes(rows: pl.DataFrame) -> pl.DataFrame:
+    """One ``<type>.unexplained`` row per (sync, resource type) reporting its count, added
+    and removed, where the sync before reported the count: by how many records the count
+    moved beyond what the connector's own churn says, ``|count - previous - added +
+    removed|``. A retry loop's duplicates raise a count with nothing added; records lost
+    without being reported removed lower it. ``rows`` as for :func:`_unchanged_runs`.
+    """
+    stat = {s: pl.col("measure").str.ends_with(f".{s}") for s in ("count", "added", "removed")}
+    parts = (
+        rows.filter(
+            ~pl.col("is_state")
+            & pl.col("resource").is_not_null()
+            & pl.any_horizontal(*stat.values())
+        )
+        .group_by("row", "resource")
+        .agg(
+            pl.col("value").filter(stat["count"]).first().alias("_count"),
+            pl.col("_prev_value").filter(stat["count"]).first().alias("_previous"),
+            pl.col("value").filter(stat["added"]).first().alias("_added"),
+            pl.col("value").filter(stat["removed"]).first().alias("_removed"),
+            *(pl.col(c).first() for c in _SYNC_INFO),
+        )
+        .drop_nulls(["_count", "_previous", "_added", "_removed"])
+    )
+    moved = pl.col("_count") - pl.col("_previous") - pl.col("_added") + pl.col("_removed")
+    return parts.with_columns(
+        pl.concat_str(pl.col("resource"), pl.lit(".unexplained")).alias("measure"),
+        moved.abs().alias("value"),
+        pl.lit("events").alias("kind"),
+        pl.lit(None, dtype=pl.Float64).alias("ref_value"),
+        pl.lit(None, dtype=pl.Float64).alias("reference"),
+    )
+
+
 def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFrame:
     """One :data:`~detector.frame.UNCHANGED_MEASURE` row per sync that reports resources.
 
@@ -127,11 +164,10 @@ def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFr
         .otherwise(pl.col("value") == pl.col("_prev_value"))
         .fill_null(False)  # a type, stat or field the sync before did not report: news
     )
-    info = ["connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused"]
     syncs = (
         rows.filter(~pl.col("is_state") & pl.col("resource").is_not_null())
         .group_by("row")
-        .agg(same.all().alias("_same"), *(pl.col(c).first() for c in info))
+        .agg(same.all().alias("_same"), *(pl.col(c).first() for c in _SYNC_INFO))
     )
     start = pl.lit(0.0)
     if state is not None and state.height:
@@ -249,7 +285,7 @@ def build_features(
         .over("connector_id", "measure", order_by="seq")
         .name.prefix("_prev_")
     )
-    unchanged = _unchanged_runs(rows, state)
+    derived = [_unchanged_runs(rows, state), _unexplained_changes(rows)]
     prev_value = pl.col("_prev_value")
     prev_ref = pl.col("_prev_ref_value")
     prev_is_state = pl.col("_prev_is_state").fill_null(False)
@@ -265,7 +301,7 @@ def build_features(
         .filter(~pl.col("is_state"))
         .drop("_prev_value", "_prev_ref_value", "_prev_is_state", "is_state")
     )
-    rows = pl.concat([rows, unchanged.select(rows.columns).cast(rows.schema)])
+    rows = pl.concat([rows, *(d.select(rows.columns).cast(rows.schema) for d in derived)])
 
     # Exposure: the resource's size at the reference sync, for churn and null rates.
     sizes = rows.filter(pl.col("kind") == "count").select(

@@ -246,6 +246,24 @@ def test_schema_drift_pauses_and_names_the_field(fleet):
     assert "user.null_rate.email" in out.reasons["metric"].to_list()
 
 
+def test_a_count_its_own_churn_does_not_explain_pauses_and_says_so(fleet):
+    """A retry loop that doubles some records on a connector that reports no duplicate
+    count: the count rises with nothing added. The churn the connector itself reports
+    does not explain the change, and the reasons say by how many records."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:4]
+    for record in okta:
+        del record["resources"]["user"]["duplicates"]
+    user = okta[3]["resources"]["user"]
+    extra = user["count"] // 10
+    user["count"] += extra
+    out = model.score(okta, state=state, facts=facts)
+    assert out.results["decision"].to_list()[3] == "pause"
+    reason = out.reasons.filter(pl.col("metric") == "user.unexplained").row(0, named=True)
+    assert reason["sync_id"] == okta[3]["sync_id"] and reason["observed"] == extra
+    assert out.reasons.filter(pl.col("metric") == "user.unexplained").height == 1
+
+
 def test_duplicates_from_retry_loop_pause(fleet):
     record = copy.deepcopy(_last_normal(fleet, "okta"))
     user = record["resources"]["user"]
