@@ -47,7 +47,7 @@ from detector.frame import (
     to_struct_frame,
 )
 from detector.policy import Policy, load_policy
-from detector.rules import rule_hits
+from detector.rules import MIN_RECORDS, rule_hits
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
@@ -201,6 +201,12 @@ class FleetModel:
     calibrators_ : dict of str to TailCalibrator
         Per mode (``""`` and ``"_paused"``): ``forest`` (per group), ``family`` (one
         group per measure family) and ``combined`` (per group).
+    expected_resources_ : pl.DataFrame
+        ``connector_id, resource``: the types a connector always reported in history.
+    largest_losses_ : pl.DataFrame
+        ``connector_id, resource, largest_loss``: per connector with a model of its own,
+        the largest share of a type's records it lost in one sync in history (the
+        ``loss_beyond_history`` rule).
     """
 
     def __init__(
@@ -240,6 +246,7 @@ class FleetModel:
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
         self.expected_resources_ = _expected_resources(syncs, features)
+        self.largest_losses_ = _largest_losses(features, own)
 
         # From here on only the columns baselines and residual vectors read: each copy
         # of the long frame (folds, pooled rows) is then about a third smaller.
@@ -816,6 +823,7 @@ class FleetModel:
             features,
             intervals=ivals,
             expected_resources=self.expected_resources_,
+            largest_losses=self.largest_losses_,
             rare_event_rates=self._rare_event_rates(syncs),
         )
         decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
@@ -1000,6 +1008,7 @@ class FleetModel:
             "intervals": self.intervals_,
             "columns": self.columns_,
             "expected_resources": self.expected_resources_,
+            "largest_losses": self.largest_losses_,
             "baseline.series": self.baseline_.series_,
             "baseline.profile": self.baseline_.profile_,
             "pooled.series": self.pooled_baseline_.series_,
@@ -1070,6 +1079,12 @@ class FleetModel:
         model.intervals_ = frame("intervals")
         model.columns_ = frame("columns")
         model.expected_resources_ = frame("expected_resources")
+        # Files written before the loss rule lack the table: the rule then stays silent.
+        model.largest_losses_ = (
+            frame("largest_losses")
+            if "largest_losses" in config["frames"]
+            else pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
+        )
         base = SeasonalBaseline(method=config["baseline_method"])
         base.series_, base.profile_ = frame("baseline.series"), frame("baseline.profile")
         pooled = SeasonalBaseline(key="connector_kind")
@@ -1293,6 +1308,31 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
         .filter((pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10))
         .select("connector_id", "resource")
         .sort("connector_id", "resource")
+    )
+
+
+_LARGEST_LOSSES_SCHEMA = {
+    "connector_id": pl.String,
+    "resource": pl.String,
+    "largest_loss": pl.Float64,
+}
+
+
+def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
+    """Per connector with a model of its own and resource type: the largest share of its
+    records lost in one sync in history (0 when it never shrank)."""
+    return (
+        features.filter(
+            (pl.col("kind") == "count")
+            & (pl.col("reference") >= MIN_RECORDS)
+            & pl.col("connector_id").is_in(own["connector_id"].implode())
+        )
+        .group_by("connector_id", "resource")
+        .agg((1.0 - pl.col("value") / pl.col("reference")).max().clip(lower_bound=0.0).alias(
+            "largest_loss"
+        ))
+        .sort("connector_id", "resource")
+        .cast(_LARGEST_LOSSES_SCHEMA)
     )
 
 

@@ -13,7 +13,8 @@ import polars as pl
 from detector.frame import UNCHANGED_MEASURE
 
 __all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS", "MIN_POPULATED",
-           "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE"]
+           "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
+           "LOSS_FACTOR"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
 #: least an hour late), e.g. an hourly connector that skipped two syncs.
@@ -25,6 +26,13 @@ MIN_RECORDS = 5
 MIN_POPULATED = 20
 #: Connectors that report ``partial`` on more syncs than this have it judged by the model.
 MAX_PARTIAL_RATE = 0.01
+#: A resource type losing at least this share of its records in one sync ("the count
+#: halved", the fixed safeguard products ship) ...
+MIN_LOSS_SHARE = 0.5
+#: ... and this many times the largest share the connector lost in one sync in its
+#: history: a small app whose teams come and go in bursts of a third is not paused for
+#: the next burst, and a directory that never lost 5 % is paused when it halves.
+LOSS_FACTOR = 1.5
 #: Syncs in a row returning exactly the data of the sync before (no count, null rate or
 #: duplicate moved, no churn) before a connector that rarely repeats itself is paused. Two:
 #: one repeat can be a quiet hour, a second in a row from a source that changes on nearly
@@ -42,6 +50,8 @@ RULES = {
     "field_entirely_null": "a field that was populated is null on every record",
     "overdue_sync": "the sync arrived long after the connector's usual interval",
     "partial_sync": "the connector reported its data as partial, which it rarely does",
+    "loss_beyond_history": "a resource type lost half or more of its records at once, far "
+    "more than it ever lost in one sync before",
     "repeated_snapshot": "the connector returned exactly its previous data again, which it "
     "rarely does",
 }
@@ -58,6 +68,7 @@ def rule_hits(
     intervals: pl.DataFrame,
     expected_resources: pl.DataFrame | None = None,
     rare_event_rates: pl.DataFrame | None = None,
+    largest_losses: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per rule hit: ``row, rule, detail``.
 
@@ -72,6 +83,9 @@ def rule_hits(
     rare_event_rates : pl.DataFrame, optional
         ``connector_id, partial_rate, repeat_rate``: how often the connector said
         ``partial``, and repeated its previous data, per sync in history.
+    largest_losses : pl.DataFrame, optional
+        ``connector_id, resource, largest_loss``: the largest share of a resource type's
+        records the connector lost in one sync in history.
     """
     status_hits = pl.concat(
         [
@@ -166,6 +180,30 @@ def rule_hits(
                     "itself on {}% of syncs",
                     _fmt(pl.col("value")),
                     (pl.col("repeat_rate") * 100).round(2),
+                ).alias("detail"),
+            )
+        )
+    if largest_losses is not None and largest_losses.height:
+        share = 1.0 - pl.col("value") / pl.col("reference")
+        parts.append(
+            features.filter(
+                (pl.col("kind") == "count")
+                & (pl.col("reference") >= MIN_RECORDS)
+                & (pl.col("value") > 0)  # none left is count_to_zero
+            )
+            .join(largest_losses, on=["connector_id", "resource"], how="inner")
+            .filter((share >= MIN_LOSS_SHARE) & (share >= LOSS_FACTOR * pl.col("largest_loss")))
+            .select(
+                "row",
+                pl.lit("loss_beyond_history").alias("rule"),
+                pl.format(
+                    "{} fell from {} to {} records ({}% lost); the most it lost in one sync "
+                    "in history was {}%",
+                    pl.col("resource"),
+                    _fmt(pl.col("reference")),
+                    _fmt(pl.col("value")),
+                    (share * 100).round(0).cast(pl.Int64),
+                    (pl.col("largest_loss") * 100).round(0).cast(pl.Int64),
                 ).alias("detail"),
             )
         )

@@ -865,6 +865,78 @@ def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
     assert MIN_POPULATED >= 14  # exp(-14) < 1e-6 per field and sync
 
 
+@pytest.mark.parametrize(
+    ("count", "reference", "largest", "hit"),
+    [
+        (16, 42, 0.10, True),  # 62 % lost where 10 % was the most: paused
+        (16, 42, 0.45, False),  # teams leave in bursts this big here
+        (26, 42, 0.00, False),  # 38 %: less than half, left to the model
+        (0, 42, 0.00, False),  # none left: count_to_zero says it
+        (2, 4, 0.00, False),  # too few records to speak
+    ],
+)
+def test_a_loss_beyond_the_connectors_history_is_a_rule_hit(count, reference, largest, hit):
+    from detector.rules import rule_hits
+
+    features = pl.DataFrame(
+        {
+            "row": [0],
+            "connector_id": ["c"],
+            "measure": ["user.count"],
+            "resource": ["user"],
+            "kind": ["count"],
+            "value": [float(count)],
+            "reference": [float(reference)],
+            "exposure": [float(reference)],
+            "current_size": [float(count)],
+        }
+    )
+    syncs = pl.DataFrame(
+        {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
+         "fresh_gap_s": [3600.0]},
+        schema_overrides={"error_class": pl.String},
+    )
+    intervals = pl.DataFrame(schema={"connector_id": pl.String, "interval_s": pl.Float64})
+    losses = pl.DataFrame({"connector_id": ["c"], "resource": ["user"], "largest_loss": [largest]})
+    hits = rule_hits(syncs, features, intervals=intervals, largest_losses=losses)
+    assert ("loss_beyond_history" in hits["rule"].to_list()) is hit
+    if hit:
+        assert hits["detail"][0] == (
+            "user fell from 42 to 16 records (62% lost); the most it lost in one sync in "
+            "history was 10%"
+        )
+
+
+def test_a_fitted_model_knows_each_connectors_largest_loss_and_keeps_it_in_its_file(
+    fleet, tmp_path
+):
+    model, history, test, state, facts = fleet
+    losses = model.largest_losses_
+    assert losses.height and losses["largest_loss"].is_between(0.0, 1.0).all()
+    okta = next(r for r in test if r["connector_id"].startswith("okta"))
+    largest = losses.filter(
+        (pl.col("connector_id") == okta["connector_id"]) & (pl.col("resource") == "user")
+    )["largest_loss"][0]
+    assert largest < 0.6  # room for a loss beyond it
+    record = copy.deepcopy(okta)
+    kept = max(1, int(record["resources"]["user"]["count"] * (1 - max(0.5, 1.6 * largest))))
+    record["resources"]["user"]["count"] = kept
+    arrays, config = model.to_arrays()
+    save_model_dir(tmp_path / "m", arrays=arrays, config=config)
+    loaded = load_model_dir(tmp_path / "m")
+    again = FleetModel.from_arrays(loaded.arrays, loaded.config)
+    assert "loss_beyond_history" in _score_one(fleet, record).rule_hits["rule"].to_list()
+    out = again.score([record], state=state, facts=facts)
+    assert "loss_beyond_history" in out.rule_hits["rule"].to_list()
+    # A file written before the rule existed has no such table: it loads, the rule is silent.
+    del config["frames"]["largest_losses"]
+    older = FleetModel.from_arrays(
+        {k: v for k, v in arrays.items() if not k.startswith("largest_losses/")}, config
+    )
+    out = older.score([record], state=state, facts=facts)
+    assert "loss_beyond_history" not in out.rule_hits["rule"].to_list()
+
+
 def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
     """_tail_probability runs each mode's calibrators on that mode's syncs only: the same
     numbers as running both modes on every sync and keeping each sync's own."""
