@@ -47,7 +47,7 @@ from detector.frame import (
     to_struct_frame,
 )
 from detector.policy import Policy, load_policy
-from detector.rules import MIN_RECORDS, rule_hits
+from detector.rules import MIN_LOSS_RECORDS, rule_hits
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
@@ -1324,7 +1324,7 @@ def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     return (
         features.filter(
             (pl.col("kind") == "count")
-            & (pl.col("reference") >= MIN_RECORDS)
+            & (pl.col("reference") >= MIN_LOSS_RECORDS)
             & pl.col("connector_id").is_in(own["connector_id"].implode())
         )
         .group_by("connector_id", "resource")

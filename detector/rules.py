@@ -14,7 +14,7 @@ from detector.frame import UNCHANGED_MEASURE
 
 __all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS", "MIN_POPULATED",
            "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
-           "LOSS_FACTOR"]
+           "LOSS_FACTOR", "MIN_LOSS_RECORDS"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
 #: least an hour late), e.g. an hourly connector that skipped two syncs.
@@ -33,6 +33,10 @@ MIN_LOSS_SHARE = 0.5
 #: history: a small app whose teams come and go in bursts of a third is not paused for
 #: the next burst, and a directory that never lost 5 % is paused when it halves.
 LOSS_FACTOR = 1.5
+#: Records a type needs at the sync before for that rule to speak: two of three roles or
+#: entitlements gone at once, where the connector never lost a third, is a lost page of a
+#: small type, not chance.
+MIN_LOSS_RECORDS = 3
 #: Syncs in a row returning exactly the data of the sync before (no count, null rate or
 #: duplicate moved, no churn) before a connector that rarely repeats itself is paused. Two:
 #: one repeat can be a quiet hour, a second in a row from a source that changes on nearly
@@ -188,7 +192,7 @@ def rule_hits(
         parts.append(
             features.filter(
                 (pl.col("kind") == "count")
-                & (pl.col("reference") >= MIN_RECORDS)
+                & (pl.col("reference") >= MIN_LOSS_RECORDS)
                 & (pl.col("value") > 0)  # none left is count_to_zero
             )
             .join(largest_losses, on=["connector_id", "resource"], how="inner")

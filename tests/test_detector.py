@@ -878,7 +878,9 @@ def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
         (16, 42, 0.45, False),  # teams leave in bursts this big here
         (26, 42, 0.00, False),  # 38 %: less than half, left to the model
         (0, 42, 0.00, False),  # none left: count_to_zero says it
-        (2, 4, 0.00, False),  # too few records to speak
+        (1, 3, 0.00, True),  # two of three entitlements gone, where none ever went
+        (1, 3, 0.50, False),  # ... where half went before
+        (1, 2, 0.00, False),  # too few records to speak
     ],
 )
 def test_a_loss_beyond_the_connectors_history_is_a_rule_hit(count, reference, largest, hit):
@@ -906,7 +908,7 @@ def test_a_loss_beyond_the_connectors_history_is_a_rule_hit(count, reference, la
     losses = pl.DataFrame({"connector_id": ["c"], "resource": ["user"], "largest_loss": [largest]})
     hits = rule_hits(syncs, features, intervals=intervals, largest_losses=losses)
     assert ("loss_beyond_history" in hits["rule"].to_list()) is hit
-    if hit:
+    if hit and count == 16:
         assert hits["detail"][0] == (
             "user fell from 42 to 16 records (62% lost); the most it lost in one sync in "
             "history was 10%"
