@@ -114,20 +114,16 @@ def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFr
     )
 
 
-def _unexplained_changes(rows: pl.DataFrame) -> pl.DataFrame:
+def _unexplained_changes(reported: pl.DataFrame) -> pl.DataFrame:
     """One ``<type>.unexplained`` row per (sync, resource type) reporting its count, added
     and removed, where the sync before reported the count: by how many records the count
     moved beyond what the connector's own churn says, ``|count - previous - added +
     removed|``. A retry loop's duplicates raise a count with nothing added; records lost
-    without being reported removed lower it. ``rows`` as for :func:`_unchanged_runs`.
+    without being reported removed lower it. ``reported`` as for :func:`_unchanged_runs`.
     """
     stat = {s: pl.col("measure").str.ends_with(f".{s}") for s in ("count", "added", "removed")}
     parts = (
-        rows.filter(
-            ~pl.col("is_state")
-            & pl.col("resource").is_not_null()
-            & pl.any_horizontal(*stat.values())
-        )
+        reported.filter(pl.any_horizontal(*stat.values()))
         .group_by("row", "resource")
         .agg(
             pl.col("value").filter(stat["count"]).first().alias("_count"),
@@ -148,11 +144,12 @@ def _unexplained_changes(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFrame:
+def _unchanged_runs(reported: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFrame:
     """One :data:`~detector.frame.UNCHANGED_MEASURE` row per sync that reports resources.
 
-    ``rows`` holds every (sync, measure) row with ``_prev_value``, the series' value at the
-    sync before (the state's row for the first sync of a batch). A sync repeats the one
+    ``reported`` holds the batch's (sync, measure) rows of resource types with
+    ``_prev_value``, the series' value at the sync before (the state's row for the first
+    sync of a batch). A sync repeats the one
     before when all its counts, duplicate counts and null rates equal their previous values
     and its churn is zero; the run length then carries on from the state's, up to
     :data:`~detector.frame.MAX_UNCHANGED_RUN`.
@@ -164,10 +161,8 @@ def _unchanged_runs(rows: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFr
         .otherwise(pl.col("value") == pl.col("_prev_value"))
         .fill_null(False)  # a type, stat or field the sync before did not report: news
     )
-    syncs = (
-        rows.filter(~pl.col("is_state") & pl.col("resource").is_not_null())
-        .group_by("row")
-        .agg(same.all().alias("_same"), *(pl.col(c).first() for c in _SYNC_INFO))
+    syncs = reported.group_by("row").agg(
+        same.all().alias("_same"), *(pl.col(c).first() for c in _SYNC_INFO)
     )
     start = pl.lit(0.0)
     if state is not None and state.height:
@@ -285,7 +280,10 @@ def build_features(
         .over("connector_id", "measure", order_by="seq")
         .name.prefix("_prev_")
     )
-    derived = [_unchanged_runs(rows, state), _unexplained_changes(rows)]
+    # Measures derived from each sync's resource rows as a whole (filtered once for both).
+    reported = rows.filter(~pl.col("is_state") & pl.col("resource").is_not_null())
+    derived = [_unchanged_runs(reported, state), _unexplained_changes(reported)]
+    del reported
     prev_value = pl.col("_prev_value")
     prev_ref = pl.col("_prev_ref_value")
     prev_is_state = pl.col("_prev_is_state").fill_null(False)

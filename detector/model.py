@@ -47,7 +47,7 @@ from detector.frame import (
     to_struct_frame,
 )
 from detector.policy import Policy, load_policy
-from detector.rules import MIN_LOSS_RECORDS, rule_hits
+from detector.rules import count_losses, rule_hits
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult", "prepare"]
@@ -1322,15 +1322,9 @@ def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     """Per connector with a model of its own and resource type: the largest share of its
     records lost in one sync in history (0 when it never shrank)."""
     return (
-        features.filter(
-            (pl.col("kind") == "count")
-            & (pl.col("reference") >= MIN_LOSS_RECORDS)
-            & pl.col("connector_id").is_in(own["connector_id"].implode())
-        )
+        count_losses(features.filter(pl.col("connector_id").is_in(own["connector_id"].implode())))
         .group_by("connector_id", "resource")
-        .agg((1.0 - pl.col("value") / pl.col("reference")).max().clip(lower_bound=0.0).alias(
-            "largest_loss"
-        ))
+        .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
         .sort("connector_id", "resource")
         .cast(_LARGEST_LOSSES_SCHEMA)
     )

@@ -12,8 +12,8 @@ import polars as pl
 
 from detector.frame import UNCHANGED_MEASURE
 
-__all__ = ["RULES", "rule_hits", "OVERDUE_FACTOR", "MIN_RECORDS", "MIN_POPULATED",
-           "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
+__all__ = ["RULES", "rule_hits", "count_losses", "OVERDUE_FACTOR", "MIN_RECORDS",
+           "MIN_POPULATED", "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
            "LOSS_FACTOR", "MIN_LOSS_RECORDS"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
@@ -63,6 +63,25 @@ RULES = {
 
 def _fmt(x: pl.Expr) -> pl.Expr:
     return x.cast(pl.Int64).cast(pl.String)
+
+
+def _rarely_seen(
+    hits: pl.DataFrame, rare: pl.DataFrame, rule: str, detail: pl.Expr
+) -> pl.DataFrame:
+    """Rows of ``hits`` (each an event) whose connector is in ``rare`` (its learned rate of
+    the event low enough for a rule), as rule hits."""
+    return hits.join(rare, on="connector_id", how="inner").select(
+        "row", pl.lit(rule).alias("rule"), detail.alias("detail")
+    )
+
+
+def count_losses(features: pl.DataFrame) -> pl.DataFrame:
+    """The count rows ``loss_beyond_history`` speaks on (``MIN_LOSS_RECORDS`` at the sync
+    before), with ``loss``: the share of the records lost (negative for a gain). Fitting
+    learns each connector's largest loss from the same rows."""
+    return features.filter(
+        (pl.col("kind") == "count") & (pl.col("reference") >= MIN_LOSS_RECORDS)
+    ).with_columns((1.0 - pl.col("value") / pl.col("reference")).alias("loss"))
 
 
 def rule_hits(
@@ -156,45 +175,38 @@ def rule_hits(
         # The connector itself says the data is incomplete. Some connectors say so
         # routinely (skipped objects they may not read); those are left to the model.
         parts.append(
-            syncs.filter(pl.col("status") == "partial")
-            .join(rare_event_rates, on="connector_id", how="inner")
-            .filter(pl.col("partial_rate") < MAX_PARTIAL_RATE)
-            .select(
-                "row",
-                pl.lit("partial_sync").alias("rule"),
+            _rarely_seen(
+                syncs.filter(pl.col("status") == "partial"),
+                rare_event_rates.filter(pl.col("partial_rate") < MAX_PARTIAL_RATE),
+                "partial_sync",
                 pl.format(
                     "status partial (error_class {}); this connector's usual partial rate {}%",
                     pl.col("error_class").fill_null("none"),
                     (pl.col("partial_rate") * 100).round(2),
-                ).alias("detail"),
+                ),
             )
         )
         parts.append(
-            features.filter(
-                (pl.col("measure") == UNCHANGED_MEASURE) & (pl.col("value") >= MIN_REPEATS)
-            )
-            .join(rare_event_rates, on="connector_id", how="inner")
-            .filter(pl.col("repeat_rate") < MAX_REPEAT_RATE)
-            .select(
-                "row",
-                pl.lit("repeated_snapshot").alias("rule"),
+            _rarely_seen(
+                features.filter(
+                    (pl.col("measure") == UNCHANGED_MEASURE) & (pl.col("value") >= MIN_REPEATS)
+                ),
+                rare_event_rates.filter(pl.col("repeat_rate") < MAX_REPEAT_RATE),
+                "repeated_snapshot",
                 pl.format(
                     "the data of the sync before returned unchanged {} syncs in a row (no "
                     "count, null rate or duplicate moved, no churn); this connector repeats "
                     "itself on {}% of syncs",
                     _fmt(pl.col("value")),
                     (pl.col("repeat_rate") * 100).round(2),
-                ).alias("detail"),
+                ),
             )
         )
     if largest_losses is not None and largest_losses.height:
-        share = 1.0 - pl.col("value") / pl.col("reference")
+        share = pl.col("loss")
         parts.append(
-            features.filter(
-                (pl.col("kind") == "count")
-                & (pl.col("reference") >= MIN_LOSS_RECORDS)
-                & (pl.col("value") > 0)  # none left is count_to_zero
-            )
+            count_losses(features)
+            .filter(pl.col("value") > 0)  # none left is count_to_zero
             .join(largest_losses, on=["connector_id", "resource"], how="inner")
             .filter((share >= MIN_LOSS_SHARE) & (share >= LOSS_FACTOR * pl.col("largest_loss")))
             .select(

@@ -306,13 +306,9 @@ def test_batch_equals_one_at_a_time(fleet):
     victim = next(i for i, r in enumerate(batch[10:], 10) if r["connector_id"].startswith("okta"))
     batch[victim]["resources"]["user"]["count"] //= 3
     whole = model.score(batch, state=state, facts=facts).results
-    one_by_one = []
-    s, f = state, facts
-    for record in sorted(batch, key=lambda r: r["started_at"]):
-        out = model.score([record], state=s, facts=f)
-        s, f = out.state, out.facts
-        one_by_one.append(out.results)
-    single = pl.concat(one_by_one)
+    single = _scored_one_at_a_time(
+        model, sorted(batch, key=lambda r: r["started_at"]), state, facts
+    )
     joined = whole.join(single, on="sync_id", suffix="_single")
     assert joined.height == len(batch)
     assert (joined["decision"] == joined["decision_single"]).all()
@@ -839,30 +835,39 @@ def test_connector_reporting_partial_data_pauses(fleet):
     assert "partial_sync" in out.rule_hits["rule"].to_list()
 
 
+def _one_row_rule_hits(measure: str, kind: str, value: float, reference: float,
+                       exposure: float, current_size: float, **tables) -> pl.DataFrame:
+    """``rule_hits`` of one sync of connector ``c`` with one measure of resource ``user``."""
+    from detector.rules import rule_hits
+
+    features = pl.DataFrame(
+        {
+            "row": [0],
+            "connector_id": ["c"],
+            "measure": [measure],
+            "resource": ["user"],
+            "kind": [kind],
+            "value": [value],
+            "reference": [reference],
+            "exposure": [exposure],
+            "current_size": [current_size],
+        }
+    )
+    syncs = pl.DataFrame(
+        {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
+         "fresh_gap_s": [3600.0]},
+        schema_overrides={"error_class": pl.String},
+    )
+    intervals = pl.DataFrame(schema={"connector_id": pl.String, "interval_s": pl.Float64})
+    return rule_hits(syncs, features, intervals=intervals, **tables)
+
+
 def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
-    from detector.rules import MIN_POPULATED, rule_hits
+    from detector.rules import MIN_POPULATED
 
     def hits(reference: float, size: float) -> list[str]:
-        features = pl.DataFrame(
-            {
-                "row": [0],
-                "connector_id": ["c"],
-                "measure": ["user.null_rate.phone"],
-                "resource": ["user"],
-                "kind": ["rate"],
-                "value": [1.0],
-                "reference": [reference],
-                "exposure": [size],
-                "current_size": [size],
-            }
-        )
-        syncs = pl.DataFrame(
-            {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
-             "fresh_gap_s": [3600.0]},
-            schema_overrides={"error_class": pl.String},
-        )
-        intervals = pl.DataFrame(schema={"connector_id": pl.String, "interval_s": pl.Float64})
-        return rule_hits(syncs, features, intervals=intervals)["rule"].to_list()
+        out = _one_row_rule_hits("user.null_rate.phone", "rate", 1.0, reference, size, size)
+        return out["rule"].to_list()
 
     # 130 records, 96% null: about 5 expected to carry the field; chance blanks them often.
     assert "field_entirely_null" not in hits(0.96, 130.0)
@@ -884,29 +889,11 @@ def test_all_null_on_a_rarely_populated_field_is_not_a_rule_hit():
     ],
 )
 def test_a_loss_beyond_the_connectors_history_is_a_rule_hit(count, reference, largest, hit):
-    from detector.rules import rule_hits
-
-    features = pl.DataFrame(
-        {
-            "row": [0],
-            "connector_id": ["c"],
-            "measure": ["user.count"],
-            "resource": ["user"],
-            "kind": ["count"],
-            "value": [float(count)],
-            "reference": [float(reference)],
-            "exposure": [float(reference)],
-            "current_size": [float(count)],
-        }
-    )
-    syncs = pl.DataFrame(
-        {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
-         "fresh_gap_s": [3600.0]},
-        schema_overrides={"error_class": pl.String},
-    )
-    intervals = pl.DataFrame(schema={"connector_id": pl.String, "interval_s": pl.Float64})
     losses = pl.DataFrame({"connector_id": ["c"], "resource": ["user"], "largest_loss": [largest]})
-    hits = rule_hits(syncs, features, intervals=intervals, largest_losses=losses)
+    hits = _one_row_rule_hits(
+        "user.count", "count", float(count), float(reference), float(reference), float(count),
+        largest_losses=losses,
+    )
     assert ("loss_beyond_history" in hits["rule"].to_list()) is hit
     if hit and count == 16:
         assert hits["detail"][0] == (
