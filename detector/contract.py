@@ -312,6 +312,7 @@ _NULL_KEY_MAX = _STATS["null_rates"]["propertyNames"]["maxLength"]
 _METRICS_MAX = _PROPS["metrics"]["maxProperties"]
 _METRIC_KEY_MAX = _PROPS["metrics"]["propertyNames"]["maxLength"]
 _COUNT_FIELDS = tuple(k for k, v in _STATS.items() if v.get("$ref") == "#/$defs/count")
+_COUNT_FIELD_SET = frozenset(_COUNT_FIELDS)
 _API_COUNTS = tuple(
     k for k, v in _PROPS["api"]["properties"].items() if v["$ref"] == "#/$defs/count"
 )
@@ -337,7 +338,8 @@ def _is_key(k: object, hi: int) -> bool:
 
 _TOP_KEYS = frozenset(_PROPS)
 _API_KEYS = frozenset(_PROPS["api"]["properties"])
-_STAT_KEYS = frozenset(_STATS)
+# _fast_resources checks count fields and null rates by name; any other key is unknown.
+assert frozenset(_STATS) == _COUNT_FIELD_SET | {"null_rates"}
 
 
 def _deep_extras(obj: dict[str, Any], known: frozenset[str], depth: int) -> bool:
@@ -386,25 +388,31 @@ def _fast_valid(obj: dict[str, Any]) -> tuple[datetime, datetime] | None:
 
 
 def _fast_resources(res: object) -> bool:
+    # The hottest loop of validation (a few dozen values per record): the checks of
+    # _is_key, _is_count and _is_real are written out, as calls cost more than the tests.
     if type(res) is not dict or len(res) > _RES_MAX:
         return False
     for name, stats in res.items():
-        if not _is_key(name, _RES_KEY_MAX) or type(stats) is not dict:
+        if type(name) is not str or not 0 < len(name) <= _RES_KEY_MAX:
             return False
-        if not _is_count(stats.get("count")):
+        if type(stats) is not dict or "count" not in stats:
             return False
-        for k in _COUNT_FIELDS:
-            if k in stats and not _is_count(stats[k]):
-                return False
-        if "null_rates" in stats:
-            rates = stats["null_rates"]
-            if type(rates) is not dict or len(rates) > _NULL_MAX:
-                return False
-            for k, v in rates.items():
-                if not (_is_key(k, _NULL_KEY_MAX) and _is_real(v, 1)):
+        for k, v in stats.items():
+            if k in _COUNT_FIELD_SET:
+                if type(v) is not int or not 0 <= v <= _COUNT_MAX:
                     return False
-        if _deep_extras(stats, _STAT_KEYS, 3):
-            return False
+            elif k == "null_rates":
+                if type(v) is not dict or len(v) > _NULL_MAX:
+                    return False
+                for field, rate in v.items():
+                    # type() rather than isinstance(), and a chained comparison that NaN
+                    # fails, as in _is_real.
+                    if (type(field) is not str or not 0 < len(field) <= _NULL_KEY_MAX
+                            or (type(rate) is not float and type(rate) is not int)
+                            or not 0 <= rate <= 1):
+                        return False
+            elif _too_deep(v, 4):  # a key the schema does not name, at nesting level 4
+                return False
     return True
 
 
