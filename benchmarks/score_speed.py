@@ -273,7 +273,7 @@ def main() -> None:
             home = fresh_copy(base, work / f"c{i}")
             seconds, _done = cli(home, "score", str(test_path), "--events-file",
                                  str(work / f"cli-events-{i}.jsonl"), "--no-stdout",
-                                 cpu=cli_cpu)
+                                 cpu=cli_cpu, pycache=pycache)
             via_cli.append(seconds)
         home = fresh_copy(base, work / "single")
         single = [cli(home, "score", str(path), pycache=pycache)[0]
