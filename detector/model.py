@@ -27,6 +27,7 @@ false-pause rate the connector's budget allows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ import polars as pl
 
 from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
-from detector.explain import PERFORMANCE_MEASURES, REASON_Z, reasons_frame
+from detector.explain import REASON_Z, reasons_frame
 from detector.features import STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import (
@@ -47,6 +48,7 @@ from detector.frame import (
     to_struct_frame,
 )
 from detector.policy import Policy, load_policy
+from detector.review import OUTLYING_Z, review_only
 from detector.rules import count_losses, rule_hits
 from detector.special import ufuncs as _ufuncs
 
@@ -64,7 +66,6 @@ _MAX_DECADE = 4  # size decades of resource tails: < 100, < 1,000, < 10,000, mor
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
-_PERF_ONLY_Z = 3.0  # a breach whose residuals this far out are all performance: review
 _HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured together
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
@@ -184,6 +185,10 @@ class FleetModel:
     random_state : int, default=0
     n_jobs : int, default=1
         Threads growing the isolation forests.
+    loss_weight : float, default=2.0
+        Weight of the families of records lost (a count falling, removals rising)
+        against 1 for every other family in a sync's smallest tail probability (see
+        :func:`_family_weights`); 1 weighs all alike.
     policy : Policy, optional
         Connector policy; the built-in default when omitted.
 
@@ -218,6 +223,7 @@ class FleetModel:
         baseline_method: str = "profile",
         random_state: int = 0,
         n_jobs: int = 1,
+        loss_weight: float = 2.0,
         policy: Policy | None = None,
     ) -> None:
         self.n_estimators = n_estimators
@@ -226,6 +232,7 @@ class FleetModel:
         self.baseline_method = baseline_method
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.loss_weight = loss_weight
         self.policy = policy
 
     # ================================================================== fit
@@ -237,6 +244,8 @@ class FleetModel:
         step = progress or (lambda _msg: None)
         if self.min_history < 2:
             raise ValueError("min_history must be >= 2")
+        if not self.loss_weight >= 1.0:
+            raise ValueError("loss_weight must be >= 1")
         step("features")
         syncs, features = _history_frames(history)
         del history  # the record texts, when the caller handed them over
@@ -332,6 +341,12 @@ class FleetModel:
                 pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
             ).fit(fam.values, fam.cols, n_groups=n_fam)
             combined = self._sparse_combined_statistic(forest_s, fam, grp, mode)
+            # A breach that is a review (only transport moved) is no false *pause*: the
+            # cutoff is set on the syncs that would pause, as the budget counts them.
+            # (Judged by the family maxima, the tail scales: the z themselves are gone.)
+            out = fam.values >= OUTLYING_Z
+            moved = np.asarray(self.families_)[fam.cols[out]]
+            combined[review_only(fam.rows[out], moved, len(grp))] = 0.0
             del fam
             self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
                 combined, grp, n_groups=n_groups
@@ -364,14 +379,17 @@ class FleetModel:
     def _family_tail_probability(
         self, values: np.ndarray, cols: np.ndarray, mode: str
     ) -> np.ndarray:
-        """Tail probability of each family maximum ``values`` under its family ``cols``."""
+        """Tail probability of each family maximum ``values`` under its family ``cols``,
+        over the family's weight (:func:`_family_weights`)."""
         # Never lighter than the residual's own Gaussian tail: a family pooled over
         # series that rarely see an event (roles added, say) would otherwise call a
         # count of 2 where this connector often has 1 a one-in-a-million sync.
-        return np.maximum(
+        p = np.maximum(
             self.calibrators_["family" + mode].tail_probability(values, cols),
             _ufuncs.ndtr(-values),
         )
+        weights = _family_weights(tuple(self.families_), self.loss_weight)
+        return np.minimum(p / weights[cols], 1.0)
 
     def _cross_fit_scores(
         self,
@@ -812,12 +830,13 @@ class FleetModel:
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
         )
-        # Only residuals far enough out to be a reason or to make a breach "performance
-        # only" are read after this: the rest is left behind here.
-        outlying = pl.col("z").abs() >= min(REASON_Z, _PERF_ONLY_Z)
+        # Only residuals far enough out to be a reason, or to have moved, are read after
+        # this: the rest is left behind here.
+        outlying = pl.col("z").abs() >= min(REASON_Z, OUTLYING_Z)
         all_resid = pl.concat(
             [resid.filter(outlying), pooled_resid.filter(outlying)], how="diagonal_relaxed"
         )
+        scored = scored.join(_review_only(all_resid), on="row", how="left")
         hits = rule_hits(
             syncs,
             features,
@@ -826,7 +845,7 @@ class FleetModel:
             largest_losses=self.largest_losses_,
             rare_event_rates=self._rare_event_rates(syncs),
         )
-        decided = self._decide(syncs, scored, all_resid, hits, intervals, known)
+        decided = self._decide(syncs, scored, hits, intervals, known)
         return {
             "syncs": syncs,
             "features": features,
@@ -881,18 +900,12 @@ class FleetModel:
                     out[mine] = self.calibrators_["combined" + mode].tail_probability(stat, g[mine])
         return p
 
-    def _decide(self, syncs, scored, resid, hits, intervals, known) -> pl.DataFrame:
+    def _decide(self, syncs, scored, hits, intervals, known) -> pl.DataFrame:
         policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
-        top = (
-            resid.filter(pl.col("z").abs() >= _PERF_ONLY_Z)
-            .group_by("row")
-            .agg(pl.col("measure").is_in(list(PERFORMANCE_MEASURES)).all().alias("perf_only"))
-        )
         frame = (
             syncs.join(scored, on="row", how="left")
             .join(intervals.select("connector_id", "interval_s"), on="connector_id", how="left")
             .join(policy, on="connector_id", how="left")
-            .join(top, on="row", how="left")
             .join(hits.group_by("row").agg(pl.len().alias("n_rules")), on="row", how="left")
         )
         alpha = Policy.alpha(
@@ -905,7 +918,7 @@ class FleetModel:
         )
         breach = pl.col("tail_probability") < pl.col("alpha")
         rules = pl.col("n_rules").fill_null(0) > 0
-        review = (pl.col("on_breach") == "review") | pl.col("perf_only").fill_null(False)
+        review = (pl.col("on_breach") == "review") | pl.col("review_only").fill_null(False)
         decision = (
             pl.when(rules)
             .then(pl.lit("pause"))
@@ -1035,6 +1048,7 @@ class FleetModel:
             "min_history": self.min_history,
             "baseline_method": self.baseline_method,
             "random_state": self.random_state,
+            "loss_weight": self.loss_weight,
             "frames": schemas,
             "policy": {
                 "criticalities": self.policy_.criticalities,
@@ -1053,6 +1067,8 @@ class FleetModel:
             min_history=config["min_history"],
             baseline_method=config["baseline_method"],
             random_state=config["random_state"],
+            # Files from before the weighting were calibrated unweighted.
+            loss_weight=config.get("loss_weight", 1.0),
         )
 
         def column(key: str) -> pl.Series | np.ndarray:
@@ -1241,6 +1257,30 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
             .alias("tail")
         )
     return [f + sign for f in sorted(chosen) for sign in "+-"]
+
+
+@functools.lru_cache(maxsize=8)
+def _family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray:
+    """Weight of each tail family in a sync's smallest tail probability (a weighted
+    Bonferroni: a family's probability is divided by its weight).
+
+    Records lost, a count falling or removals rising, weigh ``loss_weight`` against 1
+    for every other family. Loss is what makes governance revoke live access, and a
+    small app's lost page competes with some 30 other families of its sync for the same
+    false-pause budget. The combined statistic is calibrated after weighting, so the
+    cutoff is still set to the budget.
+    """
+    unsigned = (f.split("@")[0].rstrip("+-").rsplit(".", 1)[-1] + f[-1] for f in families)
+    return np.array([loss_weight if u in ("count-", "removed+") else 1.0 for u in unsigned])
+
+
+def _review_only(resid: pl.DataFrame) -> pl.DataFrame:
+    """``row, review_only`` of each sync with a residual that moved (see :mod:`review`)."""
+    moved = resid.filter(pl.col("z").abs() >= OUTLYING_Z)
+    rows, codes = np.unique(moved["row"].to_numpy(), return_inverse=True)
+    names = pl.concat_str(pl.col("measure"), _sign(pl.col("z")))
+    flags = review_only(codes, moved.select(names)[:, 0].to_numpy(), len(rows))
+    return pl.DataFrame({"row": rows, "review_only": flags}, schema_overrides={"row": pl.UInt32})
 
 
 def _merge_passes(first: dict, second: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -28,9 +29,10 @@ from detector.frame import (
     measures_frame,
     to_struct_frame,
 )
-from detector.model import FleetModel, _tail_families, prepare, tail_family_expr
+from detector.model import FleetModel, _family_weights, _tail_families, prepare, tail_family_expr
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
+from detector.review import review_only
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -511,6 +513,65 @@ def test_a_paused_connector_is_not_paused_again_by_a_performance_shift_that_pers
     # Sync 3 brings the users back and sync 11 the managers: both may pause (the data
     # moving back is a change too); no other sync may.
     assert [d for i, d in enumerate(decisions) if i not in (2, 3, 10, 11)].count("pause") == 0
+
+
+def _api_trouble(record: dict, failed_calls: int, latency_factor: float, extra_s: int) -> dict:
+    """``record`` with ``failed_calls`` errors retried, p95 latency x3, p50 latency x
+    ``latency_factor`` and the sync ``extra_s`` seconds longer; its data untouched."""
+    record = copy.deepcopy(record)
+    api = record["api"]
+    for key in ("errors", "retries", "requests"):
+        api[key] += failed_calls
+    api["latency_p95_ms"] *= 3
+    api["latency_p50_ms"] *= latency_factor
+    finished = datetime.fromisoformat(record["finished_at"].replace("Z", "+00:00"))
+    record["finished_at"] = (finished + timedelta(seconds=extra_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return record
+
+
+@pytest.mark.parametrize("connector", ["aws-iam", "github"])
+def test_retried_api_errors_with_data_in_line_are_a_review_an_unstable_api_a_pause(
+    fleet, connector
+):
+    """A blip (many calls failed and were retried, the sync took longer, typical latency
+    and every data figure as usual) breaches the cutoff but asks for a look: review, no
+    hold. The same failures with the typical latency up eight-fold are an unstable API:
+    pause. And a blip does not excuse lost data."""
+    normal = _last_normal(fleet, connector)
+    blip = _score_one(fleet, _api_trouble(normal, 30, 1.0, 100)).results.row(0, named=True)
+    assert blip["score"] >= blip["cutoff"]
+    assert blip["decision"] == "review" and blip["severity"] == "low"
+    unstable = _score_one(fleet, _api_trouble(normal, 30, 8.0, 100)).results
+    assert unstable["decision"][0] == "pause"
+    lossy = _api_trouble(normal, 30, 1.0, 100)
+    first_type = next(iter(lossy["resources"].values()))
+    first_type["removed"] = first_type.get("removed", 0) + first_type["count"] // 2
+    first_type["count"] -= first_type["count"] // 2
+    assert _score_one(fleet, lossy).results["decision"][0] == "pause"
+
+
+def test_families_of_records_lost_weigh_more_in_a_syncs_smallest_tail_probability():
+    families = ("user.count@1-", "count-", "user.count@2+", "grant.removed+", "removed-",
+                "api.requests-", "null_rate+", "user.added+")
+    weights = _family_weights(families, 2.0)
+    assert weights.tolist() == [2.0, 2.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert set(_family_weights(families, 1.0)) == {1.0}
+
+
+def test_review_only_when_nothing_but_transport_moved_short_of_an_unstable_api():
+    moved = {  # sync -> measures that moved, with the sign of the move
+        0: ["api.errors+", "sync.duration_s+"],  # a retried blip: review
+        1: ["api.latency_p50_ms+", "sync.duration_s+"],  # only latency moved: review
+        2: ["api.latency_p50_ms+", "api.errors+"],  # unstable API: pause
+        3: ["api.errors+", "count-"],  # data moved too: pause
+        4: ["user.null_rate.email+"],  # data only
+        5: [],  # nothing moved: a breach can only be the forest's
+        6: ["api.latency_p50_ms-", "api.retries+"],  # faster, with retries: review
+    }
+    rows = np.array([s for s, names in moved.items() for _ in names], dtype=np.int64)
+    names = np.array([n for names in moved.values() for n in names])
+    got = review_only(rows, names, len(moved))
+    assert got.tolist() == [True, True, False, False, False, False, True]
 
 
 def _scored_one_at_a_time(model, records, state, facts) -> pl.DataFrame:

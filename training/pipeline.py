@@ -70,7 +70,7 @@ class TrainConfig:
 
     Parameters
     ----------
-    n_estimators, max_samples, min_history, baseline_method, random_state
+    n_estimators, max_samples, min_history, baseline_method, random_state, loss_weight
         As in :class:`detector.model.FleetModel`.
     n_jobs : int, default=2
         Threads growing the isolation forests (this machine has two cores).
@@ -85,6 +85,7 @@ class TrainConfig:
     min_history: int = 30
     baseline_method: str = "profile"
     random_state: int = 0
+    loss_weight: float = 2.0
     n_jobs: int = 2
     holdout_days: float = dataset.DEFAULT_HOLDOUT_DAYS
     policy_path: str | None = None
@@ -97,6 +98,7 @@ class TrainConfig:
             min_history=self.min_history,
             baseline_method=self.baseline_method,
             random_state=self.random_state,
+            loss_weight=self.loss_weight,
             n_jobs=self.n_jobs,
             policy=load_policy(self.policy_path),
         )
