@@ -9,7 +9,6 @@ this module decides what a person sees when something goes wrong.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
 import os
@@ -21,8 +20,7 @@ from detector import __version__
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
-__all__ = ["cli", "main", "COMMANDS", "RARE_GC_THRESHOLD", "KEEP_PAGES_COMMANDS",
-           "POLARS_ALLOCATOR_ENV", "POLARS_ALLOCATOR_CONF"]
+__all__ = ["cli", "main", "COMMANDS", "RARE_GC_THRESHOLD"]
 
 COMMANDS: dict[str, str] = {
     name: f"detector.cli.{module}" for name, module in (
@@ -41,41 +39,6 @@ RARE_GC_THRESHOLD = 50_000
 process (CPython's default is 700)."""
 
 
-KEEP_PAGES_COMMANDS = frozenset({"score"})
-"""Commands whose process keeps the memory it frees for reuse (see :func:`keep_freed_pages`):
-short batch runs, where handing pages back costs a page fault for each page taken again.
-Training and the rest keep the allocators' defaults (their peak memory is watched)."""
-
-POLARS_ALLOCATOR_ENV = "_RJEM_MALLOC_CONF"
-"""polars' bundled jemalloc reads its options from this variable when it starts."""
-
-POLARS_ALLOCATOR_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-"""Freed pages stay with polars' allocator until the process ends."""
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
-_GLIBC_MMAP_MAX = 32 * 1024 * 1024  # the largest mmap threshold glibc accepts (64-bit)
-
-
-def keep_freed_pages() -> None:
-    """Let the process reuse the memory it frees instead of returning it to the kernel.
-
-    A scoring batch builds and drops frames and arrays of tens of MB at every step. By
-    default polars' jemalloc purges freed pages within seconds and glibc unmaps every
-    block over its threshold at once, so each step faults its pages in afresh: ~0.2 M
-    page faults, ~20% of the CPU of a 12k-sync ``syncguard score``. Must run before
-    polars is imported (jemalloc reads its options once); an option the user set in
-    :data:`POLARS_ALLOCATOR_ENV` wins. Memory then stays at the run's peak until exit.
-    """
-    os.environ.setdefault(POLARS_ALLOCATOR_ENV, POLARS_ALLOCATOR_CONF)
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # glibc; elsewhere leave malloc be
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_MAX)
-    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    mallopt(_M_TOP_PAD, 64 * 1024 * 1024)
-
-
 class SyncguardGroup(click.Group):
     """A click group that turns errors into one line on stderr and an exit code.
 
@@ -92,16 +55,10 @@ class SyncguardGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
-    keep_pages = False
-    """Set by :func:`main` (the program, not in-process callers): apply
-    :func:`keep_freed_pages` before a :data:`KEEP_PAGES_COMMANDS` module is imported."""
-
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMANDS.get(cmd_name)
         if module is None:
             return None
-        if self.keep_pages and cmd_name in KEEP_PAGES_COMMANDS:
-            keep_freed_pages()
         command: click.Command = importlib.import_module(module).command
         return command
 
@@ -145,7 +102,6 @@ def main() -> None:
     one command, so nothing needs restoring.
     """
     gc.set_threshold(RARE_GC_THRESHOLD, *gc.get_threshold()[1:])
-    cli.keep_pages = True
     cli()
 
 
