@@ -28,6 +28,7 @@ false-pause rate the connector's budget allows.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,13 @@ class FleetModel:
         :func:`_family_weights`); 1 weighs all alike.
     policy : Policy, optional
         Connector policy; the built-in default when omitted.
+    pooled_max_connectors : int or None, default=64
+        Connectors each pooled model (a kind's, and the fleet's ``"*"``) is fitted on at
+        most: a larger group is represented by the connectors with the smallest stable
+        hash of their id (BLAKE2b), the fleet's sample within each kind's. A kind's level,
+        scale and tails are well learned from a few dozen connectors, while pooling every
+        one made two thirds of a large fleet's fitting work. ``None``: every connector.
+        Fleets of up to this many connectors are fitted exactly as without a limit.
 
     Attributes
     ----------
@@ -225,6 +233,7 @@ class FleetModel:
         n_jobs: int = 1,
         loss_weight: float = 2.0,
         policy: Policy | None = None,
+        pooled_max_connectors: int | None = 64,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -234,6 +243,7 @@ class FleetModel:
         self.n_jobs = n_jobs
         self.loss_weight = loss_weight
         self.policy = policy
+        self.pooled_max_connectors = pooled_max_connectors
 
     # ================================================================== fit
     def fit(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None) -> FleetModel:
@@ -246,6 +256,8 @@ class FleetModel:
             raise ValueError("min_history must be >= 2")
         if not self.loss_weight >= 1.0:
             raise ValueError("loss_weight must be >= 1")
+        if self.pooled_max_connectors is not None and self.pooled_max_connectors < 1:
+            raise ValueError("pooled_max_connectors must be >= 1 or None")
         step("features")
         syncs, features = _history_frames(history)
         del history  # the record texts, when the caller handed them over
@@ -280,15 +292,32 @@ class FleetModel:
             if own.height == self.intervals_.height
             else features.filter(pl.col("connector_id").is_in(own["connector_id"].implode()))
         )
+        # The pooled models' rows: each kind's sample of connectors, and the fleet's
+        # (see pooled_max_connectors), marked by a small integer column.
+        sample = _pooled_sample(self.intervals_, self.pooled_max_connectors)
+        pool_code = pl.col("connector_id").replace_strict(
+            sample["connector_id"], sample["pool"], return_dtype=pl.UInt8
+        )
+        pooled = features.with_columns(pool_code.alias("_pool"))
         # The pooled groups' layouts, kinds and "*" apart: the pooled rows (the whole
-        # feature frame twice) are never one frame.
+        # feature frame twice, in a small fleet) are never one frame.
         fleet = pl.lit(POOLED_ALL).alias("connector_kind")
+        pooled_syncs = syncs.with_columns(pool_code.alias("_pool"))
         pooled_layout = pl.concat(
             [
-                _layout(features, "connector_kind", syncs),
-                _layout(features.with_columns(fleet), "connector_kind", syncs.with_columns(fleet)),
+                _layout(
+                    pooled.filter(_IN_KIND_SAMPLE),
+                    "connector_kind",
+                    pooled_syncs.filter(_IN_KIND_SAMPLE),
+                ),
+                _layout(
+                    pooled.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
+                    "connector_kind",
+                    pooled_syncs.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
+                ),
             ]
         ).sort("group", "measure")
+        del pooled_syncs
         self.columns_ = pl.concat(
             [_layout(per_connector, "connector_id", syncs), pooled_layout]
         )
@@ -299,7 +328,7 @@ class FleetModel:
         ivals = self.intervals_.select("connector_id", "interval_s")
 
         step("cross-fitting calibration scores")
-        oos = self._cross_fit_scores(per_connector, features, ivals, group_index)
+        oos = self._cross_fit_scores(per_connector, pooled, ivals, group_index)
 
         # The calibrators read the held-out scores only, so they are fitted now: the
         # scores (the family maxima of every sync, for each group it is judged by, the
@@ -312,7 +341,8 @@ class FleetModel:
         # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
         # rows (every sync twice) are never one frame. Each series is fitted from its own
         # rows only, so the parts' baselines together are those of the whole frames.
-        parts = _xfit_parts(per_connector, features)
+        parts = _xfit_parts(per_connector, pooled)
+        del features, pooled
         inputs, bases = self._forest_inputs(parts, None, ivals, group_index)
         self.baseline_ = _merged_baseline(parts, bases, "connector_id")
         self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
@@ -394,7 +424,7 @@ class FleetModel:
     def _cross_fit_scores(
         self,
         per_connector: pl.DataFrame,
-        features: pl.DataFrame,
+        pooled: pl.DataFrame,
         ivals: pl.DataFrame,
         group_index: dict[str, int],
     ) -> dict[str, Any]:
@@ -411,7 +441,7 @@ class FleetModel:
         ``family`` / ``family_paused``: the family maxima as :class:`_Families` (most
         syncs have a residual in few of the families).
         """
-        parts = _xfit_parts(per_connector, features)
+        parts = _xfit_parts(per_connector, pooled)
         scores: dict[str, list[np.ndarray]] = {k: [] for k in _OOS_KEYS}
         families: dict[str, list[_Families]] = {"family" + mode: [] for mode in _MODES}
         n_done = 0
@@ -1049,6 +1079,7 @@ class FleetModel:
             "baseline_method": self.baseline_method,
             "random_state": self.random_state,
             "loss_weight": self.loss_weight,
+            "pooled_max_connectors": self.pooled_max_connectors,
             "frames": schemas,
             "policy": {
                 "criticalities": self.policy_.criticalities,
@@ -1069,6 +1100,8 @@ class FleetModel:
             random_state=config["random_state"],
             # Files from before the weighting were calibrated unweighted.
             loss_weight=config.get("loss_weight", 1.0),
+            # Files written before pooled models were sampled pooled every connector.
+            pooled_max_connectors=config.get("pooled_max_connectors"),
         )
 
         def column(key: str) -> pl.Series | np.ndarray:
@@ -1466,9 +1499,10 @@ class _XfitPart:
         # Pooled: hold out whole connectors, the way a cold start meets the model.
         side = pl.lit(True) if fold is None else (pl.col("connector_id").hash(7) % 2 == 1) == fold
         if self.groups == (POOLED_ALL,):
-            every = self.source if fold is None else self.source.filter(side)
-            return every.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))
-        return self.source.filter(side & (pl.col("connector_kind") == self.groups[0]))
+            every = self.source.filter(side & _IN_FLEET_SAMPLE)
+            return every.drop("_pool").with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))
+        mine = side & _IN_KIND_SAMPLE & (pl.col("connector_kind") == self.groups[0])
+        return self.source.filter(mine).drop("_pool")
 
     @property
     def against_reference(self) -> pl.Expr | None:
@@ -1489,8 +1523,9 @@ class _XfitPart:
         return base, z, z_tail
 
 
-def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_XfitPart]:
-    """Chunks of whole connectors of about ``_XFIT_CHUNK_ROWS`` rows, then each pooled group.
+def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_XfitPart]:
+    """Chunks of whole connectors of about ``_XFIT_CHUNK_ROWS`` rows, then each pooled group
+    (``pooled``: the feature rows with their ``_pool`` code, see :func:`_pooled_sample`).
 
     A chunk's rows are found by a small integer column rather than by connector ids: one
     cheap comparison per row and chunk, where a string lookup would cost far more.
@@ -1507,8 +1542,36 @@ def _xfit_parts(per_connector: pl.DataFrame, features: pl.DataFrame) -> list[_Xf
         _XfitPart("connector_id", source, tuple(ids[i] for i in np.flatnonzero(chunk == c)), c)
         for c in range(int(chunk.max()) + 1 if len(chunk) else 0)
     ]
-    kinds = sorted({*features["connector_kind"].unique().to_list(), POOLED_ALL})
-    return connectors + [_XfitPart("connector_kind", features, (kind,)) for kind in kinds]
+    kinds = sorted({*pooled["connector_kind"].unique().to_list(), POOLED_ALL})
+    return connectors + [_XfitPart("connector_kind", pooled, (kind,)) for kind in kinds]
+
+
+_IN_KIND_SAMPLE = pl.col("_pool") >= 1
+_IN_FLEET_SAMPLE = pl.col("_pool") == 2
+
+
+def _pooled_sample(intervals: pl.DataFrame, n_max: int | None) -> pl.DataFrame:
+    """``connector_id, pool``: 2 for the connectors the fleet's pooled model is fitted on
+    (and their kind's), 1 for those only their kind's is, 0 for neither.
+
+    A group of at most ``n_max`` connectors (or any, with ``None``) keeps them all; a
+    larger one the ``n_max`` with the smallest BLAKE2b hash of their id: the same
+    connectors whatever the order, the machine or the polars version. The fleet's sample
+    is then within its connectors' kinds' samples (its smallest hashes are their kinds'
+    smallest too), so the kinds' rows hold every pooled row.
+    """
+    ids = intervals["connector_id"].to_list()
+    # One hash per connector (not per row): a fleet has thousands at most.
+    digest = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids]
+    ranked = intervals.select("connector_id", "connector_kind").with_columns(
+        pl.Series("_hash", digest, dtype=pl.UInt64)
+    )
+    limit = n_max if n_max is not None else ranked.height
+    in_kind = pl.col("_hash").rank("ordinal").over("connector_kind") <= limit
+    in_fleet = pl.col("_hash").rank("ordinal") <= limit
+    return ranked.select(
+        "connector_id", (in_kind.cast(pl.UInt8) + in_fleet.cast(pl.UInt8)).alias("pool")
+    )
 
 
 def _stacked(pieces: list[tuple]) -> tuple:

@@ -159,7 +159,12 @@ def receiver():
 
 def with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:
     """One pass's rows for the pooled models: each kind, plus every row again under kind
-    ``"*"`` (fitting never makes this frame; tests compare its parts against it)."""
+    ``"*"`` (fitting never makes this frame; tests compare its parts against it). With a
+    ``_pool`` column (fitting's sample of connectors), the kinds' and the fleet's samples."""
     from detector.model import POOLED_ALL
 
-    return pl.concat([frame, frame.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])
+    kinds, fleet = frame, frame
+    if "_pool" in frame.columns:
+        kinds = frame.filter(pl.col("_pool") >= 1).drop("_pool")
+        fleet = frame.filter(pl.col("_pool") == 2).drop("_pool")
+    return pl.concat([kinds, fleet.with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))])

@@ -106,22 +106,31 @@ def history() -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("chunk_rows", "min_history"),
+    ("chunk_rows", "min_history", "pooled_max"),
     [
-        (1_000_000, 30),  # one chunk of connectors, every connector with its own model
-        (5_000, 30),  # a chunk per connector or two
-        (5_000, 200),  # some connectors cold: their syncs scored by the pooled models only
+        (1_000_000, 30, 64),  # one chunk of connectors, every connector with its own model
+        (5_000, 30, 64),  # a chunk per connector or two
+        (5_000, 200, 64),  # some connectors cold: their syncs scored by the pooled models only
+        (5_000, 30, 1),  # pooled models on a sample: one connector per kind, one for "*"
     ],
 )
 def test_cross_fitting_in_parts_gives_the_one_pass_scores(
-    history: list[dict], monkeypatch: pytest.MonkeyPatch, chunk_rows: int, min_history: int
+    history: list[dict],
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_rows: int,
+    min_history: int,
+    pooled_max: int,
 ) -> None:
     monkeypatch.setattr(model_module, "_XFIT_CHUNK_ROWS", chunk_rows)
-    model = _Compared(n_estimators=20, min_history=min_history).fit(history)
+    model = _Compared(
+        n_estimators=20, min_history=min_history, pooled_max_connectors=pooled_max
+    ).fit(history)
     parts, one_pass = model.compared_
     assert model.groups_ and len(parts["group"]) > 0
     if min_history > 30:
         assert len(model.intervals_) > (model.intervals_["n_syncs"] >= min_history).sum() > 0
+    sampled = model.inputs_[1]["_pool"].value_counts()
+    assert (sampled.height > 1) == (pooled_max < len(model.intervals_))
     for key in model_module._OOS_KEYS:
         np.testing.assert_array_equal(parts[key], one_pass[key], err_msg=key)
     # The final forest, its inputs residuals a part at a time, is the one of whole frames.
@@ -193,3 +202,37 @@ def test_calibrators_fitted_in_blocks_are_those_fitted_at_once(
     assert len(calibrators) >= 6
     for name in calibrators:
         np.testing.assert_array_equal(at_once[0][name], blocks[0][name], err_msg=name)
+
+
+def test_pooled_sample_is_capped_per_group_nested_and_stable() -> None:
+    kinds = ["okta"] * 5 + ["vault"] * 2 + ["slack"] * 4
+    intervals = pl.DataFrame(
+        {"connector_id": [f"{k}-{i}" for i, k in enumerate(kinds)], "connector_kind": kinds}
+    )
+    sample = model_module._pooled_sample(intervals, 3).join(intervals, on="connector_id")
+    per_kind = sample.filter(pl.col("pool") >= 1).group_by("connector_kind").len()
+    assert dict(per_kind.iter_rows()) == {"okta": 3, "vault": 2, "slack": 3}
+    assert (sample["pool"] == 2).sum() == 3  # the fleet's, within its kinds' (pool 2 >= 1)
+    shuffled = model_module._pooled_sample(intervals.sample(fraction=1.0, shuffle=True, seed=4), 3)
+    pl.testing.assert_frame_equal(
+        sample.select("connector_id", "pool").sort("connector_id"),
+        shuffled.sort("connector_id"),
+    )
+    for n_max in (None, 11):  # no cap, or a cap the fleet does not pass: every connector
+        assert (model_module._pooled_sample(intervals, n_max)["pool"] == 2).all()
+
+
+def test_cold_start_is_scored_by_sampled_pooled_models(history: list[dict]) -> None:
+    model = FleetModel(n_estimators=20, pooled_max_connectors=1).fit(history)
+    # Each pooled model ("*" too) learned a series from one connector's syncs at most.
+    assert model.pooled_baseline_.series_["n"].max() <= model.intervals_["n_syncs"].max()
+    last = history[-1]
+    new = [
+        {**last, "connector_id": "brand-new-1", "sync_id": "brand-new-1:1"},
+        {**last, "connector_id": "brand-new-2", "sync_id": "brand-new-2:1",
+         "connector_kind": "never-seen-kind"},
+    ]
+    results = model.score(new).results
+    assert results["cold_start"].all()
+    p = results["tail_probability"].to_numpy()
+    assert np.isfinite(p).all() and ((p > 0) & (p <= 1)).all()

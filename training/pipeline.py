@@ -72,6 +72,9 @@ class TrainConfig:
     ----------
     n_estimators, max_samples, min_history, baseline_method, random_state, loss_weight
         As in :class:`detector.model.FleetModel`.
+    pooled_max_connectors : int, default=64
+        Connectors each pooled cold-start model (per kind, and the fleet's) is fitted on
+        at most, as in :class:`detector.model.FleetModel`: larger fleets are sampled.
     n_jobs : int, default=2
         Threads growing the isolation forests (this machine has two cores).
     holdout_days : float, default=14
@@ -86,6 +89,7 @@ class TrainConfig:
     baseline_method: str = "profile"
     random_state: int = 0
     loss_weight: float = 2.0
+    pooled_max_connectors: int = 64
     n_jobs: int = 2
     holdout_days: float = dataset.DEFAULT_HOLDOUT_DAYS
     policy_path: str | None = None
@@ -101,6 +105,7 @@ class TrainConfig:
             loss_weight=self.loss_weight,
             n_jobs=self.n_jobs,
             policy=load_policy(self.policy_path),
+            pooled_max_connectors=self.pooled_max_connectors,
         )
 
     def params(self) -> dict[str, Any]:

@@ -149,6 +149,10 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
               help="Sub-sample size per tree.")
 @click.option("--min-history", type=click.IntRange(2, None), default=30, show_default=True,
               help="Syncs a connector needs for a model of its own (fewer: cold start).")
+@click.option("--pooled-max-connectors", type=click.IntRange(1, None), default=64,
+              show_default=True,
+              help="Connectors each pooled cold-start model (per kind, fleet) is fitted on at "
+                   "most; larger groups are a stable sample.")
 @click.option("--holdout-days", type=click.FloatRange(0, None, min_open=True), default=14.0,
               show_default=True, help="Most recent days held out for the backtest.")
 @click.option("--baseline-method", type=click.Choice(["profile", "stl"]), default="profile",
@@ -165,8 +169,9 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
 @json_option
 @pass_home
 def command(home: Home, force: bool, trees: int, max_samples: int, min_history: int,
-            holdout_days: float, baseline_method: str, policy: str | None, labels: str | None,
-            jobs: int, seed: int, actor: str, as_json: bool) -> None:
+            pooled_max_connectors: int, holdout_days: float, baseline_method: str,
+            policy: str | None, labels: str | None, jobs: int, seed: int, actor: str,
+            as_json: bool) -> None:
     """Fit every connector's model from the store, backtest it, and register it in MLflow.
 
     Syncs labelled fault, and syncs a pause held that was not resumed as a false
@@ -182,6 +187,7 @@ def command(home: Home, force: bool, trees: int, max_samples: int, min_history: 
 
     config = TrainConfig(n_estimators=trees, max_samples=max_samples, min_history=min_history,
                          baseline_method=baseline_method, random_state=seed, n_jobs=jobs,
-                         holdout_days=holdout_days, policy_path=policy)
+                         holdout_days=holdout_days, policy_path=policy,
+                         pooled_max_connectors=pooled_max_connectors)
     result = run_training(home, config=config, labels_path=labels, force=force, actor=actor)
     click.echo(json.dumps(_result_json(result), indent=2) if as_json else render_result(result))
