@@ -31,6 +31,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -455,24 +456,20 @@ class FleetModel:
                 random_state=self.random_state + 1000,
                 n_jobs=self.n_jobs,
             ).fit(fit_x)
+            forest._walk_arrays()  # built once here, not by each thread that scores
+            held_out = partial(
+                self._held_out_scores,
+                fold=fold,
+                forest=forest,
+                fitted=[len(x) > 0 for x in fit_x],
+                ivals=ivals,
+                group_index=group_index,
+            )
             held: list[dict[str, Any] | None] = [None] * len(group_index)
-            for part, base in zip(parts, bases, strict=True):
-                if base is None:
-                    continue
-                normal, paused = self._held_out_matrices(
-                    part, base, part.rows(not fold), ivals, group_index
-                )  # family maxima already sparse (_Families)
-                for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
-                    if len(m) == 0 or len(fit_x[g]) == 0:
-                        continue
-                    gi = np.full(len(m), g)
-                    held[g] = {
-                        "forest": forest.score_samples(m, gi),
-                        "group": gi,
-                        "forest_paused": forest.score_samples(mp, gi),
-                        "family": f,
-                        "family_paused": fp,
-                    }
+            jobs = list(zip(parts, bases, strict=True))
+            for part_scores in _in_threads(held_out, jobs, self.n_jobs):
+                for g, group_scores in part_scores:
+                    held[g] = group_scores
             # In group order, as the calibrators' inputs always were.
             for group_scores in filter(None, held):
                 for k in _OOS_KEYS:
@@ -484,6 +481,40 @@ class FleetModel:
             k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()
         }
         return oos | {k: _Families.concat(v) for k, v in families.items()}
+
+    def _held_out_scores(
+        self,
+        job: tuple[_XfitPart, SeasonalBaseline | None],
+        *,
+        fold: bool,
+        forest: ArrayIsolationForest,
+        fitted: list[bool],
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """``(group index, held-out scores)`` of each group of a part fitted on side
+        ``fold`` (``job``: the part and its baseline), for groups the fold's forest was
+        ``fitted`` on."""
+        part, base = job
+        if base is None:
+            return []
+        normal, paused = self._held_out_matrices(
+            part, base, part.rows(not fold), ivals, group_index
+        )  # family maxima already sparse (_Families)
+        out = []
+        for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
+            if len(m) == 0 or not fitted[g]:
+                continue
+            gi = np.full(len(m), g)
+            scores = {
+                "forest": forest.score_samples(m, gi),
+                "group": gi,
+                "forest_paused": forest.score_samples(mp, gi),
+                "family": f,
+                "family_paused": fp,
+            }
+            out.append((g, scores))
+        return out
 
     def _forest_inputs(
         self,
@@ -500,20 +531,22 @@ class FleetModel:
         """
         width = int(self.columns_["col"].max()) + 1
         inputs = [np.zeros((0, width), np.float32)] * len(group_index)
-        bases: list[SeasonalBaseline | None] = []
-        for part in parts:
+
+        def fitted(part: _XfitPart) -> tuple[SeasonalBaseline | None, list]:
             rows = part.rows(fold)
-            base = None
-            if rows.height:
-                base, z, z_tail = part.fit_residuals(self.baseline_method, rows, ivals)
-                resid = rows.with_columns(pl.Series("z", z), pl.Series("z_tail", z_tail))
-                del z, z_tail
-                mats = self._part_matrices(part, base, resid, ivals, group_index, families="none")
-                for g, (x, _, _) in mats:
-                    inputs[g] = x
-                del resid
+            if not rows.height:
+                return None, []
+            base, z, z_tail = part.fit_residuals(self.baseline_method, rows, ivals)
+            resid = rows.with_columns(pl.Series("z", z), pl.Series("z_tail", z_tail))
+            del rows, z, z_tail
+            mats = self._part_matrices(part, base, resid, ivals, group_index, families="none")
+            return base, [(g, x) for g, (x, _, _) in mats]
+
+        bases: list[SeasonalBaseline | None] = []
+        for base, mats in _in_threads(fitted, parts, self.n_jobs):
+            for g, x in mats:
+                inputs[g] = x
             bases.append(base)
-            del rows
         return inputs, bases
 
     def _part_matrices(
@@ -654,10 +687,14 @@ class FleetModel:
         """
         key = (tuple(self.families_), tuple(measures.to_list()))
         cache = self.__dict__.setdefault("_family_lookups", {})
-        if key not in cache:
+        # Read once into a local: fitting's threads share the cache, and another thread's
+        # clear() may come between a check and a second read.
+        lookup = cache.get(key)
+        if lookup is None:
+            lookup = self._family_lookup_uncached(measures)
             cache.clear()  # one entry is what a batch reuses: keep memory flat
-            cache[key] = self._family_lookup_uncached(measures)
-        return cache[key]
+            cache[key] = lookup
+        return lookup
 
     def _family_lookup_uncached(self, measures: pl.Series) -> np.ndarray:
         decades = np.arange(_MAX_DECADE + 1)
@@ -1544,6 +1581,21 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
     ]
     kinds = sorted({*pooled["connector_kind"].unique().to_list(), POOLED_ALL})
     return connectors + [_XfitPart("connector_kind", pooled, (kind,)) for kind in kinds]
+
+
+def _in_threads(fn: Callable[[Any], Any], items: list, n_jobs: int) -> list:
+    """``[fn(item) for item in items]``, up to ``n_jobs`` items at a time in threads.
+
+    The parts of a fit are independent and spend their time in polars and numpy, which
+    run outside the GIL; results come back in ``items``' order, so they are those of the
+    plain loop whatever thread finishes first.
+    """
+    if n_jobs <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n_jobs) as pool:
+        return list(pool.map(fn, items))
 
 
 _IN_KIND_SAMPLE = pl.col("_pool") >= 1

@@ -106,12 +106,13 @@ def history() -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("chunk_rows", "min_history", "pooled_max"),
+    ("chunk_rows", "min_history", "pooled_max", "n_jobs"),
     [
-        (1_000_000, 30, 64),  # one chunk of connectors, every connector with its own model
-        (5_000, 30, 64),  # a chunk per connector or two
-        (5_000, 200, 64),  # some connectors cold: their syncs scored by the pooled models only
-        (5_000, 30, 1),  # pooled models on a sample: one connector per kind, one for "*"
+        (1_000_000, 30, 64, 1),  # one chunk of connectors, every connector with its own model
+        (5_000, 30, 64, 1),  # a chunk per connector or two
+        (5_000, 200, 64, 1),  # some connectors cold: their syncs scored by the pooled models only
+        (5_000, 30, 1, 1),  # pooled models on a sample: one connector per kind, one for "*"
+        (5_000, 200, 64, 2),  # parts fitted and scored two at a time in threads
     ],
 )
 def test_cross_fitting_in_parts_gives_the_one_pass_scores(
@@ -120,10 +121,11 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
     chunk_rows: int,
     min_history: int,
     pooled_max: int,
+    n_jobs: int,
 ) -> None:
     monkeypatch.setattr(model_module, "_XFIT_CHUNK_ROWS", chunk_rows)
     model = _Compared(
-        n_estimators=20, min_history=min_history, pooled_max_connectors=pooled_max
+        n_estimators=20, min_history=min_history, pooled_max_connectors=pooled_max, n_jobs=n_jobs
     ).fit(history)
     parts, one_pass = model.compared_
     assert model.groups_ and len(parts["group"]) > 0
