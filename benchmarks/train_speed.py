@@ -21,7 +21,8 @@ table shows
 * ``RSS main``: peak resident memory of the training process (``ru_maxrss``);
 * ``RSS total``: peak of the training process plus any child processes,
   sampled from ``/proc`` every 0.2 s (forests now grow in threads of the training process
-  itself, so the two agree unless a library starts workers of its own).
+  itself, so the two agree unless a library starts workers of its own); below the table,
+  the same peak per progress step of the pipeline.
 
 A run whose total RSS passes ``--max-rss-gib`` (default 12) is stopped, so that a fleet
 too large for this shared machine cannot push it into swapping or the OOM killer; the
@@ -107,12 +108,14 @@ class _Watch(threading.Thread):
     def __init__(self, limit: int):
         super().__init__(daemon=True)
         self.limit, self.peak, self.phase, self.t0 = limit, 0, "starting", time.perf_counter()
+        self.phase_peaks: dict[str, int] = {}  # where in the pipeline the memory goes
 
     def run(self) -> None:
         me = os.getpid()
         while True:
             total = _rss(me) + sum(_rss(k) for k in _descendants(me))
             self.peak = max(self.peak, total)
+            self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), total)
             if total > self.limit:
                 print(json.dumps({"aborted": True, "phase": self.phase, "peak": self.peak,
                                   "after_s": time.perf_counter() - self.t0}), flush=True)
@@ -147,6 +150,7 @@ def _train(home: Path, labels_path: str, trees: int, jobs: int, limit: int) -> d
         "version": result.version,
         "rss_main": usage.ru_maxrss * kib,
         "rss_total": watch.peak,
+        "phase_peaks": watch.phase_peaks,
         "metrics": {k: result.metrics.get(k) for k in ("episode_recall", "false_pauses_per_1000",
                                                        "calibration_ratio")},
     }
@@ -220,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{n}: " + ", ".join(f"{k.removeprefix(stage + '.').removesuffix('_s')} {v:.0f}"
                                  for k, v in run["timings"].items() if k.startswith(stage + "."))
             for n, run in done))
+    for n, run in done:
+        print(f"peak RSS by step (GiB), {n}: " + ", ".join(
+            f"{phase} {peak / 2**30:.2f}" for phase, peak in run["phase_peaks"].items()))
     n, prep, run = rows[-1]
     if run.get("aborted"):
         ok = False

@@ -31,7 +31,6 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -91,7 +90,7 @@ def prepare(
 
 
 def _history_frames(
-    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame, n_jobs: int = 1
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` then :func:`build_features` of a history, in parts of connectors.
 
@@ -102,7 +101,8 @@ def _history_frames(
     and the features' joins, windows and sort were the fit's peak of memory. Parts are
     runs of connectors of a frame in connector order (as the store reads history), rows
     numbered on across parts; otherwise one pass. Either way the syncs are numbered in
-    sync order (see :func:`in_sync_order`), whatever order they came in.
+    sync order (see :func:`in_sync_order`), whatever order they came in. Parts go
+    ``n_jobs`` at a time in threads (see :func:`_in_threads`).
     """
     if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
         ids = history["connector_id"]
@@ -110,10 +110,13 @@ def _history_frames(
             starts = np.flatnonzero(ids.ne_missing(ids.shift(1)).to_numpy())
             cuts = starts[np.flatnonzero(np.diff(starts // _HISTORY_CHUNK_SYNCS, prepend=0))]
             bounds = np.r_[0, cuts, history.height]
-            parts = [
-                build_features(*_prepare_history(history.slice(lo, hi - lo)))
-                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
+            parts = _in_threads(
+                lambda lo_hi: build_features(
+                    *_prepare_history(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0]))
+                ),
+                list(zip(bounds[:-1], bounds[1:], strict=True)),
+                n_jobs,
+            )
             renumbered = [
                 tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
                 for part, lo in zip(parts, bounds[:-1], strict=True)
@@ -260,7 +263,7 @@ class FleetModel:
         if self.pooled_max_connectors is not None and self.pooled_max_connectors < 1:
             raise ValueError("pooled_max_connectors must be >= 1 or None")
         step("features")
-        syncs, features = _history_frames(history)
+        syncs, features = _history_frames(history, self.n_jobs)
         del history  # the record texts, when the caller handed them over
         if syncs.height == 0:
             raise ValueError("fit needs at least one sync in history")
@@ -359,29 +362,37 @@ class FleetModel:
         return self
 
     def _fit_calibrators(self, oos: dict[str, Any]) -> None:
-        """Forest, family and combined calibrators per mode, from held-out scores."""
+        """Forest, family and combined calibrators per mode, from held-out scores (the
+        modes are independent: ``n_jobs`` at a time in threads)."""
         self.calibrators_ = {}
+        # Popped: the scores and family maxima are freed once the calibrators are fitted.
+        jobs = [(mode, oos.pop("forest" + mode), oos.pop("family" + mode)) for mode in _MODES]
+        fit_mode = functools.partial(self._fit_mode_calibrators, groups=oos["group"])
+        _in_threads(fit_mode, jobs, self.n_jobs)
+        # In one order whichever thread finished first: the model file lists them so.
+        self.calibrators_ = {key: self.calibrators_[key] for key in _CALIBRATORS}
+
+    def _fit_mode_calibrators(self, job: tuple[str, np.ndarray, _Families], *, groups) -> None:
+        """One mode's forest, family and combined calibrators (``job``: the mode, its
+        held-out forest scores and family maxima), into ``calibrators_``."""
+        mode, forest_s, fam = job
         n_groups, n_fam = len(self.groups_), len(self.families_)
-        for mode in _MODES:
-            # Popped: each mode's family maxima (syncs x families) are freed once used.
-            forest_s, fam, grp = oos.pop("forest" + mode), oos.pop("family" + mode), oos["group"]
-            self.calibrators_["forest" + mode] = TailCalibrator().fit(
-                forest_s, grp, n_groups=n_groups
-            )
-            self.calibrators_["family" + mode] = TailCalibrator(
-                pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
-            ).fit(fam.values, fam.cols, n_groups=n_fam)
-            combined = self._sparse_combined_statistic(forest_s, fam, grp, mode)
-            # A breach that is a review (only transport moved) is no false *pause*: the
-            # cutoff is set on the syncs that would pause, as the budget counts them.
-            # (Judged by the family maxima, the tail scales: the z themselves are gone.)
-            out = fam.values >= OUTLYING_Z
-            moved = np.asarray(self.families_)[fam.cols[out]]
-            combined[review_only(fam.rows[out], moved, len(grp))] = 0.0
-            del fam
-            self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
-                combined, grp, n_groups=n_groups
-            )
+        self.calibrators_["forest" + mode] = TailCalibrator().fit(
+            forest_s, groups, n_groups=n_groups
+        )
+        self.calibrators_["family" + mode] = TailCalibrator(
+            pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
+        ).fit(fam.values, fam.cols, n_groups=n_fam)
+        combined = self._sparse_combined_statistic(forest_s, fam, groups, mode)
+        # A breach that is a review (only transport moved) is no false *pause*: the
+        # cutoff is set on the syncs that would pause, as the budget counts them.
+        # (Judged by the family maxima, the tail scales: the z themselves are gone.)
+        out = fam.values >= OUTLYING_Z
+        moved = np.asarray(self.families_)[fam.cols[out]]
+        combined[review_only(fam.rows[out], moved, len(groups))] = 0.0
+        self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
+            combined, groups, n_groups=n_groups
+        )
 
     def _combined_statistic(
         self, forest_s: np.ndarray, fam: np.ndarray, groups: np.ndarray, mode: str
@@ -457,7 +468,7 @@ class FleetModel:
                 n_jobs=self.n_jobs,
             ).fit(fit_x)
             forest._walk_arrays()  # built once here, not by each thread that scores
-            held_out = partial(
+            held_out = functools.partial(
                 self._held_out_scores,
                 fold=fold,
                 forest=forest,

@@ -402,8 +402,9 @@ def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monk
     monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
     # One pass over the syncs in sync order; the interleaved frame takes that one pass.
     one_pass = build_features(*prepare(in_sync_order(to_struct_frame(stored))))
-    for frame in (by_connector, stored):
-        for got, want in zip(model_module._history_frames(frame), one_pass, strict=True):
+    for frame, n_jobs in ((by_connector, 1), (by_connector, 2), (stored, 1)):
+        got_frames = model_module._history_frames(frame, n_jobs)
+        for got, want in zip(got_frames, one_pass, strict=True):
             pl.testing.assert_frame_equal(got, want)
 
 
