@@ -205,15 +205,14 @@ class _Phases:
 
 
 def _backtest(
-    before: pl.DataFrame,
+    clean: pl.DataFrame,
     window: pl.DataFrame,
     labels: pl.DataFrame | None,
     config: TrainConfig,
     progress: Progress,
     timings: dict[str, float],
 ) -> BacktestReport:
-    """Fit on the clean syncs before the window; score every sync of the window."""
-    clean = before.filter(~pl.col("excluded"))
+    """Fit on the ``clean`` syncs before the window; score every sync of the window."""
     if clean.height == 0:
         raise UsageError(
             "every sync before the held-out window is excluded (labelled fault or paused); "
@@ -471,6 +470,10 @@ def train(
     file_labels = dataset.read_labels_file(labels_path) if labels_path is not None else None
     frame = _read(home, file_labels)
     before, window, cutoff = dataset.split_holdout(frame, holdout_days=config.holdout_days)
+    # Only the clean syncs are kept of ``before``: each copy of the record texts held
+    # through the backtest fit is a copy of most of the store's history.
+    clean = before.filter(~pl.col("excluded"))
+    del before
     labels = dataset.backtest_labels(window, file_labels)
     sources = [
         name
@@ -500,8 +503,8 @@ def train(
         register.start_training_run(home, params=params, tags=tags) as run,
     ):
         t0 = time.perf_counter()
-        report = _backtest(before, window, labels, config, step, timings)
-        del before, window  # the final fit reads ``frame``: no second copy of its rows
+        report = _backtest(clean, window, labels, config, step, timings)
+        del clean, window  # the final fit reads ``frame``: no second copy of its rows
         timings["backtest_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
