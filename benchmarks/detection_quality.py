@@ -9,8 +9,9 @@ Usage::
 For each seed: simulate the fleet, fit on the first ``--train-days`` days (labelled
 faults left out), score the rest in time order, and print the quality table for
 syncguard beside the fixed-threshold safeguards, the per-class recall and the
-calibration line (also apart for syncs judged while their connector was paused and while
-it was not); then one summary row per seed.
+calibration line (false pauses, and breaches of the cutoff: pauses and reviews; also
+apart for syncs judged while their connector was paused and while it was not); then one
+summary row per seed.
 """
 
 from __future__ import annotations
@@ -65,15 +66,17 @@ def main() -> None:
         for mode in report.calibration_by_mode.iter_rows(named=True):
             print(f"  {'paused' if mode['paused'] else 'not paused'}: "
                   f"{mode['normal_syncs']:.0f} normal syncs, {mode['false_pauses']} false "
-                  f"pauses, calibration ratio {mode['calibration_ratio']:.2f}")
+                  f"pauses, calibration ratio {mode['calibration_ratio']:.2f} "
+                  f"(breaches {mode['breach_ratio']:.2f})")
         row = report.quality.row(0, named=True)  # syncguard first
         summary.append((seed, row, report.calibration, report.timings))
     print("\nseed | episodes | episode recall | first-sync recall | false pauses / 1000 | "
-          "min class recall | calibration ratio | fit s | score s")
+          "min class recall | calibration ratio | breach ratio | fit s | score s")
     for seed, q, c, t in summary:
         print(f"{seed} | {q['episodes']:.0f} | {q['episode_recall']:.3f} | "
               f"{q['first_sync_recall']:.3f} | {q['false_pauses_per_1000']:.2f} | "
               f"{q['min_class_recall']:.2f} | {c['calibration_ratio']:.2f} | "
+              f"{c['breach_ratio']:.2f} | "
               f"{t['fit_s']:.1f} | {t['score_s']:.1f}")
 
 

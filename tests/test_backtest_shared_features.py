@@ -3,10 +3,12 @@ its calibration apart by mode."""
 
 from __future__ import annotations
 
+import polars as pl
 import polars.testing
 import pytest
 
 from detector.model import FleetModel
+from training.analysis import calibration_curve
 from training.backtest import run_backtest
 from training.simulator import simulate_fleet
 
@@ -47,5 +49,13 @@ def test_calibration_by_mode_splits_the_calibration_and_the_false_pauses() -> No
     quality = report.quality.row(0, named=True)
     assert modes["false_pauses"].sum() == quality["false_pauses"]
     weights = modes["normal_syncs"] / total
-    for rate in ("budgeted_rate", "realised_rate"):
+    for rate in ("budgeted_rate", "realised_rate", "breach_rate"):
         assert (modes[rate] * weights).sum() == pytest.approx(report.calibration[rate])
+    # The realised rate is the false pauses'; the breaches (pauses and reviews) are the
+    # calibration curve's at factor 1.
+    c = report.calibration
+    assert c["realised_rate"] * total == pytest.approx(quality["false_pauses"])
+    assert c["calibration_ratio"] == pytest.approx(c["realised_rate"] / c["budgeted_rate"])
+    labelled = pl.from_dicts(labels, infer_schema_length=None)
+    curve = calibration_curve(report, labelled, test, factors=(1.0,))
+    assert curve["breach_rate"][0] == pytest.approx(c["breach_rate"])

@@ -290,15 +290,18 @@ def calibration_curve(
     test: pl.DataFrame,
     factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
 ) -> pl.DataFrame:
-    """Budgeted against realised false-pause rate if every budget were ``factor`` times larger.
+    """Budgeted false-pause rate against the rate of breaches of the model cutoff, if
+    every budget were ``factor`` times larger.
 
     The tail probabilities of a backtest do not depend on the budget; only the cutoff
     does (``alpha`` is proportional to the budget, clipped to [1e-7, 0.5]). So one
     backtest gives the whole curve: for each factor, the mean budgeted rate and the
     share of scorable normal syncs (all syncs without labels) whose tail probability
-    falls below it. Factor 1 reproduces ``report.calibration``.
+    falls below it. Breaches are pauses and reviews alike (whether a breach would be a
+    review needs its residuals); factor 1 reproduces ``report.calibration``'s
+    ``breach_rate``, an upper bound on its false-pause rate.
 
-    Returns ``factor, budgeted_rate, realised_rate, calibration_ratio, normal_syncs``.
+    Returns ``factor, budgeted_rate, breach_rate, breach_ratio, normal_syncs``.
     """
     frame = report.decisions.select("sync_id", "tail_probability", "cutoff").drop_nulls()
     if labels is not None:
@@ -315,8 +318,8 @@ def calibration_curve(
             {
                 "factor": float(f),
                 "budgeted_rate": budget,
-                "realised_rate": realised,
-                "calibration_ratio": realised / budget if budget else float("nan"),
+                "breach_rate": realised,
+                "breach_ratio": realised / budget if budget else float("nan"),
                 "normal_syncs": len(a),
             }
         )

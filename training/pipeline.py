@@ -262,6 +262,7 @@ def backtest_metrics(report: BacktestReport) -> dict[str, float]:
         calibration_ratio=c.get("calibration_ratio"),
         budgeted_rate=c.get("budgeted_rate"),
         realised_rate=c.get("realised_rate"),
+        breach_ratio=c.get("breach_ratio"),
         calibration_normal_syncs=c.get("normal_syncs"),
     )
     if report.quality is not None:
