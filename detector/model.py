@@ -383,7 +383,7 @@ class FleetModel:
         self.calibrators_["family" + mode] = TailCalibrator(
             pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
         ).fit(fam.values, fam.cols, n_groups=n_fam)
-        combined = self._sparse_combined_statistic(forest_s, fam, groups, mode)
+        combined = self._combined_statistic(forest_s, fam, groups, mode)
         # A breach that is a review (only transport moved) is no false *pause*: the
         # cutoff is set on the syncs that would pause, as the budget counts them.
         # (Judged by the family maxima, the tail scales: the z themselves are gone.)
@@ -395,23 +395,11 @@ class FleetModel:
         )
 
     def _combined_statistic(
-        self, forest_s: np.ndarray, fam: np.ndarray, groups: np.ndarray, mode: str
-    ) -> np.ndarray:
-        """``-log10`` of the smallest of the forest's and the families' tail probabilities."""
-        p_forest = self.calibrators_["forest" + mode].tail_probability(forest_s, groups)
-        p = p_forest
-        if fam.shape[1]:
-            rows, cols = np.nonzero(fam > 0)
-            p_fam = np.ones_like(fam)
-            p_fam[rows, cols] = self._family_tail_probability(fam[rows, cols], cols, mode)
-            p = np.minimum(p, p_fam.min(axis=1))
-        return -np.log10(np.clip(p, 1e-300, 1.0))
-
-    def _sparse_combined_statistic(
         self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str
     ) -> np.ndarray:
-        """:meth:`_combined_statistic` row by row, from the sparse family maxima (in blocks
-        of entries: no dense syncs x families matrix while fitting)."""
+        """``-log10`` of the smallest of the forest's and the families' tail probabilities,
+        from the sparse family maxima (in blocks of entries: fitting never makes a dense
+        syncs x families matrix)."""
         p_forest = self.calibrators_["forest" + mode].tail_probability(forest_s, groups)
         p_family = fam.row_min(
             lambda v, c: self._family_tail_probability(v, c, mode), len(groups)
@@ -974,7 +962,8 @@ class FleetModel:
             # Each sync through its own mode's calibrators only.
             for mode, mine in zip(_MODES, (~paused[block], paused[block]), strict=True):
                 if mine.any():
-                    stat = self._combined_statistic(forest_s[mine], fam[block][mine], g[mine], mode)
+                    mine_fam = _Families.of(fam[block][mine])
+                    stat = self._combined_statistic(forest_s[mine], mine_fam, g[mine], mode)
                     out[mine] = self.calibrators_["combined" + mode].tail_probability(stat, g[mine])
         return p
 

@@ -179,7 +179,7 @@ def _dense(fam, n_rows: int, n_cols: int) -> np.ndarray:
     return out
 
 
-def test_combined_statistic_from_sparse_family_maxima_is_scorings(
+def test_combined_statistic_in_blocks_of_entries_is_that_of_one_pass(
     history: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _Compared(n_estimators=20).fit(history)
@@ -188,10 +188,13 @@ def test_combined_statistic_from_sparse_family_maxima_is_scorings(
     for mode in model_module._MODES:
         fam, grp = oos["family" + mode], oos["group"]
         dense = _dense(fam, len(grp), len(model.families_))
-        np.testing.assert_array_equal(
-            model._sparse_combined_statistic(oos["forest" + mode], fam, grp, mode),
-            model._combined_statistic(oos["forest" + mode], dense, grp, mode),
+        in_blocks = model._combined_statistic(oos["forest" + mode], fam, grp, mode)
+        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", len(fam.values) + 1)
+        from_dense = model._combined_statistic(
+            oos["forest" + mode], model_module._Families.of(dense), grp, mode
         )
+        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 999)
+        np.testing.assert_array_equal(in_blocks, from_dense)
 
 
 def test_calibrators_fitted_in_blocks_are_those_fitted_at_once(

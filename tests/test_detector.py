@@ -29,7 +29,14 @@ from detector.frame import (
     measures_frame,
     to_struct_frame,
 )
-from detector.model import FleetModel, _family_weights, _tail_families, prepare, tail_family_expr
+from detector.model import (
+    FleetModel,
+    _Families,
+    _family_weights,
+    _tail_families,
+    prepare,
+    tail_family_expr,
+)
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
 from detector.review import review_only
@@ -884,7 +891,9 @@ def test_a_family_tail_is_never_lighter_than_the_residuals_gaussian_tail(fleet):
     raw = model.calibrators_["family"].tail_probability(np.full(n_fam, 3.0), np.arange(n_fam))
     assert raw.min() < 1e-4  # the spiky families this guards against exist in the fleet
     forest_s = np.full(n_fam, -1e9)  # nothing from the forest
-    stat = model._combined_statistic(forest_s, np.eye(n_fam) * 3.0, np.zeros(n_fam, int), "")
+    stat = model._combined_statistic(
+        forest_s, _Families.of(np.eye(n_fam) * 3.0), np.zeros(n_fam, int), ""
+    )
     assert stat.max() <= -np.log10(0.5 * math.erfc(3.0 / math.sqrt(2.0))) + 1e-9
     assert stat.min() > 0.0
 
@@ -1008,7 +1017,7 @@ def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
         paused = np.isin(rows, syncs.filter(pl.col("paused"))["row"].to_numpy())
         forest_s = self.forest_.score_samples(x, groups)
         both = [self.calibrators_["combined" + mode].tail_probability(
-            self._combined_statistic(forest_s, fam, groups, mode), groups)
+            self._combined_statistic(forest_s, _Families.of(fam), groups, mode), groups)
             for mode in ("", "_paused")]
         np.testing.assert_array_equal(out, np.where(paused, both[1], both[0]))
         seen.append((int(paused.sum()), int((~paused).sum())))
