@@ -3,11 +3,14 @@ its calibration apart by mode."""
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import polars.testing
 import pytest
 
-from detector.model import FleetModel
+import training.backtest as backtest_module
+from detector.model import FleetModel, prepare
 from training.analysis import calibration_curve
 from training.backtest import run_backtest
 from training.simulator import simulate_fleet
@@ -59,3 +62,45 @@ def test_calibration_by_mode_splits_the_calibration_and_the_false_pauses() -> No
     labelled = pl.from_dicts(labels, infer_schema_length=None)
     curve = calibration_curve(report, labelled, test, factors=(1.0,))
     assert curve["breach_rate"][0] == pytest.approx(c["breach_rate"])
+
+
+def _stored(records: list[dict]) -> pl.DataFrame:
+    """Records as a store history frame: the texts beside their columns."""
+    return pl.DataFrame(
+        {
+            "connector_id": [r["connector_id"] for r in records],
+            "connector_kind": [r.get("connector_kind") for r in records],
+            "record": [json.dumps(r) for r in records],
+        }
+    )
+
+
+def test_safeguards_and_start_state_in_parts_of_connectors_are_those_of_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large history is featured a part of whole connectors at a time (with each part's
+    test syncs, and connectors new in the window with the first part): the safeguards'
+    decisions, in test order, and the start state are those of one pass."""
+    records, _ = simulate_fleet(6, 40, seed=5)
+    history = _stored([r for r in records if r["started_at"] < CUT])
+    test = _stored([r for r in records if r["started_at"] >= CUT])
+    newcomer = test.filter(pl.col("connector_id") == test["connector_id"][0]).with_columns(
+        pl.lit("brand-new-01").alias("connector_id"),
+        pl.col("record").str.replace_all(test["connector_id"][0], "brand-new-01"),
+    )
+    test = pl.concat([test, newcomer])
+    order = prepare(test)[0]
+    one_pass = backtest_module._safeguards_and_state(history, test, order)
+    passes = []
+    real = backtest_module._joined_features
+    monkeypatch.setattr(
+        backtest_module, "_joined_features", lambda h, t: passes.append(h.height) or real(h, t)
+    )
+    monkeypatch.setattr(backtest_module, "_CHUNK_SYNCS", history.height // 4)
+    in_parts = backtest_module._safeguards_and_state(history, test, order)
+    assert len(passes) > 1 and sum(passes) == history.height
+    assert set(in_parts[0]) == set(one_pass[0]) and len(one_pass[0]) >= 5
+    for name, want in one_pass[0].items():
+        pl.testing.assert_frame_equal(in_parts[0][name], want)
+    for got, want in zip(in_parts[1:], one_pass[1:], strict=True):
+        pl.testing.assert_frame_equal(got, want)

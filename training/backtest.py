@@ -144,6 +144,66 @@ def fixed_threshold_decisions(
     return _fixed_thresholds(*_joined_features(history, test))
 
 
+_CHUNK_SYNCS = 50_000  # history syncs of the connectors featured together (as fitting does)
+
+
+def _safeguards_and_state(
+    history: pl.DataFrame | list[Mapping[str, Any]],
+    test: pl.DataFrame | list[Mapping[str, Any]],
+    test_order: pl.DataFrame,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
+    """The safeguards' decisions on ``test`` (in ``test_order``'s sync order) and the
+    state at the end of history, as :meth:`FleetModel.initial_state` gives it.
+
+    Both come from the features of history then test, built once. A sync's features
+    depend on its own connector's syncs only, so frames of more than ``_CHUNK_SYNCS``
+    history syncs go a part of whole connectors at a time: in one pass, a large fleet's
+    whole history held every record's fields and the features' joins at once (the
+    peak of a 1,000-connector backtest).
+    """
+    parts = [(history, test)]
+    if (
+        isinstance(history, pl.DataFrame)
+        and isinstance(test, pl.DataFrame)
+        and history.height > _CHUNK_SYNCS
+    ):
+        per_connector = history.group_by("connector_id").len().sort("connector_id")
+        part_of = per_connector.select(
+            "connector_id", ((pl.col("len").cum_sum() - 1) // _CHUNK_SYNCS).alias("part")
+        )
+        # Connectors new in the window go with the first part.
+        test_part = test.join(part_of, on="connector_id", how="left")["part"].fill_null(0)
+        history_part = history.join(part_of, on="connector_id", how="left")["part"]
+        parts = [
+            (history.filter(history_part == k), test.filter(test_part == k))
+            for k in part_of["part"].unique().sort()  # a connector may span whole chunks
+        ]
+    baselines: dict[str, list[pl.DataFrame]] = {}
+    states, facts = [], []
+    for part_history, part_test in parts:
+        if len(part_test):
+            syncs, feats, offset = _joined_features(part_history, part_test)
+            for name, decisions in _fixed_thresholds(syncs, feats, offset).items():
+                baselines.setdefault(name, []).append(decisions)
+        else:  # a part whose connectors sent nothing in the window
+            syncs, feats = build_features(*prepare(part_history))
+            offset = syncs.height
+        in_history = pl.col("row") < offset
+        state, fact = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
+        states.append(state)
+        facts.append(fact)
+        del syncs, feats
+    order = test_order.select("sync_id")
+    return (
+        {
+            name: order.join(pl.concat(frames), on="sync_id", how="left", maintain_order="left")
+            for name, frames in baselines.items()
+        },
+        pl.concat(states).sort("connector_id", "measure"),
+        pl.concat(facts).sort("connector_id"),
+    )
+
+
 def _joined_features(
     history: pl.DataFrame | Iterable[Mapping[str, Any]],
     test: pl.DataFrame | Iterable[Mapping[str, Any]],
@@ -248,13 +308,9 @@ def run_backtest(
     timings["fit_s"] = time.perf_counter() - t0
     if progress is not None:
         progress("scoring the test window")
-    syncs, feats, offset = _joined_features(history, test)
-    baselines = _fixed_thresholds(syncs, feats, offset)
-    # The state at the end of history, as FleetModel.initial_state(history) gives it,
-    # from the features just built rather than from building them all again.
-    in_history = pl.col("row") < offset
-    state, facts = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
-    del syncs, feats
+    t_syncs = prepare(test)[0]
+    # The state at the end of history from the features the safeguards need anyway.
+    baselines, state, facts = _safeguards_and_state(history, test, t_syncs)
     t0 = time.perf_counter()
     scored = model.score(test, state=state, facts=facts)
     timings["score_s"] = time.perf_counter() - t0
@@ -262,7 +318,6 @@ def run_backtest(
     report = BacktestReport(
         decisions=scored.results, reasons=scored.reasons, baselines=baselines, timings=timings
     )
-    t_syncs = prepare(test)[0]
     breach = scored.results.with_columns(
         (pl.col("score") > pl.col("cutoff")).alias("breach"),
         (10 ** (-pl.col("cutoff"))).alias("alpha"),
