@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from detector.features import build_features
+from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.model import FleetModel, _next_state, prepare
 
 __all__ = [
@@ -142,9 +143,6 @@ def fixed_threshold_decisions(
     3 standard deviations from its trailing 14-day mean.
     """
     return _fixed_thresholds(*_joined_features(history, test))
-
-
-_CHUNK_SYNCS = 50_000  # history syncs of the connectors featured together (as fitting does)
 
 
 def _safeguards_and_state(
