@@ -20,6 +20,7 @@ from ocsf_check import OcsfValidator, compile_schema
 from scoring_support import Fleet, ingest_history
 
 from detector.cli.main import cli
+from detector.cli.score import BLAS_THREADS_ENV
 from detector.events.native import validate
 from detector.home import Home
 from detector.store import Store
@@ -240,7 +241,7 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
     """The cold-start path: a `syncguard score` process loads none of the heavy libraries
     it does not need (the champion comes from the local cache, not from MLflow; ordinary
     records and events pass the short schema checks), nor the modules of other commands,
-    and collects garbage rarely."""
+    collects garbage rarely, and has numpy's OpenBLAS start a single thread."""
     path = write_jsonl(tmp_path / "one.jsonl", fleet.test[:1])
     probe = (
         "import runpy, sys\n"
@@ -254,17 +255,23 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
         "                  'jsonschema'})\n"
         "heavy += sorted(m for m in sys.modules if m.startswith('detector.cli.')\n"
         "                and m[13:] not in ('main', 'score', 'options', 'sinks'))\n"
-        "import gc\n"
+        "import gc, threadpoolctl\n"
+        "blas = {i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+        "        if i['internal_api'] == 'openblas'}\n"
+        "print('BLAS', blas, file=sys.stderr)\n"
         "print('GC', gc.get_threshold()[0], file=sys.stderr)\n"
         "print('HEAVY', code, heavy, file=sys.stderr)\n"
     )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(BLAS_THREADS_ENV, None)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
-                          check=True)
+                          cwd=REPO, env=env, timeout=120, check=True)
     assert json.loads(done.stdout)["model_version"] == "1"  # it did score with the model
     assert done.stderr.strip().splitlines()[-1] in ("HEAVY 0 []", "HEAVY 3 []")
     # The program (python -m, as the console script) collects garbage rarely.
     from detector.cli.main import RARE_GC_THRESHOLD
 
     assert done.stderr.strip().splitlines()[-2] == f"GC {RARE_GC_THRESHOLD}"
+    # numpy's (and scipy's) OpenBLAS started one thread, not one per core.
+    assert done.stderr.strip().splitlines()[-3] == "BLAS {1}"
 
