@@ -241,15 +241,22 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
     """The cold-start path: a `syncguard score` process loads none of the heavy libraries
     it does not need (the champion comes from the local cache, not from MLflow; ordinary
     records and events pass the short schema checks), nor the modules of other commands,
-    collects garbage rarely, and has numpy's OpenBLAS start a single thread."""
+    collects garbage rarely, has numpy's OpenBLAS start a single thread, and ends without
+    the interpreter's teardown."""
     path = write_jsonl(tmp_path / "one.jsonl", fleet.test[:1])
     probe = (
-        "import runpy, sys\n"
+        "import os, runpy, sys\n"
         f"sys.argv = ['syncguard', '--home', {str(scoring_home.root)!r}, 'score', {str(path)!r}]\n"
+        "quick = []\n"
+        "def quick_exit(code):  # recorded, so the probe can look around after the run\n"
+        "    quick.append(code)\n"
+        "    raise SystemExit(code)\n"
+        "os._exit = quick_exit\n"
         "try:\n"
         "    runpy.run_module('detector.cli.main', run_name='__main__')\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
+        "print('QUICK', quick == [code], file=sys.stderr)\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules}\n"
         "               & {'mlflow', 'sklearn', 'matplotlib', 'statsmodels', 'training',\n"
         "                  'jsonschema'})\n"
@@ -274,4 +281,6 @@ def test_score_imports_no_mlflow_sklearn_or_matplotlib(scoring_home: Home, fleet
     assert done.stderr.strip().splitlines()[-2] == f"GC {RARE_GC_THRESHOLD}"
     # numpy's (and scipy's) OpenBLAS started one thread, not one per core.
     assert done.stderr.strip().splitlines()[-3] == "BLAS {1}"
+    # It ended without the interpreter's teardown, with the command's exit code.
+    assert done.stderr.strip().splitlines()[-4] == "QUICK True"
 
