@@ -35,6 +35,7 @@ a rerun scores what is left.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ from detector.errors import (
 from detector.events.native import format_timestamp, invalid_record, sync_scored
 from detector.events.scored import ScoredEvents, scored_events
 from detector.events.sinks import Sink, encode
+from detector.frame import to_struct_frame
 from detector.home import Home
 from detector.store import IngestReport, Store, ledger, scores
 from detector.store.state import FACTS_SCHEMA, load_state, save_state
@@ -62,8 +64,8 @@ if TYPE_CHECKING:  # the model module imports scipy: only load it when scoring
     from detector.model import FleetModel
     from detector.policy import Policy
 
-__all__ = ["CHUNK_SYNCS", "ScoreRun", "Scorer", "load_scoring_model", "score_items",
-           "UNSCORABLE"]
+__all__ = ["CHUNK_SYNCS", "DecodedAhead", "ScoreRun", "Scorer", "load_scoring_model",
+           "score_items", "UNSCORABLE"]
 
 CHUNK_SYNCS = 20_000
 """Syncs per scoring transaction: big enough to amortise the model's fixed costs, small
@@ -191,17 +193,21 @@ class Scorer:
         Why there is no model (the detail of the ``unscorable`` rule hit).
     chunk_syncs : int
         Syncs per transaction.
+    decoded : DecodedAhead, optional
+        Records decoded while the store was written; a chunk of exactly those records
+        (same texts, same order) is scored from them instead of decoding its own.
     """
 
     def __init__(self, store: Store, model: FleetModel | None, model_version: str | None, *,
                  actor: str, unscorable_reason: str | None = None,
-                 chunk_syncs: int = CHUNK_SYNCS) -> None:
+                 chunk_syncs: int = CHUNK_SYNCS, decoded: DecodedAhead | None = None) -> None:
         self.store = store
         self.model = model
         self.model_version = model_version
         self.actor = actor
         self.unscorable = unscorable_reason if model is None else None
         self.chunk_syncs = chunk_syncs
+        self.decoded = decoded
         self.events: dict[str, dict[str, Any]] = {}
         self.pauses_opened: list[str] = []
 
@@ -238,7 +244,9 @@ class Scorer:
                 if self.model is None:
                     raise ModelError(self.unscorable or "no model")
                 state, facts = self._with_new_connectors(conn, todo, state, facts, open_before)
-                result = self.model.score(todo.select("record"), state=state, facts=facts)
+                wide = None if self.decoded is None else self.decoded.take(todo["record"])
+                records = todo.select("record") if wide is None else wide
+                result = self.model.score(records, state=state, facts=facts)
                 if result.results["sync_id"].to_list() != todo["sync_id"].to_list():
                     # Never record a second decision for a sync: fail closed instead.
                     raise ModelError(f"the model returned {result.results.height} results "
@@ -360,6 +368,74 @@ def pause_reasons(event: dict[str, Any]) -> tuple[str, list[str]]:
     return names[0], names
 
 
+class DecodedAhead:
+    """A batch's new records decoded by polars in a thread, while the scorer loads the
+    champion and claims the syncs.
+
+    Those steps are Python and SQLite, and polars decodes JSON without holding the GIL,
+    so on a second core the decode (the largest single step of a model's scoring input)
+    costs no wall time. A batch's new syncs are normally exactly what the scorer's one
+    chunk scores, in its order (start, then sync_id); :meth:`take` hands the frame over
+    only when the chunk's record texts are these very texts in this order, so the model
+    gets what decoding them itself gives. Otherwise (syncs left unscored by an earlier
+    run, another scorer's, more syncs than one chunk) the model decodes as before.
+
+    Parameters
+    ----------
+    items : sequence of Accepted or Violation
+        The input, as ingested.
+    new_ids : sequence of str
+        The sync_ids the ingest stored for the first time.
+    limit : int
+        Most syncs worth decoding ahead (a scoring chunk).
+    """
+
+    def __init__(self, items: Sequence[Accepted | Violation], new_ids: Sequence[str], *,
+                 limit: int) -> None:
+        self._texts: pl.Series | None = None
+        self._wide: pl.DataFrame | None = None
+        self._thread: threading.Thread | None = None
+        if not 0 < len(new_ids) <= limit:
+            return
+        new = set(new_ids)
+        first: dict[str, Accepted] = {}
+        for item in items:
+            if isinstance(item, Accepted) and item.record["sync_id"] in new:
+                first.setdefault(item.record["sync_id"], item)
+        if any(it.times is None or not it.canonical for it in first.values()):
+            return  # built by hand: no stored text to compare with
+        # The order scores.pending reads them in: start (epoch seconds, as stored), sync_id.
+        ordered = sorted((it.times[0].timestamp(), sid, it.canonical)  # type: ignore[index]
+                         for sid, it in first.items())
+        self._thread = threading.Thread(target=self._decode, args=([t for *_, t in ordered],),
+                                        name="syncguard-decode", daemon=True)
+        self._thread.start()
+
+    def _decode(self, texts: list[str]) -> None:
+        try:
+            series = pl.Series("record", texts, dtype=pl.String)
+            self._wide, self._texts = to_struct_frame(series), series
+        except Exception:  # the model decodes them again, and says what is wrong
+            self._wide = self._texts = None
+
+    def take(self, records: pl.Series) -> pl.DataFrame | None:
+        """The decoded frame if ``records`` are the decoded texts in order, else None
+        (once: the frame is released either way)."""
+        self.close()
+        wide, texts = self._wide, self._texts
+        self._wide = self._texts = None
+        if wide is None or texts is None or not records.equals(texts):
+            return None
+        # A frame with a "resources" column is taken as decoded (see to_struct_frame).
+        return wide if "resources" in wide.columns else None
+
+    def close(self) -> None:
+        """Wait for the decode to finish (no thread outlives the run)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
 # ---------------------------------------------------------------------- the whole run
 
 
@@ -419,15 +495,20 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     items = [run.ingest.turned_away.get(id(it), it) for it in items]
     sync_ids = [it.record["sync_id"] for it in items if isinstance(it, Accepted)]
 
-    model: FleetModel | None = None
+    decoded = DecodedAhead(items, run.ingest.accepted_ids, limit=chunk_syncs)
     try:
-        if sync_ids:
-            model, run.model_version = load_scoring_model(home)
-    except SyncguardError as exc:
-        run.unscorable = str(exc)
-    scorer = Scorer(store, model, run.model_version, actor=actor,
-                    unscorable_reason=run.unscorable, chunk_syncs=chunk_syncs)
-    fresh = scorer.score(sync_ids)
+        model: FleetModel | None = None
+        try:
+            if sync_ids:
+                model, run.model_version = load_scoring_model(home)
+        except SyncguardError as exc:
+            run.unscorable = str(exc)
+        scorer = Scorer(store, model, run.model_version, actor=actor,
+                        unscorable_reason=run.unscorable, chunk_syncs=chunk_syncs,
+                        decoded=decoded)
+        fresh = scorer.score(sync_ids)
+    finally:
+        decoded.close()
     run.scored = len(fresh)
     run.unscorable = scorer.unscorable
     rejects, opened = _reject_pauses(store, run.ingest.rejected, scorer.policy(), actor=actor)

@@ -295,3 +295,51 @@ def test_copy_of_home_scores_the_same(scoring_home: Home, fleet: Fleet, tmp_path
     _r1, a = _score(scoring_home, fleet.lines(fleet.test[:20]))
     _r2, b = _score(other, fleet.lines(fleet.test[:20]))
     assert [e["decision"] for e in a] == [e["decision"] for e in b]
+
+
+def test_records_decoded_ahead_score_as_the_model_decoding_them(
+        scoring_home: Home, fleet: Fleet, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's new records, decoded in a thread while the store is written, are what
+    the chunk scores from; the run is the same as with the model decoding them itself."""
+    from detector import scoring
+
+    monkeypatch.setattr(scoring, "_now", lambda: "2026-06-22T00:00:00.000Z")
+    other = Home(tmp_path / "copy")
+    shutil.copytree(scoring_home.root, other.root)
+    real_take = scoring.DecodedAhead.take
+    taken: list[bool] = []
+
+    def take(self, records):  # noqa: ANN001, ANN202 - the real method, its result noted
+        wide = real_take(self, records)
+        taken.append(wide is not None)
+        return wide
+
+    monkeypatch.setattr(scoring.DecodedAhead, "take", take)
+    run, ahead = _score(scoring_home, fleet.lines(fleet.test[::-1]))
+    assert taken == [True] and run.scored == len(fleet.test)
+    monkeypatch.setattr(scoring.DecodedAhead, "take", lambda self, records: None)
+    _run, itself = _score(other, fleet.lines(fleet.test[::-1]))
+    assert ahead == itself
+    sql = "SELECT * FROM scores ORDER BY sync_id"
+    assert _table(scoring_home, sql) == _table(other, sql)
+    sql = "SELECT * FROM scoring_state ORDER BY connector_id, measure"
+    assert _table(scoring_home, sql) == _table(other, sql)
+
+
+def test_decoded_ahead_only_for_the_very_texts_in_order(fleet: Fleet) -> None:
+    from detector.frame import to_struct_frame
+    from detector.scoring import DecodedAhead
+
+    items = list(parse_lines(fleet.lines(fleet.test[:30])))
+    ids = [it.record["sync_id"] for it in items]
+    texts = pl.Series([it.canonical for it in sorted(
+        items, key=lambda it: (it.times[0].timestamp(), it.record["sync_id"]))])
+    decoded = DecodedAhead(items, ids, limit=100)
+    assert decoded.take(texts.reverse()) is None  # another order: the model decodes
+    decoded = DecodedAhead(items, ids, limit=100)
+    assert decoded.take(texts).equals(to_struct_frame(texts))
+    assert decoded.take(texts) is None  # handed over once
+    decoded = DecodedAhead(items, ids, limit=29)  # more than a chunk: not decoded ahead
+    assert decoded.take(texts) is None
+    decoded = DecodedAhead(items, ids[1:], limit=100)  # one sync stored before
+    assert decoded.take(texts) is None
