@@ -219,17 +219,17 @@ class Scorer:
         todo = scores.start_times(self.store.conn, sync_ids).sort("started_ts", "sync_id")
         for start in range(0, todo.height, self.chunk_syncs):
             chunk = todo.slice(start, self.chunk_syncs)
-            self._score_chunk(chunk["sync_id"].to_list(), float(chunk["started_ts"].max()))
+            self._score_chunk(chunk["sync_id"].to_list(), float(chunk["started_ts"].max()),
+                              set(chunk["connector_id"].unique().to_list()))
         return self.events
 
     # ------------------------------------------------------------------ one chunk
 
-    def _score_chunk(self, sync_ids: list[str], until: float) -> None:
+    def _score_chunk(self, sync_ids: list[str], until: float, connectors: set[str]) -> None:
+        """Score a chunk of stored syncs (``connectors``: theirs; a stored sync's connector
+        never changes, so it is taken from the pre-filter's rows, not read again)."""
         conn = self.store.conn
         with self.store.atomic():
-            connectors = {r[0] for r in conn.execute(
-                "SELECT DISTINCT connector_id FROM syncs "
-                "WHERE sync_id IN (SELECT value FROM json_each(?))", (json.dumps(sync_ids),))}
             state, facts = load_state(conn, connectors)
             known = facts.filter(pl.col("state_last_start").is_not_null())
             since = dict(zip(known["connector_id"].to_list(),
