@@ -303,27 +303,9 @@ class FleetModel:
             sample["connector_id"], sample["pool"], return_dtype=pl.UInt8
         )
         pooled = features.with_columns(pool_code.alias("_pool"))
-        # The pooled groups' layouts, kinds and "*" apart: the pooled rows (the whole
-        # feature frame twice, in a small fleet) are never one frame.
-        fleet = pl.lit(POOLED_ALL).alias("connector_kind")
-        pooled_syncs = syncs.with_columns(pool_code.alias("_pool"))
-        pooled_layout = pl.concat(
-            [
-                _layout(
-                    pooled.filter(_IN_KIND_SAMPLE),
-                    "connector_kind",
-                    pooled_syncs.filter(_IN_KIND_SAMPLE),
-                ),
-                _layout(
-                    pooled.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
-                    "connector_kind",
-                    pooled_syncs.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
-                ),
-            ]
-        ).sort("group", "measure")
-        del pooled_syncs
-        self.columns_ = pl.concat(
-            [_layout(per_connector, "connector_id", syncs), pooled_layout]
+        kinds = self.intervals_.select("connector_id", "connector_kind")
+        self.columns_ = _layouts(
+            features, syncs, own, sample.rename({"pool": "_pool"}).join(kinds, on="connector_id")
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
@@ -1649,10 +1631,54 @@ def _merged_baseline(
     )
 
 
-def _layout(features: pl.DataFrame, key: str, syncs: pl.DataFrame) -> pl.DataFrame:
-    """Measures present in at least half of a group's syncs, numbered as vector columns."""
-    n = syncs.filter(pl.col("status") != "failed").group_by(key).agg(pl.len().alias("n"))
-    present = features.group_by(key, "measure").agg(pl.col("row").n_unique().alias("k"))
+def _layouts(
+    features: pl.DataFrame, syncs: pl.DataFrame, own: pl.DataFrame, sample: pl.DataFrame
+) -> pl.DataFrame:
+    """Every model group's :func:`_layout`: the connectors with a model of their own
+    (``own``), then the pooled groups sorted (each kind's sample of connectors, and the
+    fleet's ``"*"``; ``sample``: ``connector_id, connector_kind, _pool``, see
+    :func:`_pooled_sample`).
+
+    The long frame is counted once, per connector and measure: a sync is one connector's,
+    so a pooled group's syncs that report a measure are the sum over its connectors.
+    Counted from the pooled rows themselves, each group set copied its sampled rows (most
+    of a large fleet's frame, the fit's largest temporary) and grouped them again.
+    """
+    present = features.group_by("connector_id", "measure").agg(
+        pl.col("row").n_unique().alias("k")
+    )
+    usable = (
+        syncs.filter(pl.col("status") != "failed")
+        .select("connector_id")
+        .join(sample, on="connector_id", how="left")
+    )
+    own_ids = own["connector_id"].implode()
+    per_connector = _layout(
+        present.filter(pl.col("connector_id").is_in(own_ids)), usable, "connector_id"
+    )
+    pooled = present.join(sample, on="connector_id")
+    fleet = pl.lit(POOLED_ALL).alias("connector_kind")
+    pooled_layout = pl.concat(
+        [
+            _layout(
+                pooled.filter(_IN_KIND_SAMPLE), usable.filter(_IN_KIND_SAMPLE), "connector_kind"
+            ),
+            _layout(
+                pooled.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
+                usable.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
+                "connector_kind",
+            ),
+        ]
+    ).sort("group", "measure")
+    return pl.concat([per_connector, pooled_layout])
+
+
+def _layout(present: pl.DataFrame, usable: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Measures present in at least half of a group's usable syncs, numbered as vector
+    columns. ``present``: ``key, measure, k`` (syncs reporting the measure, in parts of a
+    group); ``usable``: ``key``, one row per sync that did not fail."""
+    n = usable.group_by(key).agg(pl.len().alias("n"))
+    present = present.group_by(key, "measure").agg(pl.col("k").sum())
     kept = present.join(n, on=key).filter(pl.col("k") >= _MIN_SERIES_SHARE * pl.col("n"))
     return (
         kept.sort(key, "measure")

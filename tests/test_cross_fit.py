@@ -172,6 +172,43 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
         np.testing.assert_array_equal(parts[key].row_min(fn, len(dense)), p.min(axis=1))
 
 
+@pytest.mark.parametrize("min_history, pooled_max", [(30, 64), (200, 1)])
+def test_layouts_counted_per_connector_are_those_of_each_groups_rows(
+    history: list[dict], min_history: int, pooled_max: int
+) -> None:
+    """The residual layouts, counted once per connector and measure, are those counted
+    from each group's own rows: one pass's pooled rows for the kinds and "*" (sampled,
+    with pooled_max 1), and connectors without a model of their own (min_history 200)."""
+    model = _Compared(
+        n_estimators=20, min_history=min_history, pooled_max_connectors=pooled_max
+    ).fit(history)
+    per_connector, pooled, _, _ = model.inputs_
+    syncs = model_module._history_frames(history)[0].join(
+        pooled.select("connector_id", "_pool").unique(), on="connector_id"
+    )
+
+    def counted(rows: pl.DataFrame, syncs: pl.DataFrame, key: str) -> pl.DataFrame:
+        n = syncs.filter(pl.col("status") != "failed").group_by(key).agg(pl.len().alias("n"))
+        present = rows.group_by(key, "measure").agg(pl.col("row").n_unique().alias("k"))
+        return (
+            present.join(n, on=key)
+            .filter(pl.col("k") >= model_module._MIN_SERIES_SHARE * pl.col("n"))
+            .sort(key, "measure")
+            .with_columns(pl.int_range(pl.len()).over(key).alias("col"))
+            .select(pl.col(key).alias("group"), "measure", "col")
+        )
+
+    if min_history > 30:
+        assert per_connector["connector_id"].n_unique() < syncs["connector_id"].n_unique()
+    expected = pl.concat(
+        [
+            counted(per_connector, syncs, "connector_id"),
+            counted(with_fleet_copy(pooled), with_fleet_copy(syncs), "connector_kind"),
+        ]
+    )
+    pl.testing.assert_frame_equal(model.columns_, expected)
+
+
 def _dense(fam, n_rows: int, n_cols: int) -> np.ndarray:
     """Sparse family maxima as the dense syncs x families matrix (0: no residual)."""
     out = np.zeros((n_rows, n_cols))
