@@ -1278,9 +1278,14 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     """
     # A row's candidate tails depend on its measure and size decade only: the string
     # work is done once per connector, measure and decade, each counting its rows.
-    distinct = features.group_by(
-        "connector_id", "measure", _size_decade().alias("decade"), maintain_order=True
-    ).len("rows")
+    # Grouped on plain columns, the decade as one byte: a computed key held twice the
+    # memory (4 GiB at 1,000 connectors). The order of the groups matters not: sums,
+    # distinct counts and a sorted list come out.
+    distinct = (
+        features.select("connector_id", "measure", _size_decade().cast(pl.Int8).alias("decade"))
+        .group_by("connector_id", "measure", "decade")
+        .len("rows")
+    )
     keys = [
         k.str.head(-1).alias(f"k{i}")
         for i, k in enumerate(_tail_keys(pl.col("measure"), pl.lit(1.0), pl.col("decade")))
@@ -1644,9 +1649,17 @@ def _layouts(
     Counted from the pooled rows themselves, each group set copied its sampled rows (most
     of a large fleet's frame, the fit's largest temporary) and grouped them again.
     """
-    present = features.group_by("connector_id", "measure").agg(
-        pl.col("row").n_unique().alias("k")
-    )
+    keys = ["connector_id", "measure"]
+    # A sync reports a measure once: in (row, measure) order (as build_features gives
+    # them) without a repeated pair, counting rows counts syncs, and a plain count takes
+    # next to no memory where counting distinct rows per group held 2 GiB at 1,000
+    # connectors.
+    row, measure = pl.col("row"), pl.col("measure")
+    ascending = (row > row.shift()) | ((row == row.shift()) & (measure > measure.shift()))
+    if features.select(ascending.fill_null(True).all()).item():
+        present = features.group_by(keys).len("k")
+    else:
+        present = features.group_by(keys).agg(pl.col("row").n_unique().alias("k"))
     usable = (
         syncs.filter(pl.col("status") != "failed")
         .select("connector_id")

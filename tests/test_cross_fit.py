@@ -209,6 +209,30 @@ def test_layouts_counted_per_connector_are_those_of_each_groups_rows(
     pl.testing.assert_frame_equal(model.columns_, expected)
 
 
+def test_layouts_count_syncs_whatever_the_row_order(history: list[dict]) -> None:
+    """Rows out of (row, measure) order, some of them three times: still syncs counted,
+    not rows. A measure in 30 % of a connector's syncs stays out of its layout (its
+    rows counted, 90 %, would put it in)."""
+    syncs, features = model_module._history_frames(history)
+    intervals = model_module._intervals(syncs)
+    sample = (
+        model_module._pooled_sample(intervals, 2)
+        .rename({"pool": "_pool"})
+        .join(intervals.select("connector_id", "connector_kind"), on="connector_id")
+    )
+    first = intervals["connector_id"][0]
+    series = (pl.col("connector_id") == first) & (pl.col("measure") == "sync.duration_s")
+    few = features.filter(series).pipe(lambda s: s.head(int(0.3 * s.height)))
+    trimmed = pl.concat([features.filter(~series), few]).sort("row", "measure")
+    in_order = model_module._layouts(trimmed, syncs, intervals, sample)
+    assert in_order.filter(pl.col("group") == first).height
+    assert "sync.duration_s" not in in_order.filter(pl.col("group") == first)["measure"]
+    thrice = pl.concat([trimmed, few, few]).sample(fraction=1.0, shuffle=True, seed=3)
+    pl.testing.assert_frame_equal(
+        model_module._layouts(thrice, syncs, intervals, sample), in_order
+    )
+
+
 def _dense(fam, n_rows: int, n_cols: int) -> np.ndarray:
     """Sparse family maxima as the dense syncs x families matrix (0: no residual)."""
     out = np.zeros((n_rows, n_cols))
