@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import polars.testing
 import pytest
 from conftest import REPO, make_records
 from train_scenario import CONFIG, trained_home
@@ -137,6 +138,16 @@ def test_training_frame_matches_store_history(verdicts: Store) -> None:
     frame = dataset.read_training_frame(verdicts.conn)
     history = verdicts.history()
     assert frame.select(dataset.HISTORY_COLUMNS).equals(history)
+
+
+def test_training_frame_read_in_batches_is_the_frame_read_at_once(
+    verdicts: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_once = dataset.read_training_frame(verdicts.conn)
+    monkeypatch.setattr(dataset, "_READ_BATCH_ROWS", 3)
+    in_batches = dataset.read_training_frame(verdicts.conn)
+    assert at_once.height > 3 * 3
+    pl.testing.assert_frame_equal(in_batches, at_once)
 
 
 def test_values_first_seen_late_are_read(store: Store) -> None:
