@@ -4,10 +4,11 @@ Usage::
 
     .venv/bin/python benchmarks/detection_quality.py [--connectors 60] [--days 120]
         [--train-days 60] [--seeds 101 202 303] [--trees 100] [--baseline-method profile]
-        [--policy FILE]
+        [--policy FILE] [--unlabelled-history] [--no-screen-history]
 
 For each seed: simulate the fleet, fit on the first ``--train-days`` days (labelled
-faults left out), score the rest in time order, and print the quality table for
+faults left out; with ``--unlabelled-history`` they stay in, unlabelled, as in history
+nobody has labelled yet), score the rest in time order, and print the quality table for
 syncguard beside the fixed-threshold safeguards, the per-class recall and the
 calibration line (false pauses, and breaches of the cutoff: pauses and reviews; also
 apart for syncs judged while their connector was paused and while it was not); then one
@@ -48,16 +49,24 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--baseline-method", choices=["profile", "stl"], default="profile")
     parser.add_argument("--policy", default=None)
+    parser.add_argument("--unlabelled-history", action="store_true",
+                        help="Fit on history with its faults in and unlabelled.")
+    parser.add_argument("--no-screen-history", dest="screen_history", action="store_false",
+                        help="FleetModel(screen_history=False): fit once, on all history.")
     args = parser.parse_args()
     summary = []
     for seed in args.seeds:
         records, labels = simulate_fleet(args.connectors, args.days, seed=seed)
         history, test = split(records, args.train_days)
+        if args.unlabelled_history:
+            tested = {r["sync_id"] for r in test}
+            labels = [lab for lab in labels if lab["sync_id"] in tested]
         model = FleetModel(
             n_estimators=args.trees,
             baseline_method=args.baseline_method,
             policy=load_policy(args.policy),
             n_jobs=2,
+            screen_history=args.screen_history,
         )
         report = run_backtest(history, test, labels=labels, model=model)
         print(f"\n=== seed {seed}: {args.connectors} connectors x {args.days} days, "

@@ -31,7 +31,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -71,7 +71,13 @@ _HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured to
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
-_OOS_KEYS = ("forest", "group", "forest_paused")
+_OOS_KEYS = ("forest", "group", "row", "forest_paused")
+# Screening rounds: a fit on history with its grossest faults left out judges the rest
+# more sharply, and a second round finds about as many faults again as the first.
+_SCREEN_ROUNDS = 2
+# A connector whose held-out scores would pause more than this share of its history
+# syncs is not that full of faults: its halves differ (growth, a level shift). It stays.
+_SCREEN_MAX_SHARE = 0.1
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 _FACTS_SCHEMA = {
     "connector_id": pl.String,
@@ -203,6 +209,14 @@ class FleetModel:
         scale and tails are well learned from a few dozen connectors, while pooling every
         one made two thirds of a large fleet's fitting work. ``None``: every connector.
         Fleets of up to this many connectors are fitted exactly as without a limit.
+    screen_history : bool, default=True
+        Leave out of the fit the history syncs that its own held-out scores would pause,
+        then fit again without them, as production leaves paused syncs out of training.
+        History that nobody labelled holds faults: fitted on as normal, they widen the
+        tails and teach the baselines that errors and lost records happen, and similar
+        faults later go unpaused. A clean history loses only the few syncs it would
+        have paused, and is fitted once more. Costs a second decode, cross-fit and
+        calibration whenever a sync is left out.
 
     Attributes
     ----------
@@ -224,6 +238,9 @@ class FleetModel:
         ``connector_id, resource, largest_loss``: per connector with a model of its own,
         the largest share of a type's records it lost in one sync in history (the
         ``loss_beyond_history`` rule).
+    screened_out_ : list of str
+        ``sync_id`` of the history syncs ``screen_history`` left out (not kept in model
+        files).
     """
 
     def __init__(
@@ -238,6 +255,7 @@ class FleetModel:
         loss_weight: float = 2.0,
         policy: Policy | None = None,
         pooled_max_connectors: int | None = 64,
+        screen_history: bool = True,
     ) -> None:
         self.n_estimators = n_estimators
         self.max_samples = max_samples
@@ -248,6 +266,7 @@ class FleetModel:
         self.loss_weight = loss_weight
         self.policy = policy
         self.pooled_max_connectors = pooled_max_connectors
+        self.screen_history = screen_history
 
     # ================================================================== fit
     def fit(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None) -> FleetModel:
@@ -262,11 +281,60 @@ class FleetModel:
             raise ValueError("loss_weight must be >= 1")
         if self.pooled_max_connectors is not None and self.pooled_max_connectors < 1:
             raise ValueError("pooled_max_connectors must be >= 1 or None")
+        if self.screen_history and not isinstance(history, pl.DataFrame):
+            history = to_struct_frame(history)  # read again when screening leaves syncs out
         step("features")
         syncs, features = _history_frames(history, self.n_jobs)
-        del history  # the record texts, when the caller handed them over
         if syncs.height == 0:
             raise ValueError("fit needs at least one sync in history")
+        fit_data, would_pause = self._fit_calibration(syncs, features, step)
+        if self.screen_history:
+            step("screening history")
+        self.screened_out_ = []
+        for screening in range(_SCREEN_ROUNDS, 0, -1):
+            if not len(would_pause):
+                break
+            # The syncs go before decoding, as production's paused syncs do: the syncs
+            # after them are then measured against the last sync that stays.
+            left_out = syncs["sync_id"].gather(would_pause)
+            self.screened_out_ += left_out.to_list()
+            del fit_data, syncs, features
+            history = history.filter(~pl.col("sync_id").is_in(left_out.implode()))
+            syncs, features = _history_frames(history, self.n_jobs)
+            fit_data, would_pause = self._fit_calibration(
+                syncs, features, lambda _phase: None, screen=screening > 1
+            )
+        del history, syncs, features  # the record texts, when the caller handed them over
+
+        step("baselines")
+        # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
+        # rows (every sync twice) are never one frame. Each series is fitted from its own
+        # rows only, so the parts' baselines together are those of the whole frames.
+        parts = _xfit_parts(fit_data.per_connector, fit_data.pooled)
+        ivals, group_index = fit_data.ivals, fit_data.group_index
+        del fit_data
+        inputs, bases = self._forest_inputs(parts, None, ivals, group_index)
+        self.baseline_ = _merged_baseline(parts, bases, "connector_id")
+        self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
+        del parts, bases
+
+        step("isolation forests")
+        self.forest_ = ArrayIsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=self.max_samples,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
+        ).fit(inputs)
+        return self
+
+    def _fit_calibration(
+        self, syncs: pl.DataFrame, features: pl.DataFrame, step, *, screen: bool | None = None
+    ) -> tuple[_FitData, np.ndarray]:
+        """Everything up to the calibrators (layout, families, cross-fitting), from a
+        history's syncs and features; the frames the baselines and forests are fitted
+        from; and, when screening (default: ``screen_history``), the rows of the syncs
+        whose held-out scores would pause (see :meth:`_fit_calibrators`)."""
+        screen = self.screen_history if screen is None else screen
         self.intervals_ = _intervals(syncs)
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
@@ -320,43 +388,89 @@ class FleetModel:
         # scores (the family maxima of every sync, for each group it is judged by, the
         # largest arrays a fit keeps) are freed before the baselines and forests run.
         step("calibration")
-        self._fit_calibrators(oos)
-        del oos
+        targets = self._screening_targets(syncs, own, group_index) if screen else None
+        would_pause = self._fit_calibrators(oos, targets)
+        return _FitData(per_connector, pooled, ivals, group_index), would_pause
 
-        step("baselines")
-        # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
-        # rows (every sync twice) are never one frame. Each series is fitted from its own
-        # rows only, so the parts' baselines together are those of the whole frames.
-        parts = _xfit_parts(per_connector, pooled)
-        del features, pooled
-        inputs, bases = self._forest_inputs(parts, None, ivals, group_index)
-        self.baseline_ = _merged_baseline(parts, bases, "connector_id")
-        self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
-        del parts, bases
 
-        step("isolation forests")
-        self.forest_ = ArrayIsolationForest(
-            n_estimators=self.n_estimators,
-            max_samples=self.max_samples,
-            random_state=self.random_state,
-            n_jobs=self.n_jobs,
-        ).fit(inputs)
-        return self
+    def _screening_targets(
+        self, syncs: pl.DataFrame, own: pl.DataFrame, group_index: dict[str, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per history row: the per-sync false-pause rate of its connector's budget (0
+        where its policy makes a breach a review: reviews stay in training), the group
+        that scores its connector (its own, else its kind's pooled, else ``"*"``) and
+        the connector's position in ``intervals_``.
 
-    def _fit_calibrators(self, oos: dict[str, Any]) -> None:
+        Only that group's held-out score screens a sync. The pooled models hold out
+        whole connectors: a connector unlike the rest of its kind (a directory ten
+        times the size of any other) would be judged faulty from end to end.
+        """
+        conn = self.intervals_.select(
+            "connector_id", "connector_kind", "interval_s"
+        ).with_row_index("connector")
+        judge = (
+            pl.when(pl.col("connector_id").is_in(own["connector_id"].implode()))
+            .then(pl.col("connector_id"))
+            .when(pl.col("connector_kind").is_in(list(group_index)))
+            .then(pl.col("connector_kind"))
+            .otherwise(pl.lit(POOLED_ALL))
+        )
+        judged_by = conn.select(
+            "connector_id", judge.replace_strict(group_index, return_dtype=pl.Int64).alias("group")
+        )
+        policy = self.policy_.table(conn.select("connector_id", "connector_kind"))
+        per_sync = (
+            syncs.select("row", "connector_id")
+            .join(conn, on="connector_id", how="left")
+            .join(judged_by, on="connector_id", how="left")
+            .join(policy, on="connector_id", how="left")
+        )
+        rate = Policy.alpha(
+            per_sync["budget_per_day"].to_numpy(), per_sync["interval_s"].to_numpy()
+        )
+        pauses = (per_sync["on_breach"] == "pause").to_numpy()
+        alpha = np.zeros(syncs.height)
+        group = np.full(syncs.height, -1, dtype=np.int64)
+        connector = np.zeros(syncs.height, dtype=np.int64)
+        rows = per_sync["row"].to_numpy()
+        alpha[rows] = np.where(pauses, rate, 0.0)
+        group[rows] = per_sync["group"].to_numpy()
+        connector[rows] = per_sync["connector"].to_numpy()
+        return alpha, group, connector
+
+    def _fit_calibrators(
+        self, oos: dict[str, Any], targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    ) -> np.ndarray:
         """Forest, family and combined calibrators per mode, from held-out scores (the
-        modes are independent: ``n_jobs`` at a time in threads)."""
+        modes are independent: ``n_jobs`` at a time in threads).
+
+        With ``targets`` (see :meth:`_screening_targets`), returns the rows whose
+        held-out score by the group that scores them would pause under the calibrators
+        just fitted, as not paused: the syncs screening leaves out.
+        """
         self.calibrators_ = {}
         # Popped: the scores and family maxima are freed once the calibrators are fitted.
         jobs = [(mode, oos.pop("forest" + mode), oos.pop("family" + mode)) for mode in _MODES]
         fit_mode = functools.partial(self._fit_mode_calibrators, groups=oos["group"])
-        _in_threads(fit_mode, jobs, self.n_jobs)
+        combined = _in_threads(fit_mode, jobs, self.n_jobs)[0]
         # In one order whichever thread finished first: the model file lists them so.
         self.calibrators_ = {key: self.calibrators_[key] for key in _CALIBRATORS}
+        if targets is None:
+            return np.zeros(0, dtype=np.int64)
+        alpha, judged_by, connector = targets
+        rows, groups = oos["row"], oos["group"]
+        p = self.calibrators_["combined"].tail_probability(combined, groups)
+        flagged = np.unique(rows[(groups == judged_by[rows]) & (p < alpha[rows])])
+        n_flagged = np.bincount(connector[flagged], minlength=self.intervals_.height)
+        too_many = n_flagged > _SCREEN_MAX_SHARE * self.intervals_["n_syncs"].to_numpy()
+        return flagged[~too_many[connector[flagged]]]
 
-    def _fit_mode_calibrators(self, job: tuple[str, np.ndarray, _Families], *, groups) -> None:
+    def _fit_mode_calibrators(
+        self, job: tuple[str, np.ndarray, _Families], *, groups
+    ) -> np.ndarray:
         """One mode's forest, family and combined calibrators (``job``: the mode, its
-        held-out forest scores and family maxima), into ``calibrators_``."""
+        held-out forest scores and family maxima), into ``calibrators_``; returns the
+        combined statistic they were fitted on."""
         mode, forest_s, fam = job
         n_groups, n_fam = len(self.groups_), len(self.families_)
         self.calibrators_["forest" + mode] = TailCalibrator().fit(
@@ -375,6 +489,7 @@ class FleetModel:
         self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
             combined, groups, n_groups=n_groups
         )
+        return combined
 
     def _combined_statistic(
         self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str
@@ -483,13 +598,14 @@ class FleetModel:
             part, base, part.rows(not fold), ivals, group_index
         )  # family maxima already sparse (_Families)
         out = []
-        for (g, (m, _, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
+        for (g, (m, rows, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
             if len(m) == 0 or not fitted[g]:
                 continue
             gi = np.full(len(m), g)
             scores = {
                 "forest": forest.score_samples(m, gi),
                 "group": gi,
+                "row": rows,
                 "forest_paused": forest.score_samples(mp, gi),
                 "family": f,
                 "family_paused": fp,
@@ -1099,6 +1215,7 @@ class FleetModel:
             "random_state": self.random_state,
             "loss_weight": self.loss_weight,
             "pooled_max_connectors": self.pooled_max_connectors,
+            "screen_history": self.screen_history,
             "frames": schemas,
             "policy": {
                 "criticalities": self.policy_.criticalities,
@@ -1121,6 +1238,8 @@ class FleetModel:
             loss_weight=config.get("loss_weight", 1.0),
             # Files written before pooled models were sampled pooled every connector.
             pooled_max_connectors=config.get("pooled_max_connectors"),
+            # Files written before screening were fitted on all of their history.
+            screen_history=config.get("screen_history", False),
         )
 
         def column(key: str) -> pl.Series | np.ndarray:
@@ -1568,6 +1687,15 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
     ]
     kinds = sorted({*pooled["connector_kind"].unique().to_list(), POOLED_ALL})
     return connectors + [_XfitPart("connector_kind", pooled, (kind,)) for kind in kinds]
+
+
+class _FitData(NamedTuple):
+    """What the baselines and forests of a fit are fitted from, once calibrated."""
+
+    per_connector: pl.DataFrame
+    pooled: pl.DataFrame
+    ivals: pl.DataFrame
+    group_index: dict[str, int]
 
 
 def _in_threads(fn: Callable[[Any], Any], items: list, n_jobs: int) -> list:

@@ -36,7 +36,7 @@ def _one_pass_cross_fit(
         pooled.with_columns((pl.col("connector_id").hash(7) % 2 == 1).alias("_b")),
     ]
     scores: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("forest", "family", "group", "forest_paused", "family_paused")
+        k: [] for k in ("forest", "family", "group", "row", "forest_paused", "family_paused")
     }
     z0 = [pl.lit(0.0).alias("z"), pl.lit(0.0).alias("z_tail")]
     for fold in (False, True):
@@ -65,7 +65,7 @@ def _one_pass_cross_fit(
             random_state=model.random_state + 1000,
             n_jobs=model.n_jobs,
         ).fit([m for m, _, _ in fit_mats])
-        for g, ((m, _, f), (mp, _, fp_)) in enumerate(
+        for g, ((m, rows, f), (mp, _, fp_)) in enumerate(
             zip(mats(sc, sp, False), mats(sc, sp, True), strict=True)
         ):
             if len(m) == 0 or len(fit_mats[g][0]) == 0:
@@ -76,6 +76,7 @@ def _one_pass_cross_fit(
             scores["forest_paused"].append(forest.score_samples(mp, gi))
             scores["family_paused"].append(fp_)
             scores["group"].append(gi)
+            scores["row"].append(rows)
     n_fam = len(model.families_)
     return {
         k: np.concatenate(v) if v else np.zeros((0, n_fam) if "family" in k else 0)
@@ -179,8 +180,11 @@ def test_layouts_counted_per_connector_are_those_of_each_groups_rows(
     """The residual layouts, counted once per connector and measure, are those counted
     from each group's own rows: one pass's pooled rows for the kinds and "*" (sampled,
     with pooled_max 1), and connectors without a model of their own (min_history 200)."""
-    model = _Compared(
-        n_estimators=20, min_history=min_history, pooled_max_connectors=pooled_max
+    model = _Compared(  # the layouts of this very history: none of it screened out
+        n_estimators=20,
+        min_history=min_history,
+        pooled_max_connectors=pooled_max,
+        screen_history=False,
     ).fit(history)
     per_connector, pooled, _, _ = model.inputs_
     syncs = model_module._history_frames(history)[0].join(

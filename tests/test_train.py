@@ -338,7 +338,8 @@ def test_progress_names_each_step(trained: dict) -> None:
     assert "backtest: scoring the test window" in steps
     assert "final model: isolation forests" in steps
     assert steps[-1] == "registering the model"
-    assert len(steps) == pipeline.TOTAL_STEPS
+    assert len(steps) == pipeline.TOTAL_STEPS == pipeline.TrainConfig().total_steps()
+    assert "final model: screening history" in steps
 
 
 def test_train_is_audited(trained: dict) -> None:

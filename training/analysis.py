@@ -338,8 +338,10 @@ def config_from_params(params: dict[str, str] | None) -> TrainConfig:
             out[f.name] = None if raw in ("built-in", "None", "") else raw
         elif f.name == "baseline_method":
             out[f.name] = raw
-        elif f.name == "holdout_days":
+        elif f.type in ("float", float):  # holdout_days, loss_weight
             out[f.name] = float(raw)
+        elif f.type in ("bool", bool):  # screen_history: MLflow keeps "True" / "False"
+            out[f.name] = raw == "True"
         else:
             out[f.name] = int(float(raw))
     return TrainConfig(**out)

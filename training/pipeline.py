@@ -55,8 +55,9 @@ from training.backtest import BacktestReport, format_table, run_backtest
 
 __all__ = ["TrainConfig", "TrainResult", "TOTAL_STEPS", "train", "ui_command"]
 
-FIT_PHASES = 5
-"""Progress phases :meth:`FleetModel.fit` reports (features ... calibration)."""
+FIT_PHASES = 6
+"""Progress phases :meth:`FleetModel.fit` reports (features ... isolation forests), with
+``screen_history`` (without it, one fewer: no "screening history")."""
 
 TOTAL_STEPS = 1 + FIT_PHASES + 1 + FIT_PHASES + 1 + 1
 """Progress calls :func:`train` makes: read, backtest fit, score, final fit, log, register."""
@@ -75,6 +76,9 @@ class TrainConfig:
     pooled_max_connectors : int, default=64
         Connectors each pooled cold-start model (per kind, and the fleet's) is fitted on
         at most, as in :class:`detector.model.FleetModel`: larger fleets are sampled.
+    screen_history : bool, default=True
+        Fit again without the history syncs the model's own held-out scores would
+        pause, as in :class:`detector.model.FleetModel` (faults nobody labelled).
     n_jobs : int, default=2
         Threads growing the isolation forests (this machine has two cores).
     holdout_days : float, default=14
@@ -90,9 +94,14 @@ class TrainConfig:
     random_state: int = 0
     loss_weight: float = 2.0
     pooled_max_connectors: int = 64
+    screen_history: bool = True
     n_jobs: int = 2
     holdout_days: float = dataset.DEFAULT_HOLDOUT_DAYS
     policy_path: str | None = None
+
+    def total_steps(self) -> int:
+        """Progress calls :func:`train` makes with this configuration."""
+        return TOTAL_STEPS - (0 if self.screen_history else 2)
 
     def model(self) -> FleetModel:
         """A fresh, unfitted :class:`FleetModel` with these settings."""
@@ -106,6 +115,7 @@ class TrainConfig:
             n_jobs=self.n_jobs,
             policy=load_policy(self.policy_path),
             pooled_max_connectors=self.pooled_max_connectors,
+            screen_history=self.screen_history,
         )
 
     def params(self) -> dict[str, Any]:
@@ -517,6 +527,7 @@ def train(
         step("logging the run to MLflow")
         t0 = time.perf_counter()
         metrics = backtest_metrics(report)
+        metrics["history_screened_out"] = len(model.screened_out_)
         model_dir = save_fleet_model(
             model,
             Path(tmp) / "fleet-model",

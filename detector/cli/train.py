@@ -72,10 +72,10 @@ def run_training(
     label: str = "training",
 ) -> TrainResult:
     """Run :func:`training.pipeline.train` with a progress display on stderr."""
-    from training.pipeline import TOTAL_STEPS, train  # heavy: only when training
+    from training.pipeline import train  # heavy: only when training
 
     quiet_mlflow()
-    with progress_reporter(TOTAL_STEPS, label=label) as step:
+    with progress_reporter(config.total_steps(), label=label) as step:
         return train(home, config, labels_path=labels_path, force=force, actor=actor,
                      progress=step)
 
@@ -153,6 +153,9 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
               show_default=True,
               help="Connectors each pooled cold-start model (per kind, fleet) is fitted on at "
                    "most; larger groups are a stable sample.")
+@click.option("--screen-history/--no-screen-history", default=True, show_default=True,
+              help="Fit again without the history syncs the model's own held-out scores "
+                   "would pause (faults nobody labelled).")
 @click.option("--holdout-days", type=click.FloatRange(0, None, min_open=True), default=14.0,
               show_default=True, help="Most recent days held out for the backtest.")
 @click.option("--baseline-method", type=click.Choice(["profile", "stl"]), default="profile",
@@ -169,9 +172,9 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
 @json_option
 @pass_home
 def command(home: Home, force: bool, trees: int, max_samples: int, min_history: int,
-            pooled_max_connectors: int, holdout_days: float, baseline_method: str,
-            policy: str | None, labels: str | None, jobs: int, seed: int, actor: str,
-            as_json: bool) -> None:
+            pooled_max_connectors: int, screen_history: bool, holdout_days: float,
+            baseline_method: str, policy: str | None, labels: str | None, jobs: int,
+            seed: int, actor: str, as_json: bool) -> None:
     """Fit every connector's model from the store, backtest it, and register it in MLflow.
 
     Syncs labelled fault, and syncs a pause held that was not resumed as a false
@@ -188,6 +191,7 @@ def command(home: Home, force: bool, trees: int, max_samples: int, min_history: 
     config = TrainConfig(n_estimators=trees, max_samples=max_samples, min_history=min_history,
                          baseline_method=baseline_method, random_state=seed, n_jobs=jobs,
                          holdout_days=holdout_days, policy_path=policy,
-                         pooled_max_connectors=pooled_max_connectors)
+                         pooled_max_connectors=pooled_max_connectors,
+                         screen_history=screen_history)
     result = run_training(home, config=config, labels_path=labels, force=force, actor=actor)
     click.echo(json.dumps(_result_json(result), indent=2) if as_json else render_result(result))

@@ -1,0 +1,86 @@
+"""Screening: a fit leaves out the history syncs its own held-out scores would pause."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import detector.model as model_module
+import detector.policy
+from detector.model import FleetModel
+from detector.policy import load_policy
+from training.simulator import simulate_fleet
+
+CUT = "2026-06-29"
+
+
+@pytest.fixture(scope="module")
+def unlabelled():
+    """History with its faults in and nobody's labels, and which of its syncs are faults."""
+    records, labels = simulate_fleet(8, 42, seed=21, fault_rate=3.0)
+    history = [r for r in records if r["started_at"] < CUT]
+    kept = {r["sync_id"] for r in history}
+    faults = {lab["sync_id"] for lab in labels if lab["label"] == "anomaly"} & kept
+    model = FleetModel(n_estimators=30).fit(history)
+    return history, faults, model
+
+
+def test_screening_leaves_out_faults_and_few_normal_syncs(unlabelled):
+    history, faults, model = unlabelled
+    out = set(model.screened_out_)
+    assert len(faults) > 20  # the fleet has faults to find
+    # Faults are about 2 % of this history and at least a third of what is left out.
+    assert len(out & faults) >= max(5, len(out) / 3)
+    assert len(out - faults) <= 0.02 * (len(history) - len(faults))
+
+
+def test_a_screened_fit_is_the_fit_without_the_syncs_it_left_out(unlabelled):
+    history, _, model = unlabelled
+    out = set(model.screened_out_)
+    assert out
+    again = FleetModel(n_estimators=30, screen_history=False).fit(
+        [r for r in history if r["sync_id"] not in out]
+    )
+    assert again.screened_out_ == []
+    arrays, config = model.to_arrays()
+    arrays_again, config_again = again.to_arrays()
+    assert arrays.keys() == arrays_again.keys()
+    for key, values in arrays.items():
+        np.testing.assert_array_equal(values, arrays_again[key], err_msg=key)
+    assert config["screen_history"] and not config_again["screen_history"]
+
+
+def test_screening_is_kept_in_the_model_config_and_older_files_read_as_off(unlabelled):
+    _, _, model = unlabelled
+    arrays, config = model.to_arrays()
+    assert FleetModel.from_arrays(arrays, config).screen_history is True
+    del config["screen_history"]
+    assert FleetModel.from_arrays(arrays, config).screen_history is False
+
+
+def test_a_review_is_not_screened_out(unlabelled, tmp_path):
+    """Under a policy where every breach is a review, nothing would pause."""
+    history, _, model = unlabelled
+    text = (Path(detector.policy.__file__).parent / "default.toml").read_text()
+    path = tmp_path / "review.toml"
+    path.write_text(text.replace('on_breach = "pause"', 'on_breach = "review"'))
+    reviewing = FleetModel(n_estimators=30, policy=load_policy(path)).fit(history)
+    assert model.screened_out_ and reviewing.screened_out_ == []
+
+
+def test_no_connector_loses_more_than_its_share_of_history_in_a_round(unlabelled, monkeypatch):
+    history, _, model = unlabelled
+    n_syncs = dict(model.intervals_.select("connector_id", "n_syncs").iter_rows())
+    left_out: dict[str, int] = {}
+    for sync_id in model.screened_out_:
+        connector = sync_id.split(":")[0]
+        left_out[connector] = left_out.get(connector, 0) + 1
+    rounds, share = model_module._SCREEN_ROUNDS, model_module._SCREEN_MAX_SHARE
+    assert left_out and all(
+        n <= rounds * share * (n_syncs[c] + n) for c, n in left_out.items()
+    )
+    # Below the share of any connector, nothing goes.
+    monkeypatch.setattr(model_module, "_SCREEN_MAX_SHARE", 0.0)
+    assert FleetModel(n_estimators=30).fit(history).screened_out_ == []
