@@ -96,7 +96,9 @@ def prepare(
 
 
 def _history_frames(
-    history: Iterable[Mapping[str, Any]] | pl.DataFrame, n_jobs: int = 1
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+    n_jobs: int = 1,
+    leave_out: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` then :func:`build_features` of a history, in parts of connectors.
 
@@ -108,8 +110,15 @@ def _history_frames(
     runs of connectors of a frame in connector order (as the store reads history), rows
     numbered on across parts; otherwise one pass. Either way the syncs are numbered in
     sync order (see :func:`in_sync_order`), whatever order they came in. Parts go
-    ``n_jobs`` at a time in threads (see :func:`_in_threads`).
+    ``n_jobs`` at a time in threads (see :func:`_in_threads`). ``leave_out``: sync ids
+    left out of a frame history, a part at a time (no second copy of its record texts).
     """
+
+    def kept(frame: pl.DataFrame) -> pl.DataFrame:
+        if leave_out is None:
+            return frame
+        return frame.filter(~pl.col("sync_id").is_in(leave_out.implode()))
+
     if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
         ids = history["connector_id"]
         if ids.null_count() == 0 and ids.is_sorted():
@@ -118,17 +127,19 @@ def _history_frames(
             bounds = np.r_[0, cuts, history.height]
             parts = _in_threads(
                 lambda lo_hi: build_features(
-                    *_prepare_history(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0]))
+                    *_prepare_history(kept(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0])))
                 ),
                 list(zip(bounds[:-1], bounds[1:], strict=True)),
                 n_jobs,
             )
+            # Rows numbered on from the syncs the parts before kept.
+            firsts = np.r_[0, np.cumsum([part[0].height for part in parts])[:-1]]
             renumbered = [
                 tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
-                for part, lo in zip(parts, bounds[:-1], strict=True)
+                for part, lo in zip(parts, firsts, strict=True)
             ]
             return tuple(pl.concat(frames) for frames in zip(*renumbered, strict=True))
-    return build_features(*_prepare_history(history))
+    return build_features(*_prepare_history(kept(history)))
 
 
 def _prepare_history(
@@ -290,20 +301,19 @@ class FleetModel:
         fit_data, would_pause = self._fit_calibration(syncs, features, step)
         if self.screen_history:
             step("screening history")
-        self.screened_out_ = []
+        left_out = pl.Series("sync_id", [], dtype=pl.String)
         for screening in range(_SCREEN_ROUNDS, 0, -1):
             if not len(would_pause):
                 break
             # The syncs go before decoding, as production's paused syncs do: the syncs
             # after them are then measured against the last sync that stays.
-            left_out = syncs["sync_id"].gather(would_pause)
-            self.screened_out_ += left_out.to_list()
+            left_out = pl.concat([left_out, syncs["sync_id"].gather(would_pause)])
             del fit_data, syncs, features
-            history = history.filter(~pl.col("sync_id").is_in(left_out.implode()))
-            syncs, features = _history_frames(history, self.n_jobs)
+            syncs, features = _history_frames(history, self.n_jobs, leave_out=left_out)
             fit_data, would_pause = self._fit_calibration(
                 syncs, features, lambda _phase: None, screen=screening > 1
             )
+        self.screened_out_ = left_out.to_list()
         del history, syncs, features  # the record texts, when the caller handed them over
 
         step("baselines")

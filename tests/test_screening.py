@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 import detector.model as model_module
@@ -84,3 +85,25 @@ def test_no_connector_loses_more_than_its_share_of_history_in_a_round(unlabelled
     # Below the share of any connector, nothing goes.
     monkeypatch.setattr(model_module, "_SCREEN_MAX_SHARE", 0.0)
     assert FleetModel(n_estimators=30).fit(history).screened_out_ == []
+
+
+def test_history_left_out_part_by_part_is_the_history_without_those_syncs(
+    unlabelled, monkeypatch
+):
+    """The refit decodes the history in parts, leaving the screened syncs out of each
+    part: the frames of one pass over the history without them."""
+    import polars.testing
+
+    from detector.frame import in_sync_order, to_struct_frame
+
+    history, _, model = unlabelled
+    out = set(model.screened_out_)
+    frame = in_sync_order(to_struct_frame(history))
+    monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", 200)
+    parts = model_module._history_frames(
+        frame, leave_out=pl.Series("sync_id", sorted(out), dtype=pl.String)
+    )
+    one_pass = model_module._history_frames([r for r in history if r["sync_id"] not in out])
+    assert parts[0].height == len(history) - len(out)
+    for got, expected in zip(parts, one_pass, strict=True):
+        polars.testing.assert_frame_equal(got, expected)
