@@ -273,6 +273,45 @@ def test_champion_loads_once_and_only_with_records(
     assert run.model_version == "1" and run.scored == 4 and len(events) == 5
 
 
+def test_champion_loads_while_the_input_is_read(
+        scoring_home: Home, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load starts in its own thread at the first accepted record, before the rest of
+    the input is parsed; a failing load still fails the run closed, in the caller."""
+    import threading
+
+    from detector import scoring
+    from detector.errors import ModelError
+
+    read: list[int] = []
+    seen: list[tuple[str, int]] = []
+
+    def counted(lines):  # noqa: ANN001, ANN202 - lines passed through, counted
+        for line in lines:
+            read.append(1)
+            yield line
+
+    def loader(home: Home):  # noqa: ANN202 - the real loader's result
+        seen.append((threading.current_thread().name, len(read)))
+        return load_scoring_model(home)
+
+    monkeypatch.setattr(scoring, "load_scoring_model", loader)
+    lines = [json.dumps({"sync_id": "b", "connector_id": "c"}), *fleet.lines(fleet.test[:40])]
+    with Store.open(scoring_home.store_path) as store:
+        run = score_items(scoring_home, store, parse_lines(counted(lines), source="t"),
+                          source="t", actor="tester")
+    # Started from the first accepted record (the second line), not after all 41.
+    assert seen == [("syncguard-champion", 2)]
+    assert run.scored == 40 and run.model_version == "1"
+
+    def broken(home: Home):  # noqa: ANN202, ARG001 - raises as a bad model file does
+        raise ModelError("the champion is damaged")
+
+    monkeypatch.setattr(scoring, "load_scoring_model", broken)
+    run, events = _score(scoring_home, fleet.lines(fleet.test[40:45]))
+    assert run.unscorable == "the champion is damaged"
+    assert [e["decision"] for e in events] == ["pause"] * 5
+
+
 def test_paused_later_syncs_say_so_and_one_pause_per_connector(scoring_home: Home,
                                                                fleet: Fleet) -> None:
     _run, events = _score(scoring_home, fleet.lines())
