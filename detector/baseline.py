@@ -625,15 +625,62 @@ class SeasonalBaseline:
             ]
         )
 
+    def _profile_lookup(self) -> tuple[pl.DataFrame, pl.Series, int] | None:
+        """The series (less ``kind``, ``n``) numbered in ``_sid``, and the profile's
+        ``expected`` at ``_sid * n_buckets + bucket`` (null where the profile has no
+        value); None when some profile row names no series or a negative bucket (then
+        residuals join the profile itself).
+
+        Built once per fitted series and profile: scoring's largest join was the
+        profile's, on two strings and the bucket for every (sync, measure) row.
+        """
+        cached = getattr(self, "_lookup_cache", None)
+        if cached is not None and cached[0] is self.series_ and cached[1] is self.profile_:
+            return cached[2]
+        keys = [self.key, "measure"]
+        series = self.series_.drop("kind", "n").with_row_index("_sid")
+        placed = self.profile_.join(series.select(*keys, "_sid"), on=keys, how="inner")
+        lookup = None
+        if placed.height == self.profile_.height and (
+            placed.height == 0 or placed["bucket"].min() >= 0  # type: ignore[operator]
+        ):
+            n_buckets = int(placed["bucket"].max() or 0) + 1
+            at = pl.col("_sid").cast(pl.Int64) * n_buckets + pl.col("bucket").cast(pl.Int64)
+            expected = (
+                pl.DataFrame({"at": pl.int_range(series.height * n_buckets, eager=True)})
+                .join(placed.select(at.alias("at"), "expected"), on="at", how="left",
+                      maintain_order="left")
+                .get_column("expected")
+            )
+            lookup = (series, expected, n_buckets)
+        self._lookup_cache = (self.series_, self.profile_, lookup)
+        return lookup
+
     def _residual_columns(self, slim: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
         """The columns :meth:`residuals` adds, for rows holding only what it reads."""
         k = self.key
         keys = [k, "measure"]
+        rows = slim.join(intervals, on="connector_id", how="left", maintain_order="left")
+        lookup = self._profile_lookup()
+        if lookup is None:
+            rows = rows.join(
+                self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left"
+            ).join(self.profile_, on=[*keys, "bucket"], how="left", maintain_order="left")
+        else:
+            series, expected, n_buckets = lookup
+            bucket = pl.col("bucket").cast(pl.Int64)
+            at = pl.when(bucket.is_between(0, n_buckets - 1)).then(
+                pl.col("_sid").cast(pl.Int64) * n_buckets + bucket
+            )
+            # The profile's value by position (null where it has none): what the join on
+            # the series' strings and the bucket gives, without hashing them per row.
+            rows = (
+                rows.join(series, on=keys, how="left", maintain_order="left")
+                .with_columns(pl.lit(expected).gather(at).alias("expected"))
+                .drop("_sid")
+            )
         rows = (
-            slim.join(intervals, on="connector_id", how="left", maintain_order="left")
-            .join(self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left")
-            .join(self.profile_, on=[*keys, "bucket"], how="left", maintain_order="left")
-            .with_columns(
+            rows.with_columns(
                 *self._observed_columns(),
                 pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
             )
