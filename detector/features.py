@@ -314,6 +314,13 @@ def build_features(
         .otherwise(pl.col("exposure"))
         .alias("exposure")
     )
+    # In (row, measure) order, sorted on one integer: the row and the measure's place among
+    # the batch's few distinct measures (the order of the strings), not on the strings.
+    measure_order = rows["measure"].unique().sort()
+    places = pl.int_range(len(measure_order), eager=True, dtype=pl.UInt64)
+    in_order = pl.col("row").cast(pl.UInt64) * len(measure_order) + pl.col(
+        "measure"
+    ).replace_strict(measure_order, places, return_dtype=pl.UInt64)
     features = rows.select(
         "row",
         "connector_id",
@@ -329,5 +336,7 @@ def build_features(
         "bucket",
         "gap_s",
         "paused",
-    ).sort("row", "measure")
+    )
+    if features.height:  # (no rows: no measures to place)
+        features = features.sort(in_order)
     return syncs.sort("row"), features
