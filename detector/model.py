@@ -27,6 +27,7 @@ false-pause rate the connector's budget allows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
@@ -492,10 +493,7 @@ class FleetModel:
         combined = self._combined_statistic(forest_s, fam, groups, mode)
         # A breach that is a review (only transport moved) is no false *pause*: the
         # cutoff is set on the syncs that would pause, as the budget counts them.
-        # (Judged by the family maxima, the tail scales: the z themselves are gone.)
-        out = fam.values >= OUTLYING_Z
-        moved = np.asarray(self.families_)[fam.cols[out]]
-        combined[review_only(fam.rows[out], moved, len(groups))] = 0.0
+        combined[fam.review] = 0.0
         self.calibrators_["combined" + mode] = TailCalibrator(log10_tail=True).fit(
             combined, groups, n_groups=n_groups
         )
@@ -892,6 +890,11 @@ class FleetModel:
         values = np.abs(coded["z_tail"].to_numpy()[sel])
         if families == "sparse":
             f = _Families.maxima(i[sel], j, values, len(self.families_))
+            moved = np.abs(z) >= OUTLYING_Z
+            names = np.char.add(
+                measures.to_numpy().astype(str)[m[moved]], np.where(z[moved] >= 0, "+", "-")
+            )
+            f = dataclasses.replace(f, review=review_only(i[moved], names, len(keys)))
         else:
             f = np.zeros((len(keys), len(self.families_)))
             np.maximum.at(f, (i[sel], j), values)
@@ -1568,6 +1571,10 @@ class _Families:
     rows: np.ndarray  # int32: the sync
     cols: np.ndarray  # int32: the family
     values: np.ndarray
+    # Per sync, when fitting: did only its transport move (see :mod:`review`)? Judged on
+    # the residuals as scoring judges them, so a cutoff is calibrated on the syncs that
+    # would pause.
+    review: np.ndarray | None = None
 
     @classmethod
     def of(cls, fam: np.ndarray) -> _Families:
@@ -1593,22 +1600,27 @@ class _Families:
         """The entries of syncs ``start:stop``, numbered from 0 (as a dense matrix's rows)."""
         lo, hi = np.searchsorted(self.rows, [syncs.start, syncs.stop])
         return _Families(
-            self.rows[lo:hi] - np.int32(syncs.start), self.cols[lo:hi], self.values[lo:hi]
+            self.rows[lo:hi] - np.int32(syncs.start),
+            self.cols[lo:hi],
+            self.values[lo:hi],
+            None if self.review is None else self.review[syncs],
         )
 
     @classmethod
     def concat(cls, parts: list[_Families]) -> _Families:
         if not parts:
             return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        reviews = [p.review for p in parts]
         return cls(
             np.concatenate([p.rows for p in parts]),
             np.concatenate([p.cols for p in parts]),
             np.concatenate([p.values for p in parts]),
+            None if any(r is None for r in reviews) else np.concatenate(reviews),
         )
 
     def shifted(self, n: int) -> _Families:
         """The same entries for syncs numbered from ``n``."""
-        return _Families(self.rows + np.int32(n), self.cols, self.values)
+        return _Families(self.rows + np.int32(n), self.cols, self.values, self.review)
 
     def row_min(
         self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n_rows: int

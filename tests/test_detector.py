@@ -33,6 +33,7 @@ from detector.model import (
     FleetModel,
     _Families,
     _family_weights,
+    _review_only,
     _tail_families,
     prepare,
     tail_family_expr,
@@ -580,6 +581,38 @@ def test_review_only_when_nothing_but_transport_moved_short_of_an_unstable_api()
     names = np.array([n for names in moved.values() for n in names])
     got = review_only(rows, names, len(moved))
     assert got.tolist() == [True, True, False, False, False, False, True]
+
+
+def test_calibration_tells_reviews_apart_as_scoring_does(fleet):
+    """The held-out syncs a cutoff is calibrated on are judged review-only from their
+    residuals as scoring judges them (``z``, not the tail scale): otherwise breaches that
+    scoring makes reviews count as pauses, and normal syncs pause below the budget."""
+    model = fleet[0]
+    group = model.groups_[0]
+    moved = {  # sync -> (measure, z, z_tail): transport within its own tail, but >= 3 out
+        0: [("api.errors", 4.0, 1.5), ("sync.duration_s", 5.0, 2.0)],  # review
+        1: [("api.errors", 4.0, 1.5), ("user.count", -3.5, -1.2)],  # data moved: pause
+        2: [("api.latency_p50_ms", 6.0, 2.5), ("api.errors", 4.0, 1.5)],  # unstable: pause
+        3: [("api.latency_p50_ms", 2.0, 0.8), ("user.count", 0.5, 0.2)],  # nothing moved
+        4: [("api.latency_p50_ms", -3.2, -1.3)],  # review
+    }
+    resid = pl.DataFrame(
+        [
+            {"row": row, "group": group, "measure": m, "z": z, "z_tail": zt}
+            for row, residuals in moved.items()
+            for m, z, zt in residuals
+        ]
+    ).with_columns(
+        pl.col("row").cast(pl.UInt32),
+        pl.lit(None, pl.Float64).alias("exposure"),
+        pl.lit(None, pl.Float64).alias("current_size"),
+    )
+    width = int(model.columns_["col"].max()) + 1
+    _, rows, _, fam = model._matrix(resid, width, "sparse")
+    scored = dict(_review_only(resid).iter_rows())
+    assert rows.tolist() == [0, 1, 2, 3, 4]
+    assert fam.review.tolist() == [scored.get(r, False) for r in rows.tolist()]
+    assert fam.review.tolist() == [True, False, False, False, True]
 
 
 def _scored_one_at_a_time(model, records, state, facts) -> pl.DataFrame:
