@@ -289,25 +289,32 @@ def backtest_metrics(report: BacktestReport) -> dict[str, float]:
     return _finite(metrics)
 
 
-def connector_summary(
-    frame: pl.DataFrame,
-    model: FleetModel,
-    report: BacktestReport,
-    labels: pl.DataFrame | None,
-) -> pl.DataFrame:
-    """One row per connector: history, exclusions, own model or pooled, held-out decisions.
-
-    Columns: ``connector_id, connector_kind, syncs, excluded, first_sync, last_sync,
-    interval_h, own_model, test_syncs, pauses, reviews, median_score, max_score,
-    cutoff`` and, with labels, ``fault_syncs, paused_normal_syncs``.
-    """
-    history = frame.group_by("connector_id").agg(
+def history_summary(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per connector of a training frame: ``connector_id, connector_kind, syncs, excluded,
+    first_sync, last_sync`` (what :func:`connector_summary` needs of the history, taken
+    before fitting so that the frame need not outlive the read)."""
+    return frame.group_by("connector_id").agg(
         pl.col("connector_kind").last(),
         pl.len().alias("syncs"),
         pl.col("excluded").sum().alias("excluded"),
         pl.col("started_at").min().alias("first_sync"),
         pl.col("started_at").max().alias("last_sync"),
     )
+
+
+def connector_summary(
+    history: pl.DataFrame,
+    model: FleetModel,
+    report: BacktestReport,
+    labels: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """One row per connector: history, exclusions, own model or pooled, held-out decisions.
+
+    ``history`` is :func:`history_summary` of the training frame. Columns:
+    ``connector_id, connector_kind, syncs, excluded, first_sync, last_sync, interval_h,
+    own_model, test_syncs, pauses, reviews, median_score, max_score, cutoff`` and, with
+    labels, ``fault_syncs, paused_normal_syncs``.
+    """
     fitted = model.intervals_.select(
         "connector_id",
         (pl.col("interval_s") / 3600.0).alias("interval_h"),
@@ -399,16 +406,16 @@ def calibration_plot(report: BacktestReport, labels: pl.DataFrame | None, path: 
 
 def _write_artifacts(
     out: Path,
-    frame: pl.DataFrame,
+    history: pl.DataFrame,
     model: FleetModel,
     report: BacktestReport,
     labels: pl.DataFrame | None,
 ) -> dict[str, Path]:
-    """Artifact folders to log: summary, plots, backtest."""
+    """Artifact folders to log: summary, plots, backtest (``history``: :func:`history_summary`)."""
     summary, plots, backtest = out / "summary", out / "plots", out / "backtest"
     for folder in (summary, plots, backtest):
         folder.mkdir(parents=True)
-    connector_summary(frame, model, report, labels).write_csv(summary / "connectors.csv")
+    connector_summary(history, model, report, labels).write_csv(summary / "connectors.csv")
     calibration_plot(report, labels, plots / "calibration.png")
     (backtest / "report.txt").write_text(format_table(report) + "\n", encoding="utf-8")
     if report.quality is not None:
@@ -480,11 +487,8 @@ def train(
     step("reading the store")
     file_labels = dataset.read_labels_file(labels_path) if labels_path is not None else None
     frame = _read(home, file_labels)
-    before, window, cutoff = dataset.split_holdout(frame, holdout_days=config.holdout_days)
-    # Only the clean syncs are kept of ``before``: each copy of the record texts held
-    # through the backtest fit is a copy of most of the store's history.
-    clean = before.filter(~pl.col("excluded"))
-    del before
+    _before, window, cutoff = dataset.split_holdout(frame, holdout_days=config.holdout_days)
+    del _before
     labels = dataset.backtest_labels(window, file_labels)
     sources = [
         name
@@ -500,6 +504,13 @@ def train(
         holdout_syncs=window.height,
         labels="+".join(sources) or "none",
     )
+    summary = history_summary(frame)
+    # From here on only what the fits read: the clean syncs' history columns, which the
+    # final fit is handed (``fits.pop``) so that it can free the record texts once it
+    # has decoded them; the backtest's clean syncs and window share their buffers.
+    fits = {"history": frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS)}
+    window = window.select(dataset.HISTORY_COLUMNS)
+    del frame
     timings["read_s"] = time.perf_counter() - t_start
 
     # Imported here: mlflow costs seconds to import and is only needed from now on.
@@ -514,13 +525,14 @@ def train(
         register.start_training_run(home, params=params, tags=tags) as run,
     ):
         t0 = time.perf_counter()
+        clean = fits["history"].filter(pl.col("started_at") < cutoff)
         report = _backtest(clean, window, labels, config, step, timings)
-        del clean, window  # the final fit reads ``frame``: no second copy of its rows
+        del clean, window
         timings["backtest_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         phases = _Phases(step, "final model", "final", timings)
-        model = fit_final(config, frame, progress=phases)
+        model = config.model().fit(fits.pop("history"), progress=phases)
         phases.close()
         timings["final_fit_s"] = time.perf_counter() - t0
 
@@ -540,7 +552,7 @@ def train(
                 "connectors": model.intervals_.height,
             },
         )
-        artifacts = _write_artifacts(Path(tmp) / "artifacts", frame, model, report, labels)
+        artifacts = _write_artifacts(Path(tmp) / "artifacts", summary, model, report, labels)
         timings["artifacts_s"] = time.perf_counter() - t0
         register.log_backtest(
             run, {**metrics, **{f"time.{k}": v for k, v in timings.items()}}, artifacts
