@@ -420,6 +420,31 @@ def test_registered_model_matches_the_final_fit(trained: dict) -> None:
     assert loaded.meta["run_id"] == info["run_id"]
 
 
+def test_registered_arrays_are_fit_final_of_the_training_frame(
+    trained: dict, tmp_path: Path
+) -> None:
+    """train() keeps only what its fits read and hands the final fit its history: the
+    model it registers is still, bit for bit, ``fit_final`` of the whole training frame."""
+    import shutil
+
+    from detector.modelfile import load_model_dir
+
+    run = trained["results"][1]  # pipeline.train with the labels file
+    client = register.client_for(trained["home"])
+    registered = load_model_dir(client.download_artifacts(run["run_id"], "fleet-model",
+                                                          str(tmp_path)))
+    home = Home(tmp_path / "copy")
+    home.root.mkdir()
+    store = trained["home"].store_path
+    for path in store.parent.glob(store.name + "*"):  # the trained home stays as is
+        shutil.copy(path, home.root / path.name)
+    frame = pipeline._read(home, dataset.read_labels_file(trained["labels_path"]))
+    arrays, _ = pipeline.fit_final(pipeline.TrainConfig(**CONFIG), frame).to_arrays()
+    assert sorted(arrays) == sorted(registered.arrays)
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(registered.arrays[name], values, err_msg=name)
+
+
 def test_train_without_a_store_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no store at .*syncguard ingest"):
         pipeline.train(Home(tmp_path / "empty"))
