@@ -422,23 +422,18 @@ class FleetModel:
         judge = (
             pl.when(pl.col("connector_id").is_in(own["connector_id"].implode()))
             .then(pl.col("connector_id"))
-            .when(pl.col("connector_kind").is_in(list(group_index)))
-            .then(pl.col("connector_kind"))
-            .otherwise(pl.lit(POOLED_ALL))
+            .otherwise(_pooled_group(group_index))
         )
         judged_by = conn.select(
             "connector_id", judge.replace_strict(group_index, return_dtype=pl.Int64).alias("group")
         )
-        policy = self.policy_.table(conn.select("connector_id", "connector_kind"))
         per_sync = (
             syncs.select("row", "connector_id")
-            .join(conn, on="connector_id", how="left")
+            .join(conn.select("connector_id", "connector"), on="connector_id", how="left")
             .join(judged_by, on="connector_id", how="left")
-            .join(policy, on="connector_id", how="left")
+            .join(self._budgets(conn), on="connector_id", how="left")
         )
-        rate = Policy.alpha(
-            per_sync["budget_per_day"].to_numpy(), per_sync["interval_s"].to_numpy()
-        )
+        rate = per_sync["alpha"].to_numpy()
         pauses = (per_sync["on_breach"] == "pause").to_numpy()
         alpha = np.zeros(syncs.height)
         group = np.full(syncs.height, -1, dtype=np.int64)
@@ -984,10 +979,7 @@ class FleetModel:
         own_rows = features.filter(is_own)
         pooled_kinds = set(self.pooled_baseline_.series_["connector_kind"].unique())
         cold_rows = features.filter(~is_own).with_columns(
-            pl.when(pl.col("connector_kind").is_in(list(pooled_kinds)))
-            .then(pl.col("connector_kind"))
-            .otherwise(pl.lit(POOLED_ALL))
-            .alias("connector_kind")
+            _pooled_group(pooled_kinds).alias("connector_kind")
         )
         resid = self.baseline_.residuals(own_rows, ivals)
         pooled_resid = self.pooled_baseline_.residuals(
@@ -1078,21 +1070,30 @@ class FleetModel:
                     out[mine] = self.calibrators_["combined" + mode].tail_probability(stat, g[mine])
         return p
 
-    def _decide(self, syncs, scored, hits, intervals, known) -> pl.DataFrame:
-        policy = self.policy_.table(syncs.select("connector_id", "connector_kind").unique())
-        frame = (
-            syncs.join(scored, on="row", how="left")
-            .join(intervals.select("connector_id", "interval_s"), on="connector_id", how="left")
-            .join(policy, on="connector_id", how="left")
-            .join(hits.group_by("row").agg(pl.len().alias("n_rules")), on="row", how="left")
+    def _budgets(self, connectors: pl.DataFrame) -> pl.DataFrame:
+        """Each connector's policy (:meth:`Policy.table`) and ``alpha``, the per-sync
+        false-pause rate of its budget at its usual interval (a day when unknown).
+        ``connectors``: ``connector_id, connector_kind, interval_s``."""
+        policy = self.policy_.table(connectors.select("connector_id", "connector_kind"))
+        out = connectors.select("connector_id", "interval_s").join(
+            policy, on="connector_id", how="left"
         )
         alpha = Policy.alpha(
-            frame["budget_per_day"].to_numpy(), frame["interval_s"].fill_null(86400.0).to_numpy()
+            out["budget_per_day"].to_numpy(), out["interval_s"].fill_null(86400.0).to_numpy()
         )
-        p = frame["tail_probability"].fill_null(1.0).to_numpy()
-        frame = frame.with_columns(
-            pl.Series("alpha", alpha),
-            pl.Series("tail_probability", p),
+        return out.with_columns(pl.Series("alpha", alpha))
+
+    def _decide(self, syncs, scored, hits, intervals, known) -> pl.DataFrame:
+        connectors = (
+            syncs.select("connector_id", "connector_kind")
+            .unique()
+            .join(intervals.select("connector_id", "interval_s"), on="connector_id", how="left")
+        )
+        frame = (
+            syncs.join(scored, on="row", how="left")
+            .join(self._budgets(connectors), on="connector_id", how="left")
+            .join(hits.group_by("row").agg(pl.len().alias("n_rules")), on="row", how="left")
+            .with_columns(pl.col("tail_probability").fill_null(1.0))
         )
         breach = pl.col("tail_probability") < pl.col("alpha")
         rules = pl.col("n_rules").fill_null(0) > 0
@@ -1461,6 +1462,16 @@ def _family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray
     """
     unsigned = (f.split("@")[0].rstrip("+-").rsplit(".", 1)[-1] + f[-1] for f in families)
     return np.array([loss_weight if u in ("count-", "removed+") else 1.0 for u in unsigned])
+
+
+def _pooled_group(kinds: Iterable[str]) -> pl.Expr:
+    """The pooled model that judges a connector without a model of its own: its kind's
+    when ``kinds`` has one, else the fleet's (``"*"``)."""
+    return (
+        pl.when(pl.col("connector_kind").is_in(list(kinds)))
+        .then(pl.col("connector_kind"))
+        .otherwise(pl.lit(POOLED_ALL))
+    )
 
 
 def _review_only(resid: pl.DataFrame) -> pl.DataFrame:

@@ -49,7 +49,7 @@ class Policy:
         return self.default_criticality
 
     def table(self, connectors: pl.DataFrame) -> pl.DataFrame:
-        """Per connector: criticality, severity, on_breach, and the budget per 30 days.
+        """Per connector: criticality, severity, on_breach, and the budget per day.
 
         ``connectors`` has ``connector_id, connector_kind``; one Python call per connector
         (not per sync) resolves its rule.
