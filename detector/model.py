@@ -227,8 +227,8 @@ class FleetModel:
         History that nobody labelled holds faults: fitted on as normal, they widen the
         tails and teach the baselines that errors and lost records happen, and similar
         faults later go unpaused. A clean history loses only the few syncs it would
-        have paused, and is fitted once more. Costs a second decode, cross-fit and
-        calibration whenever a sync is left out.
+        have paused. Each of the (up to two) rounds that leaves syncs out costs another
+        decode, cross-fit and calibration.
 
     Attributes
     ----------
@@ -402,7 +402,6 @@ class FleetModel:
         targets = self._screening_targets(syncs, own, group_index) if screen else None
         would_pause = self._fit_calibrators(oos, targets)
         return _FitData(per_connector, pooled, ivals, group_index), would_pause
-
 
     def _screening_targets(
         self, syncs: pl.DataFrame, own: pl.DataFrame, group_index: dict[str, int]

@@ -261,7 +261,7 @@ def backtest_split(
         frame = dataset.exclude_labelled(frame, file_labels)
     before, window, _cutoff = dataset.split_holdout(frame, holdout_days=holdout_days)
     labels = dataset.backtest_labels(window, file_labels)
-    history = before.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS)
+    history = dataset.fit_history(before)
     return history, window.select(dataset.HISTORY_COLUMNS), labels, frame
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "MIN_FIT_DAYS",
     "FRAME_SCHEMA",
     "HISTORY_COLUMNS",
+    "fit_history",
     "LABEL_COLUMNS",
     "TrainingData",
     "read_training_frame",
@@ -86,6 +87,12 @@ _READ_BATCH_ROWS = 20_000  # store rows read at a time (see read_training_frame)
 
 HISTORY_COLUMNS = list(FRAME_SCHEMA)[:8]
 """The store history columns (``Store.history()``), what :class:`FleetModel` fits on."""
+
+
+def fit_history(frame: pl.DataFrame) -> pl.DataFrame:
+    """The syncs of a training frame that a fit learns from (not ``excluded``), as the
+    store history frame :meth:`FleetModel.fit` reads (:data:`HISTORY_COLUMNS`)."""
+    return frame.filter(~pl.col("excluded")).select(HISTORY_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -487,8 +487,7 @@ def train(
     step("reading the store")
     file_labels = dataset.read_labels_file(labels_path) if labels_path is not None else None
     frame = _read(home, file_labels)
-    _before, window, cutoff = dataset.split_holdout(frame, holdout_days=config.holdout_days)
-    del _before
+    before, window, cutoff = dataset.split_holdout(frame, holdout_days=config.holdout_days)
     labels = dataset.backtest_labels(window, file_labels)
     sources = [
         name
@@ -505,12 +504,13 @@ def train(
         labels="+".join(sources) or "none",
     )
     summary = history_summary(frame)
-    # From here on only what the fits read: the clean syncs' history columns, which the
-    # final fit is handed (``fits.pop``) so that it can free the record texts once it
-    # has decoded them; the backtest's clean syncs and window share their buffers.
-    fits = {"history": frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS)}
+    # From here on only what the fits read: the clean syncs' history columns. The final
+    # fit is handed its history (``fits.pop``) so that it can free the record texts once
+    # it has decoded them.
+    clean = dataset.fit_history(before)
+    fits = {"history": dataset.fit_history(frame)}
     window = window.select(dataset.HISTORY_COLUMNS)
-    del frame
+    del before, frame
     timings["read_s"] = time.perf_counter() - t_start
 
     # Imported here: mlflow costs seconds to import and is only needed from now on.
@@ -525,7 +525,6 @@ def train(
         register.start_training_run(home, params=params, tags=tags) as run,
     ):
         t0 = time.perf_counter()
-        clean = fits["history"].filter(pl.col("started_at") < cutoff)
         report = _backtest(clean, window, labels, config, step, timings)
         del clean, window
         timings["backtest_s"] = time.perf_counter() - t0
@@ -599,9 +598,7 @@ def train(
 
 def fit_final(config: TrainConfig, frame: pl.DataFrame, progress=None) -> FleetModel:
     """The model to register: fitted on every sync of ``frame`` not ``excluded``."""
-    return config.model().fit(
-        frame.filter(~pl.col("excluded")).select(dataset.HISTORY_COLUMNS), progress=progress
-    )
+    return config.model().fit(dataset.fit_history(frame), progress=progress)
 
 
 def save_fleet_model(
