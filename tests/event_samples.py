@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from detector.contract import Violation
 from detector.events.native import Reason, RuleHit, connector_stale, invalid_record, sync_scored
 
 SCORED_AT = "2026-11-20T14:03:41Z"
@@ -76,23 +76,7 @@ def stale_event(**overrides: Any) -> dict:
     return connector_stale(**kwargs)
 
 
-@dataclass(frozen=True)
-class FakeViolation:
-    """Same fields as detector.contract.Violation (kept local: the contract is in flux)."""
-
-    record: str
-    field: str
-    rule: str
-    line: int | None
-    sync_id: str | None
-    connector_id: str | None
-    raw: str
-
-    def __str__(self) -> str:
-        return f"{self.record}: field '{self.field}': {self.rule}"
-
-
-def violation(**overrides: Any) -> FakeViolation:
+def violation(**overrides: Any) -> Violation:
     kwargs: dict[str, Any] = dict(
         record="line 3 (sync_id 'okta-prod:9')", field="resources.user.count",
         rule="must be an integer >= 0", line=3, sync_id="okta-prod:9",
@@ -100,7 +84,7 @@ def violation(**overrides: Any) -> FakeViolation:
                                       '{"count": -1}}}',
     )
     kwargs.update(overrides)
-    return FakeViolation(**kwargs)
+    return Violation(**kwargs)
 
 
 def invalid_event(**overrides: Any) -> dict:

@@ -37,14 +37,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from detector.errors import SyncguardError
 
-if TYPE_CHECKING:  # imported by _validator: scoring emits events without validating them
-    import jsonschema
+if TYPE_CHECKING:
+    import jsonschema  # imported by _validator: scoring emits events without validating them
+
+    from detector.contract import Violation  # annotation only: events need no parser
 
 __all__ = [
     "EVENT_VERSION",
@@ -58,7 +60,6 @@ __all__ = [
     "EventType",
     "Reason",
     "RuleHit",
-    "ViolationLike",
     "NativeEventError",
     "sync_scored",
     "connector_stale",
@@ -177,18 +178,6 @@ class RuleHit:
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready dict."""
         return {"rule": self.rule, "detail": self.detail}
-
-
-class ViolationLike(Protocol):
-    """What `invalid_record` needs from ``detector.contract.Violation``."""
-
-    record: str
-    field: str
-    rule: str
-    line: int | None
-    sync_id: str | None
-    connector_id: str | None
-    raw: str
 
 
 # --------------------------------------------------------------------------- builders
@@ -339,7 +328,7 @@ def connector_stale(
 
 
 def invalid_record(
-    violation: ViolationLike,
+    violation: Violation,
     *,
     scored_at: datetime | str,
     severity: Severity = "high",
