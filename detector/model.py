@@ -72,6 +72,10 @@ _HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured to
 _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
+# Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
+# below it a second thread saves less than the shards' merge costs, and a single sync
+# from a cold process is scored exactly as before.
+_SHARD_MIN_SYNCS = 1_000
 _OOS_KEYS = ("forest", "group", "row", "forest_paused")
 # Screening rounds: a fit on history with its grossest faults left out judges the rest
 # more sharply, and a second round finds about as many faults again as the first.
@@ -913,6 +917,7 @@ class FleetModel:
         *,
         state: pl.DataFrame | None = None,
         facts: pl.DataFrame | None = None,
+        n_jobs: int = 1,
     ) -> ScoreResult:
         """Score a batch in time order against the state it starts from.
 
@@ -923,9 +928,83 @@ class FleetModel:
         state, facts : pl.DataFrame, optional
             From :meth:`initial_state` or a previous :class:`ScoreResult`; without them,
             each connector's first sync has no reference (its changes are not judged).
+        n_jobs : int, default=1
+            Threads: a batch of at least :data:`_SHARD_MIN_SYNCS` syncs of several
+            connectors is scored in up to ``n_jobs`` shards of whole connectors at once
+            (see :meth:`_score_shards`); the result is the one-pass result.
         """
         self._check_fitted()
-        syncs, measures = prepare(records)
+        wide = to_struct_frame(records)
+        shards = _connector_shards(wide, n_jobs)
+        if shards is not None:
+            return self._score_shards(wide, shards, state, facts, n_jobs)
+        return self._score_batch(wide, state, facts)
+
+    def _score_shards(
+        self,
+        wide: pl.DataFrame,
+        shards: list[pl.Series],
+        state: pl.DataFrame | None,
+        facts: pl.DataFrame | None,
+        n_jobs: int,
+    ) -> ScoreResult:
+        """Each shard of connectors scored on its own, in threads, then merged.
+
+        Connectors are judged independently given their state (row by row the same
+        whatever else is in the batch), and the passes spend their time in polars and
+        numpy outside the GIL, so the shards use the machine's other cores. Results,
+        reasons and rule hits are put back in input order (each shard keeps its syncs'
+        relative order), state and facts in their (connector, measure) order: the
+        one-pass result exactly. A state or facts row of a connector with no sync in the
+        batch goes with the first shard, which passes it on as one pass does.
+        """
+        ids = wide["connector_id"]
+        # Which shard each input row, and each state and facts row, belongs to.
+        rest = pl.concat(shards[1:]).implode()
+
+        def part(frame: pl.DataFrame | None, k: int) -> pl.DataFrame | None:
+            if frame is None:
+                return None
+            mine = pl.col("connector_id").is_in(shards[k].implode() if k else rest)
+            return frame.filter(mine if k else ~mine)
+
+        def score_one(k: int) -> ScoreResult:
+            return self._score_batch(part(wide, k), part(state, k), part(facts, k))
+
+        parts = _in_threads(score_one, list(range(len(shards))), n_jobs)
+        # Input position of each shard's rows, shard after shard: the merged frames are
+        # sorted on it (stable), which interleaves the shards back into input order.
+        where = np.zeros(wide.height, dtype=np.int64)
+        for k in range(1, len(shards)):
+            where[ids.is_in(shards[k].implode()).to_numpy()] = k
+        positions = pl.DataFrame(
+            {
+                "sync_id": pl.concat([p.results["sync_id"] for p in parts]),
+                "_pos": np.concatenate([np.flatnonzero(where == k) for k in range(len(parts))]),
+            }
+        )
+
+        def in_input_order(frames: list[pl.DataFrame]) -> pl.DataFrame:
+            return (
+                pl.concat(frames)
+                .join(positions, on="sync_id", how="left", maintain_order="left")
+                .sort("_pos", maintain_order=True)
+                .drop("_pos")
+            )
+
+        return ScoreResult(
+            results=in_input_order([p.results for p in parts]),
+            reasons=in_input_order([p.reasons for p in parts]),
+            rule_hits=in_input_order([p.rule_hits for p in parts]),
+            state=pl.concat([p.state for p in parts]).sort("connector_id", "measure"),
+            facts=pl.concat([p.facts for p in parts]).sort("connector_id"),
+        )
+
+    def _score_batch(
+        self, wide: pl.DataFrame, state: pl.DataFrame | None, facts: pl.DataFrame | None
+    ) -> ScoreResult:
+        """:meth:`score` of a decoded batch in one pass (two, with new pauses)."""
+        syncs, measures = prepare(wide)
         facts = facts if facts is not None else pl.DataFrame(schema=_FACTS_SCHEMA)
         first = self._score_pass(syncs, measures, state, facts, None)
         already = facts.filter(pl.col("state_paused")).select("connector_id")
@@ -1728,6 +1807,30 @@ class _FitData(NamedTuple):
     pooled: pl.DataFrame
     ivals: pl.DataFrame
     group_index: dict[str, int]
+
+
+def _connector_shards(wide: pl.DataFrame, n_jobs: int) -> list[pl.Series] | None:
+    """The connector ids of each of up to ``n_jobs`` shards of a batch to score, with
+    about as many syncs in each (largest connector first into the lightest shard); None
+    when the batch is scored in one pass: one job, fewer than :data:`_SHARD_MIN_SYNCS`
+    syncs (a thread and the merge would cost more than they save), one connector, or a
+    sync_id given twice (shards are merged back by sync_id)."""
+    if n_jobs <= 1 or wide.height < _SHARD_MIN_SYNCS or "connector_id" not in wide.columns:
+        return None
+    ids = wide["connector_id"]
+    if ids.null_count() or wide["sync_id"].is_duplicated().any():
+        return None
+    sizes = ids.value_counts(name="n").sort("n", "connector_id", descending=[True, False])
+    n_shards = min(n_jobs, sizes.height)
+    if n_shards <= 1:
+        return None
+    load = np.zeros(n_shards, dtype=np.int64)
+    members: list[list[str]] = [[] for _ in range(n_shards)]
+    for cid, n in sizes.iter_rows():  # one step per connector, not per sync
+        k = int(np.argmin(load))
+        members[k].append(cid)
+        load[k] += n
+    return [pl.Series("connector_id", m, dtype=pl.String) for m in members]
 
 
 def _in_threads(fn: Callable[[Any], Any], items: list, n_jobs: int) -> list:

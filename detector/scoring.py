@@ -35,6 +35,7 @@ a rerun scores what is left.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +65,16 @@ if TYPE_CHECKING:  # the model module imports scipy: only load it when scoring
     from detector.model import FleetModel
     from detector.policy import Policy
 
-__all__ = ["CHUNK_SYNCS", "ChampionAhead", "DecodedAhead", "ScoreRun", "Scorer",
+__all__ = ["CHUNK_SYNCS", "SCORE_JOBS", "ChampionAhead", "DecodedAhead", "ScoreRun", "Scorer",
            "load_scoring_model", "score_items", "UNSCORABLE"]
 
 CHUNK_SYNCS = 20_000
 """Syncs per scoring transaction: big enough to amortise the model's fixed costs, small
 enough that other writers wait for the lock at most a few seconds."""
+
+SCORE_JOBS = max(1, min(4, os.cpu_count() or 1))
+"""Threads the model scores a large chunk in, in shards of connectors (see
+:meth:`FleetModel.score`); a chunk of a few syncs is scored in one thread whatever this is."""
 
 HISTORY_SYNCS = 50
 """Stored syncs per connector a never-scored connector's starting state is built from."""
@@ -196,11 +201,14 @@ class Scorer:
     decoded : DecodedAhead, optional
         Records decoded while the store was written; a chunk of exactly those records
         (same texts, same order) is scored from them instead of decoding its own.
+    n_jobs : int
+        Threads the model scores a chunk in (``FleetModel.score``'s ``n_jobs``).
     """
 
     def __init__(self, store: Store, model: FleetModel | None, model_version: str | None, *,
                  actor: str, unscorable_reason: str | None = None,
-                 chunk_syncs: int = CHUNK_SYNCS, decoded: DecodedAhead | None = None) -> None:
+                 chunk_syncs: int = CHUNK_SYNCS, decoded: DecodedAhead | None = None,
+                 n_jobs: int = SCORE_JOBS) -> None:
         self.store = store
         self.model = model
         self.model_version = model_version
@@ -208,6 +216,7 @@ class Scorer:
         self.unscorable = unscorable_reason if model is None else None
         self.chunk_syncs = chunk_syncs
         self.decoded = decoded
+        self.n_jobs = n_jobs
         self.events: dict[str, dict[str, Any]] = {}
         self.pauses_opened: list[str] = []
 
@@ -246,7 +255,8 @@ class Scorer:
                 state, facts = self._with_new_connectors(conn, todo, state, facts, open_before)
                 wide = None if self.decoded is None else self.decoded.take(todo["record"])
                 records = todo.select("record") if wide is None else wide
-                result = self.model.score(records, state=state, facts=facts)
+                result = self.model.score(records, state=state, facts=facts,
+                                          n_jobs=self.n_jobs)
                 if result.results["sync_id"].to_list() != todo["sync_id"].to_list():
                     # Never record a second decision for a sync: fail closed instead.
                     raise ModelError(f"the model returned {result.results.height} results "
