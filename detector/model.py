@@ -985,8 +985,11 @@ class FleetModel:
         )
 
         def in_input_order(frames: list[pl.DataFrame]) -> pl.DataFrame:
+            # Only the parts with rows: a part with none may have the columns of an empty
+            # frame in another order (as one pass without any would).
+            frames = [f for f in frames if f.height] or frames[:1]
             return (
-                pl.concat(frames)
+                pl.concat([f.select(frames[0].columns) for f in frames])
                 .join(positions, on="sync_id", how="left", maintain_order="left")
                 .sort("_pos", maintain_order=True)
                 .drop("_pos")

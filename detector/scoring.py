@@ -201,14 +201,15 @@ class Scorer:
     decoded : DecodedAhead, optional
         Records decoded while the store was written; a chunk of exactly those records
         (same texts, same order) is scored from them instead of decoding its own.
-    n_jobs : int
-        Threads the model scores a chunk in (``FleetModel.score``'s ``n_jobs``).
+    n_jobs : int, optional
+        Threads the model scores a chunk in (``FleetModel.score``'s ``n_jobs``);
+        :data:`SCORE_JOBS` when omitted.
     """
 
     def __init__(self, store: Store, model: FleetModel | None, model_version: str | None, *,
                  actor: str, unscorable_reason: str | None = None,
                  chunk_syncs: int = CHUNK_SYNCS, decoded: DecodedAhead | None = None,
-                 n_jobs: int = SCORE_JOBS) -> None:
+                 n_jobs: int | None = None) -> None:
         self.store = store
         self.model = model
         self.model_version = model_version
@@ -216,7 +217,7 @@ class Scorer:
         self.unscorable = unscorable_reason if model is None else None
         self.chunk_syncs = chunk_syncs
         self.decoded = decoded
-        self.n_jobs = n_jobs
+        self.n_jobs = SCORE_JOBS if n_jobs is None else n_jobs
         self.events: dict[str, dict[str, Any]] = {}
         self.pauses_opened: list[str] = []
 

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 
+import numpy as np
 import polars as pl
 import pytest
 from scoring_support import Fleet, ingest_history, install_champion
@@ -382,3 +383,119 @@ def test_decoded_ahead_only_for_the_very_texts_in_order(fleet: Fleet) -> None:
     assert decoded.take(texts) is None
     decoded = DecodedAhead(items, ids[1:], limit=100)  # one sync stored before
     assert decoded.take(texts) is None
+
+
+def _same_bits(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    """Same schema and rows in the same order, floats bit for bit (NaN, -0.0 included)."""
+    if a.schema != b.schema or a.height != b.height:
+        return False
+    for name in a.columns:
+        x, y = a[name], b[name]
+        if x.dtype.is_float():
+            if not np.array_equal(x.to_numpy().view(np.int64), y.to_numpy().view(np.int64)):
+                return False
+        elif not x.equals(y, null_equal=True):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_sharded_scoring_is_the_one_pass_result(fleet: Fleet, n_jobs: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards of connectors scored in threads merge back into the one-pass result: input
+    order (shuffled, not time order), the second pass after new pauses, reasons, rule
+    hits, and the state of a connector with no sync in the batch passed on."""
+    from detector import model as model_module
+
+    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    calls: list[int] = []
+    real = model_module.FleetModel._score_batch
+
+    def counted(self, wide, state, facts):  # noqa: ANN001, ANN202 - the real method, counted
+        calls.append(wide.height)
+        return real(self, wide, state, facts)
+
+    monkeypatch.setattr(model_module.FleetModel, "_score_batch", counted)
+    left_out = fleet.test[0]["connector_id"]
+    batch = [r for r in fleet.test[::-1] if r["connector_id"] != left_out]
+    state, facts = fleet.model.initial_state(fleet.history)
+    for st, fa in ((None, None), (state, facts)):
+        one = fleet.model.score(batch, state=st, facts=fa)
+        calls.clear()
+        sharded = fleet.model.score(batch, state=st, facts=fa, n_jobs=n_jobs)
+        assert len(calls) == n_jobs and sum(calls) == len(batch)
+        for name in ("results", "reasons", "rule_hits", "state", "facts"):
+            assert _same_bits(getattr(sharded, name), getattr(one, name)), name
+    assert "pause" in one.results["decision"].to_list() and one.reasons.height
+    assert left_out in sharded.facts["connector_id"].to_list()  # passed on from the state
+
+
+def test_one_pass_below_the_shard_size(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small batch (a single sync from a cold process) is not split."""
+    from detector import model as model_module
+
+    wide = model_module.to_struct_frame(fleet.test)
+    assert model_module._connector_shards(wide, 2) is None  # 301 syncs < 1,000
+    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    assert model_module._connector_shards(wide, 1) is None
+    one = wide.filter(pl.col("connector_id") == wide["connector_id"][0])
+    assert model_module._connector_shards(one, 2) is None  # one connector
+    shards = model_module._connector_shards(wide, 2)
+    assert shards is not None and len(shards) == 2
+    assert sorted(pl.concat(shards).to_list()) == sorted(set(wide["connector_id"]))
+
+
+def test_sharded_service_run_is_the_one_thread_run(scoring_home: Home, fleet: Fleet, tmp_path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events and every table the run writes are the same with the model's shards."""
+    from detector import model as model_module
+    from detector import scoring
+
+    monkeypatch.setattr(scoring, "_now", lambda: "2026-06-22T00:00:00.000Z")
+    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    other = Home(tmp_path / "copy")
+    shutil.copytree(scoring_home.root, other.root)
+    monkeypatch.setattr(scoring, "SCORE_JOBS", 2)
+    _run, sharded = _score(scoring_home, fleet.lines(fleet.test[::-1]))
+    monkeypatch.setattr(scoring, "SCORE_JOBS", 1)
+    _run, one = _score(other, fleet.lines(fleet.test[::-1]))
+    assert sharded == one and {e["decision"] for e in one} >= {"pause", "proceed"}
+    for table, key in (("scores", "sync_id"), ("scoring_state", "connector_id, measure"),
+                       ("connector_facts", "connector_id"), ("pauses", "connector_id")):
+        sql = f"SELECT * FROM {table} ORDER BY {key}"
+        assert _table(scoring_home, sql) == _table(other, sql), table
+
+
+def test_crash_in_a_shard_loses_nothing_and_a_rerun_finishes(
+        scoring_home: Home, fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dying while one shard of a chunk is scored (the other shard done)
+    commits nothing of that chunk; a rerun scores the rest, each sync once."""
+    from detector import model as model_module
+
+    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    real = model_module.FleetModel._score_batch
+    left = [6]  # chunks 1-2 score 2 shards each, chunk 3 dies in its second shard
+
+    def dying(self, wide, state, facts):  # noqa: ANN001, ANN202 - the real method, then death
+        left[0] -= 1
+        if left[0] == 0:
+            raise _Crash
+        return real(self, wide, state, facts)
+
+    ids = [r["sync_id"] for r in fleet.test]
+    with Store.open(scoring_home.store_path) as store:
+        store.ingest(parse_lines(fleet.lines()), source="t")
+        model, version = load_scoring_model(scoring_home)
+        monkeypatch.setattr(model_module.FleetModel, "_score_batch", dying)
+        scorer = Scorer(store, model, version, actor="t", chunk_syncs=100, n_jobs=2)
+        with pytest.raises(_Crash):
+            scorer.score(ids)
+    assert left == [0]
+    assert _table(scoring_home, "SELECT count(*) FROM scores") == [(200,)]  # 2 chunks
+    monkeypatch.setattr(model_module.FleetModel, "_score_batch", real)
+    run, events = _score(scoring_home, fleet.lines())
+    assert run.scored == len(ids) - 200 and sum(e["replay"] for e in events) == 200
+    assert _table(scoring_home, "SELECT count(*), count(DISTINCT sync_id) FROM scores") == [
+        (len(ids), len(ids))]
+    decided = {e["sync_id"]: e["decision"] for e in events}
+    assert _known(fleet, decided) == _known(fleet, _batch_decisions(fleet, fleet.test))
