@@ -15,6 +15,9 @@ and the last two days of history are scored once, so every connector has saved s
   the end-to-end figure the target is about; its CPU seconds (user + system, all threads)
   beside it, and the same less the start-up a cold single sync costs (interpreter,
   imports, champion): the rate once the process runs;
+* **batch, in-process, model in one thread**: each in-process run beside one with the
+  model's shards of connectors off (``SCORE_JOBS = 1``), interleaved, for the effect of
+  scoring a large chunk in threads (:meth:`FleetModel.score` ``n_jobs``);
 * **single sync, cold process**: ``syncguard score ONE.jsonl`` for the next sync of one
   connector, each in a new interpreter; median of ``--singles`` runs.
 
@@ -60,7 +63,7 @@ from detector.events.sinks import JsonlFileSink, StdoutSink  # noqa: E402
 from detector.home import Home  # noqa: E402
 from detector.model import FleetModel  # noqa: E402
 from detector.modelfile import model_digest, save_model_dir  # noqa: E402
-from detector.scoring import load_scoring_model, score_items  # noqa: E402
+from detector.scoring import SCORE_JOBS, load_scoring_model, score_items  # noqa: E402
 from detector.store import Store  # noqa: E402
 from training.simulator import simulate_fleet  # noqa: E402
 
@@ -133,11 +136,13 @@ class _TimedModel:
 
 
 def batch_in_process(home: Home, test_path: Path, events_path: Path,
-                     timed: dict[str, float] | None = None) -> float:
-    """Seconds for one end-to-end batch run in this process."""
+                     timed: dict[str, float] | None = None, jobs: int | None = None) -> float:
+    """Seconds for one end-to-end batch run in this process (the model's threads:
+    ``jobs``, or the service's default, ``SCORE_JOBS``)."""
     import detector.scoring as scoring
 
-    real_loader = scoring.load_scoring_model
+    real_loader, real_jobs = scoring.load_scoring_model, scoring.SCORE_JOBS
+    scoring.SCORE_JOBS = real_jobs if jobs is None else jobs
     model_clock: list[_TimedModel] = []
 
     def loader(h: Home) -> Any:
@@ -165,7 +170,7 @@ def batch_in_process(home: Home, test_path: Path, events_path: Path,
             stdout_sink.close()
         end = time.perf_counter()
     finally:
-        scoring.load_scoring_model = real_loader
+        scoring.load_scoring_model, scoring.SCORE_JOBS = real_loader, real_jobs
     if timed is not None:
         timed["read + validate JSON Lines"] = t_read - start
         timed["FleetModel.score (+ starting state)"] = model_clock[0].seconds
@@ -249,14 +254,16 @@ def main() -> None:
             compile_bytecode(pycache, throwaway, "score", str(singles[-1]))
 
         load_before = os.getloadavg()[0]
-        in_proc, in_cpu = [], []
+        in_proc, in_cpu, one_job, one_job_cpu = [], [], [], []
         for i in range(args.runs):
             # CPU seconds beside wall seconds: on a shared 2-core machine the wall time moves
-            # with other people's load, the CPU time much less.
-            cpu0 = time.process_time()
-            in_proc.append(batch_in_process(fresh_copy(base, work / f"b{i}"), test_path,
-                                            work / f"events-{i}.jsonl"))
-            in_cpu.append(time.process_time() - cpu0)
+            # with other people's load, the CPU time much less. Each run beside one with the
+            # model in one thread (interleaved, so both see about the same load).
+            for jobs, wall, cpu in ((None, in_proc, in_cpu), (1, one_job, one_job_cpu)):
+                cpu0 = time.process_time()
+                wall.append(batch_in_process(fresh_copy(base, work / f"b{i}"), test_path,
+                                             work / f"events-{i}.jsonl", jobs=jobs))
+                cpu.append(time.process_time() - cpu0)
         first_run = [batch_in_process(fresh_copy(Home(work / "unwarmed"), work / f"u{i}"),
                                       test_path, work / f"events-u{i}.jsonl")
                      for i in range(args.runs)]
@@ -296,6 +303,10 @@ def main() -> None:
         ("  same, per CPU second (all threads)",
          f"{n / statistics.median(in_cpu):,.0f} syncs/s",
          f"{statistics.median(in_cpu):.2f} s CPU", "(less load-dependent)"),
+        (f"  same, model in 1 thread (not {SCORE_JOBS})",
+         f"{n / statistics.median(one_job):,.0f} syncs/s",
+         f"{statistics.median(one_job):.2f} s, {statistics.median(one_job_cpu):.2f} s CPU",
+         "(interleaved A/B)"),
         ("  same, store's first scoring run", f"{n / med_first:,.0f} syncs/s",
          f"{med_first:.2f} s", "(starting state from history)"),
         (f"single sync, cold process (median of {len(single)})", f"{med_one:.2f} s",
