@@ -383,19 +383,12 @@ class SeasonalBaseline:
         if not wanted:
             z = part._added_columns(rows, intervals, pl.lit(False), keep=["z"])
         else:
-            # Judged as asked once; the rows a reference judges (the only ones whose z
-            # differs) again against the level, for the tail widths.
-            asked = part._added_columns(rows, intervals, pl.col("_use_ref"), keep=["z"])
-            again = rows.select(
-                (pl.col("_use_ref") & part.judged_against_reference()).fill_null(False)
-            ).to_series()
-            z = asked
-            if again.any():
-                level = asked["z"].to_numpy().copy()
-                level[again.to_numpy()] = part._added_columns(
-                    rows.filter(again), intervals, pl.lit(False), keep=["z"]
-                )["z"].to_numpy()
-                z = pl.DataFrame({"z": level})
+            # Judged as asked, and against the level (for the tail widths), in one pass.
+            both = part._added_columns(
+                rows, intervals, pl.col("_use_ref"), keep=["z", "z_alt"], alternative=pl.lit(False)
+            )
+            asked, z = both.select("z"), both.select(pl.col("z_alt").alias("z"))
+            del both
         width = rows.select(k, "measure").hstack(z).group_by(k, "measure").agg(
             (pl.col("z").abs().quantile(_TAIL_QUANTILE) / _GAUSS_TAIL_Z)
             .clip(lower_bound=1.0)
@@ -566,6 +559,7 @@ class SeasonalBaseline:
         intervals: pl.DataFrame,
         *,
         against_reference: pl.Expr | None = None,
+        alternative: pl.Expr | None = None,
     ) -> pl.DataFrame:
         """Residual ``z`` of every (sync, measure) row, with what it was compared to.
 
@@ -579,6 +573,9 @@ class SeasonalBaseline:
             Boolean expression over ``features``: rows whose level-like measures are judged
             against the reference sync rather than the learned level (defaults to the
             ``paused`` column).
+        alternative : pl.Expr, optional
+            Another ``against_reference``: ``z_alt`` and ``z_tail_alt`` are then the
+            residuals judged that way, made in the same pass.
 
         Returns
         -------
@@ -587,7 +584,7 @@ class SeasonalBaseline:
             ``dispersion`` and ``z`` (0 where a series has no baseline).
         """
         self._check_fitted()
-        added = self._added_columns(features, intervals, against_reference)
+        added = self._added_columns(features, intervals, against_reference, alternative=alternative)
         # "scale" and the like replace any input column of the same name.
         return features.drop(added.columns, strict=False).hstack(added)
 
@@ -606,15 +603,24 @@ class SeasonalBaseline:
         intervals: pl.DataFrame,
         against_reference: pl.Expr | None,
         keep: list[str] | None = None,
+        *,
+        alternative: pl.Expr | None = None,
     ) -> pl.DataFrame:
-        """The columns :meth:`residuals` adds (only ``keep`` of them, when given)."""
+        """The columns :meth:`residuals` adds (only ``keep`` of them, when given).
+
+        With ``alternative`` (another ``against_reference``), also ``z_alt`` and
+        ``z_tail_alt``: each row's residual judged that way, from the same pass (both
+        comparisons are made for every row anyway; a second pass over the rows whose
+        judgement differs cost fitting a third of its residual work).
+        """
         k = self.key
         use_ref = pl.col("paused") if against_reference is None else against_reference
         # Computed on the columns it reads, in the input's row order, then placed beside
         # the input's own columns: the wide feature columns are never copied by the joins.
         needed = ["connector_id", k, "measure", "bucket", "kind", "value", "reference"]
         needed += ["current_size", "exposure", "gap_s"]
-        slim = features.select(*dict.fromkeys(needed), use_ref.alias("_use_ref"))
+        alt = [] if alternative is None else [alternative.alias("_use_ref_alt")]
+        slim = features.select(*dict.fromkeys(needed), use_ref.alias("_use_ref"), *alt)
         # In slices of rows: the joins' and expressions' intermediates stay bounded.
         return pl.concat(
             [
@@ -706,52 +712,88 @@ class SeasonalBaseline:
             ((pl.col("x") - pl.col(f"expected_x{c}")) / pl.col(f"scale{c}")).alias(f"z{c}")
             for c in ("_lvl", "_ref")
         )
-        use_ref = judge_ref & (
-            pl.lit(k == "connector_kind") | (pl.col("z_ref").abs() < pl.col("z_lvl").abs())
-        )
+        closer = pl.lit(k == "connector_kind") | (pl.col("z_ref").abs() < pl.col("z_lvl").abs())
+        variants = {"": judge_ref & closer}
+        if "_use_ref_alt" in slim.columns:
+            alt_ref = pl.col("_use_ref_alt") & self.judged_against_reference() & closer
+            variants["_alt"] = alt_ref
+            # The only rows whose residual the alternative changes.
+            differs = rows.select(
+                alt_ref.fill_null(False) != variants[""].fill_null(False)
+            ).to_series().to_numpy()
         rows = rows.with_columns(
-            pl.when(use_ref).then(pl.col(f"{c}_ref")).otherwise(pl.col(f"{c}_lvl")).alias(c)
+            pl.when(use_ref).then(pl.col(f"{c}_ref")).otherwise(pl.col(f"{c}_lvl")).alias(c + v)
+            for v, use_ref in variants.items()
             for c in ("expected_x", "scale", "z")
         ).drop(f"{c}{m}" for c in ("expected_x", "scale", "z") for m in ("_lvl", "_ref"))
-        rows = rows.with_columns(pl.col("z").clip(-Z_CLIP, Z_CLIP))
+        rows = rows.with_columns(pl.col("z" + v).clip(-Z_CLIP, Z_CLIP) for v in variants)
         events = (pl.col("kind") == "events") & pl.col("dispersion").is_not_null()
         ev = rows.select(events.alias("m"), "value", "mu", "dispersion")
-        mask = ev["m"].fill_null(False).to_numpy()
-        z = rows["z"].to_numpy(allow_copy=True).astype(float, copy=True)
-        if mask.any():
-            z[mask] = nb_signed_z(
-                ev["value"].to_numpy()[mask],
-                ev["mu"].to_numpy()[mask],
-                ev["dispersion"].to_numpy()[mask],
+        nb_mask = ev["m"].fill_null(False).to_numpy()
+        nb_z = None
+        if nb_mask.any():  # the same under either comparison: events are never judged by one
+            nb_z = nb_signed_z(
+                ev["value"].to_numpy()[nb_mask],
+                ev["mu"].to_numpy()[nb_mask],
+                ev["dispersion"].to_numpy()[nb_mask],
             )
+        z = self._final_z(rows, "", nb_mask, nb_z, None)
+        out = rows.with_columns(pl.Series("z", z))
+        if "_alt" in variants:
+            z_alt = z.copy()
+            z_alt[differs] = self._final_z(rows, "_alt", nb_mask, nb_z, differs)[differs]
+            out = out.with_columns(pl.Series("z_alt", z_alt))
+        width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
+        return out.with_columns(
+            (pl.col("z" + v) / width.fill_null(1.0)).alias("z_tail" + v) for v in variants
+        ).drop(
+            *slim.columns,
+            "expected",
+            "rate",
+            "center",
+            *(f"{c}_alt" for c in ("expected_x", "scale")),
+            strict=False,
+        )
+
+    def _final_z(
+        self,
+        rows: pl.DataFrame,
+        v: str,
+        nb_mask: np.ndarray,
+        nb_z: np.ndarray | None,
+        only: np.ndarray | None,
+    ) -> np.ndarray:
+        """Column ``z<v>`` with counts judged as counts: events under their negative
+        binomial (``nb_z`` at ``nb_mask``), null rates of small resources as beta-binomial
+        counts (against ``expected_x<v>``, ``scale<v>``; only at rows ``only``, when given),
+        NaN as 0 and infinities clipped."""
+        z = rows["z" + v].to_numpy(allow_copy=True).astype(float, copy=True)
+        if nb_z is not None:
+            z[nb_mask] = nb_z
         small = rows.select(
             (pl.col("kind") == "rate")
             & pl.col("value").is_not_null()
             & pl.col("current_size").is_between(1.0, _SMALL_RATE_N)
-            & pl.col("scale").is_not_null(),
+            & pl.col("scale" + v).is_not_null(),
             "value",
             "current_size",
-            "expected_x",
-            "scale",
+            "expected_x" + v,
+            "scale" + v,
         )
         mask = small.to_series(0).fill_null(False).to_numpy()
+        if only is not None:
+            mask &= only
         if mask.any():
             n = small["current_size"].to_numpy()[mask]
-            p = _ufuncs.expit(small["expected_x"].to_numpy()[mask])
+            p = _ufuncs.expit(small["expected_x" + v].to_numpy()[mask])
             # The sync-to-sync spread of the rate beyond the binomial noise at this size.
-            spread = small["scale"].to_numpy()[mask] * p * (1.0 - p)
+            spread = small["scale" + v].to_numpy()[mask] * p * (1.0 - p)
             floor = _SCALE_FLOOR["rate"] * p * (1.0 - p)
             between = np.maximum(spread**2 - p * (1.0 - p) / n, floor**2)
             z[mask] = betabinom_signed_z(
                 np.rint(small["value"].to_numpy()[mask] * n), n, p, np.sqrt(between)
             )
-        z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
-        width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
-        return (
-            rows.with_columns(pl.Series("z", z))
-            .with_columns((pl.col("z") / width.fill_null(1.0)).alias("z_tail"))
-            .drop(*slim.columns, "expected", "rate", "center", strict=False)
-        )
+        return np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)
 
     def expected_raw(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Observed, expected and expected range in the measure's own units.

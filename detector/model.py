@@ -704,23 +704,17 @@ class FleetModel:
         """:meth:`_part_matrices` of held-out ``rows``, as scored normally and as paused.
 
         Paused, the same syncs are judged as a paused connector's would be: levels against
-        the sync just before (paused scoring gets calibrators of its own). Only those
-        residuals differ, so only those rows are computed again. Pooled models always
-        judge against the sync before: the same matrices.
+        the sync just before (paused scoring gets calibrators of its own): both from one
+        residual pass (``alternative``). Pooled models always judge against the sync
+        before: the same matrices.
         """
         if part.key != "connector_id":
             mats = self._part_matrices(part, base, rows, ivals, group_index)
             return mats, mats
-        normal = base.residuals(rows, ivals)
-        again = rows.select(base.judged_against_reference().fill_null(False)).to_series()
-        redone = base.residuals(rows.filter(again), ivals, against_reference=pl.lit(True))
-        mask = again.to_numpy()
-        spliced = {}
-        for name in ("z", "z_tail"):
-            values = normal[name].to_numpy().copy()
-            values[mask] = redone[name].to_numpy()
-            spliced[name] = values
-        paused = normal.with_columns(pl.Series(name, v) for name, v in spliced.items())
+        normal = base.residuals(rows, ivals, alternative=pl.lit(True))
+        paused = normal.with_columns(
+            pl.col("z_alt").alias("z"), pl.col("z_tail_alt").alias("z_tail")
+        )
         return (
             self._resid_matrices(part, normal, group_index, "sparse"),
             self._resid_matrices(part, paused, group_index, "sparse"),
