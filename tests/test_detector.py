@@ -1132,3 +1132,30 @@ def test_fit_residuals_are_those_of_fit_then_residuals(fleet, monkeypatch, chunk
         assert expected["z_tail"].to_numpy().tobytes() == z_tail.tobytes()
         again = rows.select(plain.judged_against_reference() & pl.col("paused"))
         assert again.to_series().sum() > 0 or key == "connector_kind"
+
+
+def test_residuals_with_an_alternative_are_those_of_two_passes(fleet):
+    """``alternative`` gives, beside ``z`` and ``z_tail`` judged as asked, the residuals
+    judged the other way (``z_alt``, ``z_tail_alt``), byte for byte those of a separate
+    pass: per connector (paused rows, and every row as paused) and pooled."""
+    from detector.baseline import SeasonalBaseline
+    from detector.model import _intervals
+
+    _, history, _, _, _ = fleet
+    syncs, features = build_features(*prepare(history))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    features = features.with_columns((pl.col("row") % 3 == 0).alias("paused"))
+    cases = (
+        ("connector_id", features, None, pl.lit(True)),
+        ("connector_id", features, pl.lit(True), pl.lit(False)),
+        ("connector_kind", with_fleet_copy(features), pl.lit(True), pl.lit(False)),
+    )
+    for key, rows, asked, alternative in cases:
+        base = SeasonalBaseline(key=key).fit(rows, ivals)
+        both = base.residuals(rows, ivals, against_reference=asked, alternative=alternative)
+        for names, against in ((("z", "z_tail"), asked), (("z_alt", "z_tail_alt"), alternative)):
+            alone = base.residuals(rows, ivals, against_reference=against)
+            for name, plain in zip(names, ("z", "z_tail"), strict=True):
+                assert both[name].to_numpy().tobytes() == alone[plain].to_numpy().tobytes()
+        # The two judgements differ somewhere, or the test would prove nothing.
+        assert (both["z"] != both["z_alt"]).any()
