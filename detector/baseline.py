@@ -685,19 +685,20 @@ class SeasonalBaseline:
                 .with_columns(pl.lit(expected).gather(at).alias("expected"))
                 .drop("_sid")
             )
-        rows = (
-            rows.with_columns(
-                *self._observed_columns(),
-                pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
-            )
+        # The reference's transform as a column of its own: _judged reads it twice, and
+        # an expression would be evaluated at each use.
+        ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
+        rows = rows.with_columns(
+            *self._observed_columns(),
+            pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
+            ref_x.alias("_ref_x"),
         )
         judge_ref = pl.col("_use_ref") & self.judged_against_reference()
-        ref_x = _level_x(pl.col("reference"), pl.col("kind"), pl.col("exposure"))
         # Two candidate comparisons: the learned level for this time of week, and the
         # reference sync (the difference of two syncs: sqrt(2) scales of noise).
         rows = rows.with_columns(
             *_judged(pl.col("expected"), pl.col("scale"), "_lvl"),
-            *_judged(ref_x, pl.col("scale") * math.sqrt(2.0), "_ref"),
+            *_judged(pl.col("_ref_x"), pl.col("scale") * math.sqrt(2.0), "_ref"),
             pl.max_horizontal(
                 pl.col("expected") * pl.col("exposure_eff"),
                 pl.when(pl.col("measure").is_in(list(RARE_SYNC_EVENTS)))
@@ -751,6 +752,7 @@ class SeasonalBaseline:
             "expected",
             "rate",
             "center",
+            "_ref_x",
             *(f"{c}_alt" for c in ("expected_x", "scale")),
             strict=False,
         )
