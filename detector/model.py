@@ -300,10 +300,12 @@ class FleetModel:
         if self.screen_history and not isinstance(history, pl.DataFrame):
             history = to_struct_frame(history)  # read again when screening leaves syncs out
         step("features")
-        syncs, features = _history_frames(history, self.n_jobs)
-        if syncs.height == 0:
+        # Handed over in a list (taken out by _fit_calibration): the decoded frames are
+        # then freed as soon as it no longer needs them, not held here through the fit.
+        decoded = [_history_frames(history, self.n_jobs)]
+        if decoded[0][0].height == 0:
             raise ValueError("fit needs at least one sync in history")
-        fit_data, would_pause = self._fit_calibration(syncs, features, step)
+        fit_data, would_pause = self._fit_calibration(decoded, step)
         if self.screen_history:
             step("screening history")
         left_out = pl.Series("sync_id", [], dtype=pl.String)
@@ -312,14 +314,14 @@ class FleetModel:
                 break
             # The syncs go before decoding, as production's paused syncs do: the syncs
             # after them are then measured against the last sync that stays.
-            left_out = pl.concat([left_out, syncs["sync_id"].gather(would_pause)])
-            del fit_data, syncs, features
-            syncs, features = _history_frames(history, self.n_jobs, leave_out=left_out)
+            left_out = pl.concat([left_out, would_pause])
+            del fit_data
+            decoded = [_history_frames(history, self.n_jobs, leave_out=left_out)]
             fit_data, would_pause = self._fit_calibration(
-                syncs, features, lambda _phase: None, screen=screening > 1
+                decoded, lambda _phase: None, screen=screening > 1
             )
         self.screened_out_ = left_out.to_list()
-        del history, syncs, features  # the record texts, when the caller handed them over
+        del history  # the record texts, when the caller handed them over
 
         step("baselines")
         # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
@@ -343,12 +345,14 @@ class FleetModel:
         return self
 
     def _fit_calibration(
-        self, syncs: pl.DataFrame, features: pl.DataFrame, step, *, screen: bool | None = None
-    ) -> tuple[_FitData, np.ndarray]:
+        self, decoded: list[tuple[pl.DataFrame, pl.DataFrame]], step, *, screen: bool | None = None
+    ) -> tuple[_FitData, pl.Series]:
         """Everything up to the calibrators (layout, families, cross-fitting), from a
-        history's syncs and features; the frames the baselines and forests are fitted
-        from; and, when screening (default: ``screen_history``), the rows of the syncs
-        whose held-out scores would pause (see :meth:`_fit_calibrators`)."""
+        history's syncs and features (``decoded``: a list holding them, emptied); the
+        frames the baselines and forests are fitted from; and, when screening (default:
+        ``screen_history``), the ids of the syncs whose held-out scores would pause (see
+        :meth:`_fit_calibrators`)."""
+        syncs, features = decoded.pop()
         screen = self.screen_history if screen is None else screen
         self.intervals_ = _intervals(syncs)
         self.policy_ = self.policy or load_policy()
@@ -404,7 +408,7 @@ class FleetModel:
         # largest arrays a fit keeps) are freed before the baselines and forests run.
         step("calibration")
         targets = self._screening_targets(syncs, own, group_index) if screen else None
-        would_pause = self._fit_calibrators(oos, targets)
+        would_pause = syncs["sync_id"].gather(self._fit_calibrators(oos, targets))
         return _FitData(per_connector, pooled, ivals, group_index), would_pause
 
     def _screening_targets(
