@@ -1354,7 +1354,9 @@ class FleetModel:
                     casts[c] = pl.String
                 elif t in ("Int16", "Int32", "Int64", "UInt32", "Float64", "Boolean"):
                     casts[c] = getattr(pl, t)
-            return out.cast(casts)
+            # numpy holds a missing float as NaN; a fitted model holds nulls (no NaN), and
+            # scoring fills nulls: a NaN would pass through as a value.
+            return out.cast(casts).with_columns(pl.col(pl.Float64).fill_nan(None))
 
         model.intervals_ = frame("intervals")
         model.columns_ = frame("columns")
