@@ -10,7 +10,7 @@ one custom metric (``metrics.throughput``), trained on the first 60 days. Each c
 gets four episodes in the test window:
 
 * a spike (the metric x4, or x1.6 in ``intraday``),
-* a drop (60 % of the records),
+* a drop (to 60 % of the records),
 * a 3-sync shift (the metric x0.4, or x0.6 in ``intraday``),
 * a latency burst (x8; a transport-only blip, so a ``review`` by design, never caught).
 
