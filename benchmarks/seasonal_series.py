@@ -66,13 +66,16 @@ def _fleet(scenario: str, seed: int) -> tuple[list[dict], list[dict], list[dict]
         label = np.full(n, "normal", dtype=object)
         cls = np.full(n, None, dtype=object)
         first = int(_TRAIN_DAYS * 24 / step_h)
+        # Each episode scales one series over its syncs.
+        scaled = {"spike": (metric, spike), "drop": (count, 0.6), "shift": (metric, shift),
+                  "latency": (latency, 8.0)}
         for k, kind in enumerate(_EPISODES):
             at = first + (k + 1) * (n - first) // 6 + int(rng.integers(0, 5))
             span = np.arange(at, at + (3 if kind == "shift" else 1))
-            metric[span] *= {"spike": spike, "shift": shift}.get(kind, 1.0)
-            count[span] = np.rint(count[span] * (0.6 if kind == "drop" else 1.0))
-            latency[span] *= 8.0 if kind == "latency" else 1.0
+            series, factor = scaled[kind]
+            series[span] *= factor
             label[span], cls[span] = "anomaly", kind
+        count = np.rint(count)  # records are whole
         for j in range(n):
             started = _START + timedelta(hours=float(hours[j]), minutes=int(rng.integers(0, 5)))
             finished = started + timedelta(seconds=float(30 + rng.exponential(10)))
