@@ -222,7 +222,10 @@ def _backtest(
     progress: Progress,
     timings: dict[str, float],
 ) -> BacktestReport:
-    """Fit on the ``clean`` syncs before the window; score every sync of the window."""
+    """Fit on the ``clean`` syncs before the window; score every sync of the window.
+
+    Both carry :data:`training.dataset.HISTORY_COLUMNS` already (see :func:`train`).
+    """
     if clean.height == 0:
         raise UsageError(
             "every sync before the held-out window is excluded (labelled fault or paused); "
@@ -230,8 +233,8 @@ def _backtest(
         )
     phases = _Phases(progress, "backtest", "backtest", timings)
     report = run_backtest(
-        clean.select(dataset.HISTORY_COLUMNS),
-        window.select(dataset.HISTORY_COLUMNS),
+        clean,
+        window,
         labels=labels,
         model=config.model(),
         progress=phases,
