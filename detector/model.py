@@ -957,24 +957,27 @@ class FleetModel:
         batch goes with the first shard, which passes it on as one pass does.
         """
         ids = wide["connector_id"]
-        # Which shard each input row, and each state and facts row, belongs to.
+        # Which shard each input row belongs to, found once: it splits the batch and puts
+        # the merged rows back in input order.
+        where = np.zeros(wide.height, dtype=np.int64)
+        for k in range(1, len(shards)):
+            where[ids.is_in(shards[k].implode()).to_numpy()] = k
         rest = pl.concat(shards[1:]).implode()
 
         def part(frame: pl.DataFrame | None, k: int) -> pl.DataFrame | None:
+            """A state or facts frame's rows of shard ``k``'s connectors."""
             if frame is None:
                 return None
             mine = pl.col("connector_id").is_in(shards[k].implode() if k else rest)
             return frame.filter(mine if k else ~mine)
 
         def score_one(k: int) -> ScoreResult:
-            return self._score_batch(part(wide, k), part(state, k), part(facts, k))
+            rows = wide.filter(pl.Series(where == k))
+            return self._score_batch(rows, part(state, k), part(facts, k))
 
         parts = _in_threads(score_one, list(range(len(shards))), n_jobs)
         # Input position of each shard's rows, shard after shard: the merged frames are
         # sorted on it (stable), which interleaves the shards back into input order.
-        where = np.zeros(wide.height, dtype=np.int64)
-        for k in range(1, len(shards)):
-            where[ids.is_in(shards[k].implode()).to_numpy()] = k
         positions = pl.DataFrame(
             {
                 "sync_id": pl.concat([p.results["sync_id"] for p in parts]),
