@@ -888,7 +888,7 @@ class FleetModel:
             f = _Families.maxima(i[sel], j, values, len(self.families_))
             moved = np.abs(z) >= OUTLYING_Z
             names = np.char.add(
-                measures.to_numpy().astype(str)[m[moved]], np.where(z[moved] >= 0, "+", "-")
+                measures.to_numpy().astype(str)[m[moved]], _sign(z[moved])
             )
             f = dataclasses.replace(f, review=review_only(i[moved], names, len(keys)))
         else:
@@ -1471,7 +1471,11 @@ def _family_base(measure: pl.Expr) -> pl.Expr:
     )
 
 
-def _sign(z: pl.Expr) -> pl.Expr:
+def _sign(z: pl.Expr | np.ndarray) -> pl.Expr | np.ndarray:
+    """"+" where a residual is at or above its level, else "-": the sign in tail family
+    names and in the moved measures the review test reads, of polars or numpy residuals."""
+    if isinstance(z, np.ndarray):
+        return np.where(z >= 0, "+", "-")
     return pl.when(z >= 0).then(pl.lit("+")).otherwise(pl.lit("-"))
 
 
