@@ -100,6 +100,23 @@ def prepare(
     return syncs_frame(wide).with_row_index("row"), measures_frame(wide)
 
 
+def connector_parts(frame: pl.DataFrame, rows: int) -> pl.DataFrame:
+    """Runs of whole connectors, in connector order, of about ``rows`` syncs each.
+
+    One row per connector of ``frame``: ``connector_id``, ``start`` (where its syncs
+    begin in a frame sorted by connector) and ``part``: a connector opens a new part when
+    the syncs before it reach a multiple of ``rows`` (part numbers rise, with gaps after a
+    connector of more than ``rows`` syncs). A sync's decoded frames and features depend on
+    its own connector's syncs only, so fitting and the backtest take a large history a
+    part at a time, the same parts.
+    """
+    per_connector = frame.select("connector_id").group_by("connector_id").len().sort(
+        "connector_id"
+    )
+    start = (pl.col("len").cum_sum() - pl.col("len")).cast(pl.Int64)
+    return per_connector.select("connector_id", start.alias("start"), (start // rows).alias("part"))
+
+
 def _history_frames(
     history: Iterable[Mapping[str, Any]] | pl.DataFrame,
     n_jobs: int = 1,
@@ -127,9 +144,10 @@ def _history_frames(
     if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
         ids = history["connector_id"]
         if ids.null_count() == 0 and ids.is_sorted():
-            starts = np.flatnonzero(ids.ne_missing(ids.shift(1)).to_numpy())
-            cuts = starts[np.flatnonzero(np.diff(starts // _HISTORY_CHUNK_SYNCS, prepend=0))]
-            bounds = np.r_[0, cuts, history.height]
+            starts = connector_parts(history, _HISTORY_CHUNK_SYNCS).unique(
+                "part", keep="first", maintain_order=True
+            )["start"]
+            bounds = np.r_[starts.to_numpy(), history.height]
             parts = _in_threads(
                 lambda lo_hi: build_features(
                     *_prepare_history(kept(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0])))

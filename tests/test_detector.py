@@ -35,6 +35,7 @@ from detector.model import (
     _family_weights,
     _review_only,
     _tail_families,
+    connector_parts,
     prepare,
     tail_family_expr,
 )
@@ -357,6 +358,19 @@ def test_batch_equals_each_connector_scored_alone(fleet):
             how="diagonal_relaxed").select(got.columns)
         alone = alone.unique(keys, keep="first", maintain_order=True)
         pl.testing.assert_frame_equal(got.sort(keys), alone.sort(keys))
+
+
+def test_connector_parts_are_runs_of_whole_connectors_in_order():
+    """A connector is never split; parts follow connector order and a new one opens once
+    the syncs before a connector reach the next multiple of ``rows``."""
+    ids = ["b"] * 5 + ["a"] * 3 + ["d"] * 9 + ["c"] * 2
+    parts = connector_parts(pl.DataFrame({"connector_id": ids}), rows=6)
+    assert parts["connector_id"].to_list() == ["a", "b", "c", "d"]
+    assert parts["start"].to_list() == [0, 3, 8, 10]
+    assert parts["part"].to_list() == [0, 0, 1, 1]
+    assert connector_parts(pl.DataFrame({"connector_id": ids}), rows=3)["part"].to_list() == [
+        0, 1, 2, 3
+    ]
 
 
 def test_features_do_not_depend_on_input_order(fleet):

@@ -25,7 +25,7 @@ import polars as pl
 
 from detector.features import build_features
 from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
-from detector.model import FleetModel, _next_state, prepare
+from detector.model import FleetModel, _next_state, connector_parts, prepare
 
 __all__ = [
     "BacktestReport",
@@ -165,10 +165,7 @@ def _safeguards_and_state(
         and isinstance(test, pl.DataFrame)
         and history.height > _CHUNK_SYNCS
     ):
-        per_connector = history.group_by("connector_id").len().sort("connector_id")
-        part_of = per_connector.select(
-            "connector_id", ((pl.col("len").cum_sum() - 1) // _CHUNK_SYNCS).alias("part")
-        )
+        part_of = connector_parts(history, _CHUNK_SYNCS).select("connector_id", "part")
         # Connectors new in the window go with the first part.
         test_part = test.join(part_of, on="connector_id", how="left")["part"].fill_null(0)
         history_part = history.join(part_of, on="connector_id", how="left")["part"]
