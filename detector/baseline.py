@@ -35,7 +35,7 @@ import math
 import numpy as np
 import polars as pl
 
-from detector.frame import RARE_SYNC_EVENTS
+from detector.frame import RARE_SYNC_EVENTS, is_stat
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
@@ -435,7 +435,7 @@ class SeasonalBaseline:
         return (
             pl.when(per_sync)
             .then(pl.lit(1.0))
-            .when(pl.col("measure").str.ends_with(".duplicates"))
+            .when(is_stat("duplicates"))
             .then(pl.col("current_size").fill_null(1.0).clip(lower_bound=1.0))
             .otherwise(per_size * gap)
         )

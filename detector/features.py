@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.frame import MAX_UNCHANGED_RUN, UNCHANGED_MEASURE, measure_kind_expr
+from detector.frame import (
+    MAX_UNCHANGED_RUN,
+    UNCHANGED_MEASURE,
+    UNEXPLAINED_STAT,
+    is_stat,
+    measure_kind_expr,
+    stat_suffix,
+)
 
 __all__ = [
     "N_BUCKETS",
@@ -121,7 +128,7 @@ def _unexplained_changes(reported: pl.DataFrame) -> pl.DataFrame:
     removed|``. A retry loop's duplicates raise a count with nothing added; records lost
     without being reported removed lower it. ``reported`` as for :func:`_unchanged_runs`.
     """
-    stat = {s: pl.col("measure").str.ends_with(f".{s}") for s in ("count", "added", "removed")}
+    stat = {s: is_stat(s) for s in ("count", "added", "removed")}
     parts = (
         reported.filter(pl.any_horizontal(*stat.values()))
         .group_by("row", "resource")
@@ -136,7 +143,7 @@ def _unexplained_changes(reported: pl.DataFrame) -> pl.DataFrame:
     )
     moved = pl.col("_count") - pl.col("_previous") - pl.col("_added") + pl.col("_removed")
     return parts.with_columns(
-        pl.concat_str(pl.col("resource"), pl.lit(".unexplained")).alias("measure"),
+        pl.concat_str(pl.col("resource"), pl.lit(stat_suffix(UNEXPLAINED_STAT))).alias("measure"),
         moved.abs().alias("value"),
         pl.lit("events").alias("kind"),
         pl.lit(None, dtype=pl.Float64).alias("ref_value"),
@@ -154,7 +161,7 @@ def _unchanged_runs(reported: pl.DataFrame, state: pl.DataFrame | None) -> pl.Da
     and its churn is zero; the run length then carries on from the state's, up to
     :data:`~detector.frame.MAX_UNCHANGED_RUN`.
     """
-    churn = (pl.col("kind") == "events") & ~pl.col("measure").str.ends_with(".duplicates")
+    churn = (pl.col("kind") == "events") & ~is_stat("duplicates")
     same = (
         pl.when(churn)
         .then(pl.col("value") == 0)

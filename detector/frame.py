@@ -25,6 +25,9 @@ __all__ = [
     "RARE_SYNC_EVENTS",
     "MAX_UNCHANGED_RUN",
     "UNCHANGED_MEASURE",
+    "UNEXPLAINED_STAT",
+    "stat_suffix",
+    "is_stat",
     "measure_kind",
     "measure_kind_expr",
     "to_struct_frame",
@@ -34,6 +37,9 @@ __all__ = [
 ]
 
 RESOURCE_STATS = ("count", "added", "removed", "modified", "duplicates")
+#: A resource type's derived measure: by how many records its count moved beyond what its
+#: churn says (see :func:`detector.features.build_features`); named as a stat is.
+UNEXPLAINED_STAT = "unexplained"
 API_FIELDS = ("requests", "errors", "retries", "latency_p50_ms", "latency_p95_ms")
 
 #: How each measure is modelled (see detector.features):
@@ -76,6 +82,18 @@ _EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", UNCHANGED_MEASUR
 RARE_SYNC_EVENTS = ("sync.partial", UNCHANGED_MEASURE)
 
 
+def stat_suffix(stat: str) -> str:
+    """How the name of a resource type's ``stat`` measure ends: ``user.removed`` in
+    ``.removed``. Names are built and told apart by this one rule."""
+    return f".{stat}"
+
+
+def is_stat(stat: str, measure: pl.Expr | None = None) -> pl.Expr:
+    """Whether ``measure`` (default: the ``measure`` column) is a resource type's ``stat``
+    (:data:`RESOURCE_STATS`, or :data:`UNEXPLAINED_STAT`)."""
+    return (pl.col("measure") if measure is None else measure).str.ends_with(stat_suffix(stat))
+
+
 def measure_kind(measure: str) -> str:
     """Return the modelling kind of a measure name (one of :data:`MEASURE_KINDS`)."""
     if measure.startswith("metric."):
@@ -105,7 +123,7 @@ def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
         .then(pl.lit("log"))
         .when(measure.str.contains(".null_rate.", literal=True))
         .then(pl.lit("rate"))
-        .when(measure.str.ends_with(".count"))
+        .when(is_stat("count", measure))
         .then(pl.lit("count"))
         .otherwise(pl.lit("events"))
     )
@@ -217,7 +235,7 @@ def _measure_exprs(wide: pl.DataFrame) -> tuple[dict[str, pl.Expr], dict[str, st
         stats = set(_struct_fields(wide.select(res), resource))
         for stat in RESOURCE_STATS:
             if stat in stats:
-                name = f"{resource}.{stat}"
+                name = resource + stat_suffix(stat)
                 values[name] = res.struct.field(stat)
                 resource_of[name] = resource
         if "null_rates" in stats:

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import polars.testing
 import pytest
-from conftest import make_record, with_fleet_copy
+from conftest import make_record, make_records, with_fleet_copy
 from sklearn.ensemble import IsolationForest
 
 from detector.calibration import TailCalibrator
@@ -23,8 +23,11 @@ from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import (
     MAX_UNCHANGED_RUN,
+    RESOURCE_STATS,
     UNCHANGED_MEASURE,
+    UNEXPLAINED_STAT,
     in_sync_order,
+    is_stat,
     measure_kind,
     measures_frame,
     to_struct_frame,
@@ -360,6 +363,26 @@ def test_batch_equals_each_connector_scored_alone(fleet):
         pl.testing.assert_frame_equal(got.sort(keys), alone.sort(keys))
 
 
+def test_resource_stats_are_told_apart_by_the_names_they_are_built_with():
+    """Each resource stat's measure rows, and the derived unexplained counts, are found by
+    ``is_stat`` exactly: the names the frame and the features build end as it expects,
+    and no other measure (a null rate, an API figure, another stat) passes for one."""
+    stats = (*RESOURCE_STATS, UNEXPLAINED_STAT)
+    _, features = build_features(*prepare(make_records(2, 3, seed=1)))
+    measures = features["measure"].unique()
+    for stat in stats:
+        found = features.filter(is_stat(stat))["measure"].unique().sort().to_list()
+        # The fixture's groups report no duplicates.
+        assert found == [f"group.{stat}", f"user.{stat}"][stat == "duplicates" :], stat
+        last = measures.str.split(".").list.last()
+        assert measures.filter(last == stat).sort().to_list() == found, stat
+    others = features.filter(~pl.any_horizontal(is_stat(s) for s in stats))["measure"]
+    expected = {"user.null_rate.email", "api.errors", "metric.mfa_enrolled_ratio"}
+    assert expected | {UNCHANGED_MEASURE} <= set(others)
+    typed = others.filter(others.str.starts_with("user.") | others.str.starts_with("group."))
+    assert typed.str.contains(".null_rate.", literal=True).all()
+
+
 def test_connector_parts_are_runs_of_whole_connectors_in_order():
     """A connector is never split; parts follow connector order and a new one opens once
     the syncs before a connector reach the next multiple of ``rows``."""
@@ -388,9 +411,7 @@ def test_features_do_not_depend_on_input_order(fleet):
     pl.testing.assert_frame_equal(frames[0], frames[1])
     # Every reported measure has its previous sync's value (measures derived from the
     # sync as a whole, the repeat run and unexplained counts, have no reference).
-    derived = (pl.col("measure") == UNCHANGED_MEASURE) | pl.col("measure").str.ends_with(
-        ".unexplained"
-    )
+    derived = (pl.col("measure") == UNCHANGED_MEASURE) | is_stat(UNEXPLAINED_STAT)
     reported = frames[0].filter(~derived)
     assert reported["reference"].null_count() < reported.height // 10
 

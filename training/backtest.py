@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from detector.features import build_features
+from detector.frame import is_stat
 from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.model import FleetModel, _next_state, connector_parts, prepare
 
@@ -225,7 +226,7 @@ def _fixed_thresholds(
     counts = feats.filter(pl.col("kind") == "count").select(
         "row", "resource", pl.col("value").alias("count"), pl.col("reference").alias("prev")
     )
-    removed = feats.filter(pl.col("measure").str.ends_with(".removed")).select(
+    removed = feats.filter(is_stat("removed")).select(
         "row", "resource", pl.col("value").alias("removed")
     )
     per_type = counts.join(removed, on=["row", "resource"], how="left").with_columns(
