@@ -1089,12 +1089,18 @@ class FleetModel:
         parts = []
         for frame, key in ((resid, "connector_id"), (pooled_resid, "connector_kind")):
             if frame.height:
-                parts.append(self._matrix(frame.with_columns(pl.col(key).alias("group")), width))
+                # The family maxima as sparse entries: a dense syncs x families matrix is
+                # mostly zeros (~35 MB for 12,000 syncs), and its scatter and copies cost
+                # more than the entries' few reads.
+                frame = frame.with_columns(pl.col(key).alias("group"))
+                parts.append(self._matrix(frame, width, families="sparse"))
         if parts:
-            x, rows, groups, fam = (np.concatenate([p[k] for p in parts]) for k in range(4))
+            x, rows, groups = (np.concatenate([p[k] for p in parts]) for k in range(3))
+            offsets = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
+            fam = _Families.concat([p[3].shifted(n) for p, n in zip(parts, offsets, strict=True)])
         else:
             x, rows, groups = np.zeros((0, width)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-            fam = np.zeros((0, len(self.families_)))
+            fam = _Families.concat([])
         p = self._tail_probability(x, fam, rows, groups, syncs)
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
@@ -1165,7 +1171,7 @@ class FleetModel:
             # Each sync through its own mode's calibrators only.
             for mode, mine in zip(_MODES, (~paused[block], paused[block]), strict=True):
                 if mine.any():
-                    mine_fam = _Families.of(fam[block][mine])
+                    mine_fam = fam[block].where(mine)
                     stat = self._combined_statistic(forest_s[mine], mine_fam, g[mine], mode)
                     out[mine] = self.calibrators_["combined" + mode].tail_probability(stat, g[mine])
         return p
@@ -1722,6 +1728,13 @@ class _Families:
             self.values[lo:hi],
             None if self.review is None else self.review[syncs],
         )
+
+    def where(self, mine: np.ndarray) -> _Families:
+        """The entries of the rows where ``mine`` (bool per row) is true, renumbered from
+        0 in order: what :meth:`of` gives of the dense matrix's ``fam[mine]``."""
+        keep = mine[self.rows]
+        number = np.cumsum(mine, dtype=np.int32) - np.int32(1)
+        return _Families(number[self.rows[keep]], self.cols[keep], self.values[keep])
 
     @classmethod
     def concat(cls, parts: list[_Families]) -> _Families:

@@ -1086,7 +1086,7 @@ def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
         paused = np.isin(rows, syncs.filter(pl.col("paused"))["row"].to_numpy())
         forest_s = self.forest_.score_samples(x, groups)
         both = [self.calibrators_["combined" + mode].tail_probability(
-            self._combined_statistic(forest_s, _Families.of(fam), groups, mode), groups)
+            self._combined_statistic(forest_s, fam, groups, mode), groups)
             for mode in ("", "_paused")]
         np.testing.assert_array_equal(out, np.where(paused, both[1], both[0]))
         seen.append((int(paused.sum()), int((~paused).sum())))
@@ -1095,6 +1095,24 @@ def test_each_sync_is_calibrated_in_its_own_mode_only(fleet, monkeypatch):
     monkeypatch.setattr(FleetModel, "_tail_probability", checked)
     model.score(test[:80], state=state, facts=facts)
     assert seen and all(p and n for p, n in seen[:1])  # both modes met in the first pass
+
+
+def test_sparse_family_rows_are_the_dense_matrix_rows():
+    """Scoring keeps the family maxima sparse: a block of syncs and its rows of one mode
+    give the entries (rows renumbered from 0, order, dtypes) the dense matrix gives."""
+    rng = np.random.default_rng(4)
+    n, n_fam = 3000, 40
+    cells = rng.integers(0, n * n_fam, 9000)
+    values = np.where(rng.random(9000) < 0.1, 0.0, rng.exponential(size=9000))
+    dense = np.zeros((n, n_fam))
+    np.maximum.at(dense, (cells // n_fam, cells % n_fam), values)
+    sparse = _Families.maxima(cells // n_fam, cells % n_fam, values, n_fam)
+    mine = rng.random(1024) < 0.7
+    got, want = sparse[slice(1024, 2048)].where(mine), _Families.of(dense[1024:2048][mine])
+    assert len(want.rows) > 1000
+    for name in ("rows", "cols", "values"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        assert getattr(got, name).dtype == getattr(want, name).dtype
 
 
 def test_array_forest_thresholds_are_the_float32_below_the_drawn_ones():
