@@ -73,9 +73,12 @@ _XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted toge
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
 # Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
-# below it a second thread saves less than the shards' merge costs, and a single sync
-# from a cold process is scored exactly as before.
-_SHARD_MIN_SYNCS = 1_000
+# shards cost ~10 % more CPU (each pays polars' fixed costs; the threads queue for the
+# GIL), which a second core repays only on large batches. Measured on 2 cores (model
+# only, median of 7, load 6-10): 3,157 syncs 0.50 s one thread vs 0.59 s in shards,
+# 5,901: 0.72 vs 0.81, 7,511: 1.56 vs 1.58, 12,152: 3.64 vs 3.18 (idle, end to end:
+# 3,087 0.85 vs 0.95 s, 12,152 2.87 vs 2.80 s).
+_SHARD_MIN_SYNCS = 8_000
 _OOS_KEYS = ("forest", "group", "row", "forest_paused")
 # Screening rounds: a fit on history with its grossest faults left out judges the rest
 # more sharply, and a second round finds about as many faults again as the first.
