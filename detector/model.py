@@ -232,7 +232,9 @@ class FleetModel:
         Seasonal profile estimator (see :class:`detector.baseline.SeasonalBaseline`).
     random_state : int, default=0
     n_jobs : int, default=1
-        Threads growing the isolation forests.
+        Threads a fit runs its independent parts in (history parts, cross-fitting parts,
+        the forests, the two scoring modes' calibrators); the model is the same with any.
+        Scoring takes its own (:meth:`score`).
     loss_weight : float, default=2.0
         Weight of the families of records lost (a count falling, removals rising)
         against 1 for every other family in a sync's smallest tail probability (see

@@ -80,7 +80,8 @@ class TrainConfig:
         Fit again without the history syncs the model's own held-out scores would
         pause, as in :class:`detector.model.FleetModel` (faults nobody labelled).
     n_jobs : int, default=2
-        Threads growing the isolation forests (this machine has two cores).
+        Threads the fit runs its independent parts in (``FleetModel(n_jobs=...)``; this
+        machine has two cores).
     holdout_days : float, default=14
         The held-out window for the backtest: the latest ``holdout_days`` of history.
     policy_path : str, optional

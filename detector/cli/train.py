@@ -166,7 +166,7 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
               help="Simulator-format labels.jsonl: faults left out of the fit, recall per "
                    "fault class in the backtest (labels in the store are used anyway).")
 @click.option("--jobs", type=click.IntRange(1, None), default=2, show_default=True,
-              help="Processes fitting forests.")
+              help="Threads a fit runs its independent parts in (same model with any).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @actor_option
 @json_option
