@@ -91,6 +91,25 @@ def test_schema_rejects_broken_events(schema_validator, mutate, needle):
         native.validate(event)
 
 
+def test_enumerations_are_the_schemas(tmp_path: Path):
+    """The decisions, severities and criticalities of events, of the batch's column checks
+    and of the policy file are the schema's, in the types' order."""
+    from detector.errors import UsageError
+    from detector.policy import load_policy
+
+    defs = native.schema()["$defs"]
+    assert tuple(defs["sync_scored"]["properties"]["decision"]["enum"]) == native.DECISIONS
+    assert tuple(defs["severity"]["enum"]) == native.SEVERITIES
+    assert tuple(defs["criticality"]["enum"]) == native.CRITICALITIES
+    path = tmp_path / "policy.toml"
+    for severity in native.SEVERITIES:
+        path.write_text(f'[criticality.standard]\nseverity = "{severity}"\n')
+        assert load_policy(path).criticalities["standard"]["severity"] == severity
+    path.write_text('[criticality.standard]\nseverity = "urgent"\n')
+    with pytest.raises(UsageError, match="severity must be one of"):
+        load_policy(path)
+
+
 def test_event_id_is_deterministic_and_namespace_is_pinned():
     # Changing the namespace would change every finding uid SOAR tools de-duplicate on.
     assert str(native.EVENT_NAMESPACE) == "323bf08e-e3bc-5610-9573-e614e1c20a9a"

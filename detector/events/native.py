@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
@@ -87,9 +87,10 @@ Severity = Literal["critical", "high", "medium", "low", "info"]
 Criticality = Literal["privileged", "leaver", "nhi", "standard", "reporting"]
 EventType = Literal["sync_scored", "connector_stale", "invalid_record"]
 
-DECISIONS: tuple[str, ...] = ("pause", "review", "proceed")
-SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low", "info")
-CRITICALITIES: tuple[str, ...] = ("privileged", "leaver", "nhi", "standard", "reporting")
+# The values themselves, in the types' order (the policy checks its file against these).
+DECISIONS: tuple[str, ...] = get_args(Decision)
+SEVERITIES: tuple[str, ...] = get_args(Severity)
+CRITICALITIES: tuple[str, ...] = get_args(Criticality)
 
 # Documented key order per variant; `canonical` writes known keys in this order so that
 # events built anywhere (or read back from JSON) serialise byte-for-byte the same.

@@ -18,11 +18,10 @@ import numpy as np
 import polars as pl
 
 from detector.errors import UsageError
+from detector.events.native import CRITICALITIES, SEVERITIES
 
 __all__ = ["Policy", "CRITICALITIES", "load_policy"]
 
-CRITICALITIES = ("privileged", "leaver", "nhi", "standard", "reporting")
-_SEVERITIES = ("critical", "high", "medium", "low", "info")
 _ACTIONS = ("pause", "review")
 _DAY_S = 86400.0
 
@@ -81,8 +80,8 @@ def _validate(data: dict, source: str) -> Policy:
     for name, settings in crit.items():
         if name not in CRITICALITIES:
             raise UsageError(f"{source}: unknown criticality {name!r}; use one of {CRITICALITIES}")
-        if settings.get("severity") not in _SEVERITIES:
-            raise UsageError(f"{source}: criticality.{name}.severity must be one of {_SEVERITIES}")
+        if settings.get("severity") not in SEVERITIES:
+            raise UsageError(f"{source}: criticality.{name}.severity must be one of {SEVERITIES}")
         if settings.get("on_breach") not in _ACTIONS:
             raise UsageError(f"{source}: criticality.{name}.on_breach must be 'pause' or 'review'")
         n, d = settings.get("budget_false_pauses"), settings.get("budget_days")
