@@ -29,6 +29,7 @@ __all__ = [
     "N_BUCKETS",
     "bucket_expr",
     "STATE_SCHEMA",
+    "FACTS_SCHEMA",
     "build_features",
     "empty_state",
 ]
@@ -61,6 +62,16 @@ def bucket_expr(ts: pl.Expr) -> pl.Expr:
 def empty_state() -> pl.DataFrame:
     """A state with no connectors (every connector starts cold)."""
     return pl.DataFrame(schema=STATE_SCHEMA)
+
+
+#: The connector facts beside the state: the finish of its last successful sync and the
+#: start of its last sync (freshness and gaps carry on from them), and whether it is paused.
+FACTS_SCHEMA = {
+    "connector_id": pl.String,
+    "state_last_success": pl.Datetime("us", "UTC"),
+    "state_last_start": pl.Datetime("us", "UTC"),
+    "state_paused": pl.Boolean,
+}
 
 
 def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:

@@ -40,7 +40,7 @@ import polars as pl
 from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
 from detector.explain import REASON_Z, reasons_frame
-from detector.features import STATE_SCHEMA, build_features
+from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import (
     UNCHANGED_MEASURE,
@@ -87,12 +87,6 @@ _SCREEN_ROUNDS = 2
 # syncs is not that full of faults: its halves differ (growth, a level shift). It stays.
 _SCREEN_MAX_SHARE = 0.1
 _NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
-_FACTS_SCHEMA = {
-    "connector_id": pl.String,
-    "state_last_success": pl.Datetime("us", "UTC"),
-    "state_last_start": pl.Datetime("us", "UTC"),
-    "state_paused": pl.Boolean,
-}
 
 
 def prepare(
@@ -1032,7 +1026,7 @@ class FleetModel:
     ) -> ScoreResult:
         """:meth:`score` of a decoded batch in one pass (two, with new pauses)."""
         syncs, measures = prepare(wide)
-        facts = facts if facts is not None else pl.DataFrame(schema=_FACTS_SCHEMA)
+        facts = facts if facts is not None else pl.DataFrame(schema=FACTS_SCHEMA)
         first = self._score_pass(syncs, measures, state, facts, None)
         already = facts.filter(pl.col("state_paused")).select("connector_id")
         new_pauses = (
@@ -2080,9 +2074,9 @@ def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFra
         "state_last_success",
         "state_last_start",
         pl.col("_p").fill_null(False).alias("state_paused"),
-    ).cast(_FACTS_SCHEMA)
+    ).cast(FACTS_SCHEMA)
     if untouched is not None and untouched.height:
         batch_facts = pl.concat(
-            [untouched.select(list(_FACTS_SCHEMA)).cast(_FACTS_SCHEMA), batch_facts]
+            [untouched.select(list(FACTS_SCHEMA)).cast(FACTS_SCHEMA), batch_facts]
         )
     return new_state, batch_facts.sort("connector_id")

@@ -241,11 +241,16 @@ def test_state_saved_is_what_the_model_returned(scoring_home: Home, fleet: Fleet
     assert saved_facts.equals(result.facts.sort("connector_id"))
 
 
-def test_facts_schema_matches_the_model() -> None:
-    from detector import model
-    from detector.store.state import FACTS_SCHEMA
+def test_facts_frames_have_one_schema(fleet: Fleet) -> None:
+    """The facts a model starts from and returns, and the store's empty ones, are
+    FACTS_SCHEMA's columns and types in its order (the store saves and loads by it)."""
+    from detector.features import FACTS_SCHEMA
+    from detector.store.state import empty_facts
 
-    assert FACTS_SCHEMA == model._FACTS_SCHEMA
+    state, facts = fleet.model.initial_state(fleet.history)
+    result = fleet.model.score(fleet.test[:5], state=state, facts=facts)
+    for frame in (facts, result.facts, empty_facts()):
+        assert list(frame.schema.items()) == list(FACTS_SCHEMA.items())
 
 
 def test_no_model_needed_without_records(tmp_path) -> None:

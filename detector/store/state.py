@@ -21,18 +21,11 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from detector.features import STATE_SCHEMA
+from detector.features import FACTS_SCHEMA, STATE_SCHEMA
 
 __all__ = ["FACTS_SCHEMA", "load_state", "save_state", "empty_facts", "accept_current",
            "connectors_with_state"]
 
-FACTS_SCHEMA = {
-    "connector_id": pl.String,
-    "state_last_success": pl.Datetime("us", "UTC"),
-    "state_last_start": pl.Datetime("us", "UTC"),
-    "state_paused": pl.Boolean,
-}
-"""The per-connector facts frame :meth:`FleetModel.score` takes and returns."""
 
 _US = pl.Datetime("us", "UTC")
 
