@@ -34,10 +34,12 @@ a rerun scores what is left.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -530,6 +532,25 @@ def _reject_pauses(store: Store, rejected: Iterable[Violation], policy: Policy, 
     return events, opened
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (as it was after).
+
+    A batch allocates a few hundred thousand containers that live until its end (decoded
+    records, rows, events), so the collector runs hundreds of times and walks the whole
+    heap in each full collection: ~0.25 s of CPU for 12,000 syncs, in the thread that
+    holds the GIL. Scoring makes next to no reference cycles (what it drops, reference
+    counting frees), so pausing the collector for one run costs no memory to speak of.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation], *,
                 source: str, actor: str, sinks: Sequence[Sink] = (),
                 chunk_syncs: int = CHUNK_SYNCS) -> ScoreRun:
@@ -557,6 +578,14 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     -------
     ScoreRun
     """
+    with cyclic_gc_paused():
+        return _score_items(home, store, items, source=source, actor=actor, sinks=sinks,
+                            chunk_syncs=chunk_syncs)
+
+
+def _score_items(home: Home, store: Store, items: Iterable[Accepted | Violation], *,
+                 source: str, actor: str, sinks: Sequence[Sink],
+                 chunk_syncs: int) -> ScoreRun:
     run = ScoreRun()
     champion = ChampionAhead(home)
     decoded: DecodedAhead | None = None

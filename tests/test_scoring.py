@@ -6,6 +6,7 @@ crash mid-batch that a rerun finishes.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import shutil
@@ -212,6 +213,45 @@ def test_crash_mid_batch_loses_nothing_and_a_rerun_finishes(scoring_home: Home,
         (len(ids), len(ids))]
     decided = {e["sync_id"]: e["decision"] for e in events}
     assert _known(fleet, decided) == _known(fleet, _batch_decisions(fleet, fleet.test))
+
+
+class _GcWatch(StdoutSink):
+    """A sink that notes whether the cyclic collector was on when events came out."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=io.StringIO())
+        self.enabled: list[bool] = []
+
+    def emit_many(self, events) -> None:  # noqa: ANN001 - the Sink signature
+        self.enabled.append(gc.isenabled())
+        super().emit_many(events)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_cyclic_gc_is_off_for_a_run_and_as_it_was_after(scoring_home: Home, fleet: Fleet,
+                                                        enabled: bool) -> None:
+    """score_items pauses the cyclic collector (its containers live to the run's end) and
+    leaves it as it found it, also when the run fails."""
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        watch = _GcWatch()
+        with Store.open(scoring_home.store_path) as store:
+            run = score_items(scoring_home, store, parse_lines(fleet.lines(fleet.test[:30])),
+                              source="t", actor="t", sinks=[watch])
+            assert watch.enabled == [False] and run.scored == 30
+            assert gc.isenabled() is enabled
+            with pytest.raises(_Crash):
+                score_items(scoring_home, store, _crashing(fleet.lines(fleet.test[30:40])),
+                            source="t", actor="t")
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def _crashing(lines: list[str]):
+    yield from parse_lines(lines[:3])
+    raise _Crash("input cut short")
 
 
 def test_scoring_failure_fails_closed(scoring_home: Home, fleet: Fleet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -65,6 +66,9 @@ def command(home: Home, paths: tuple[str, ...], sinks: SinkChoice, actor: str) -
       2  usage error
       1  internal error (store unavailable, ...)
     """
+    # A short process that ends when the run does: the cyclic garbage collector is off
+    # from here (see detector.scoring.cyclic_gc_paused), imports included.
+    gc.disable()
     _one_blas_thread()
     from detector.scoring import score_items  # keeps `syncguard --help` light
     from detector.store import Store
