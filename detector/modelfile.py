@@ -30,6 +30,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -37,7 +38,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ ARRAYS_NAME = "arrays.npz"
 ALLOWED_DTYPE_KINDS = frozenset("biufcmMSU")
 
 _CHUNK = 1 << 20
+_NOT_A_MODEL = ": not a syncguard model directory"  # why a missing manifest is an error
 
 
 @dataclass(frozen=True)
@@ -229,12 +231,8 @@ def load_model_dir(
     if not root.is_dir():
         raise ModelError(f"model directory {root} does not exist")
     manifest_path = root / MANIFEST_NAME
-    try:
+    with _reading(manifest_path, _NOT_A_MODEL):
         raw = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"{manifest_path} is missing: not a syncguard model directory") from None
-    except OSError as exc:
-        raise ModelError(f"{manifest_path} cannot be read: {exc}") from exc
     # Hash the exact bytes we parse, so the digest and the content cannot diverge.
     digest = hashlib.sha256(raw).hexdigest()
     if expected_digest is not None and digest != expected_digest:
@@ -256,14 +254,10 @@ def load_model_dir(
     blobs: dict[str, bytes] = {}
     for name, entry in files.items():
         file_path = root / name
-        try:
-            # Read once and check the same bytes we load: no window for a swap between
-            # the hash check and np.load.
+        # Read once and check the same bytes we load: no window for a swap between the
+        # hash check and np.load.
+        with _reading(file_path, f" (listed in {MANIFEST_NAME})"):
             data = file_path.read_bytes()
-        except FileNotFoundError:
-            raise ModelError(f"{file_path} is missing (listed in {MANIFEST_NAME})") from None
-        except OSError as exc:
-            raise ModelError(f"{file_path} cannot be read: {exc}") from exc
         if len(data) != entry["size"]:
             raise ModelError(
                 f"{file_path} is {len(data)} bytes, {MANIFEST_NAME} says {entry['size']}: "
@@ -297,12 +291,8 @@ def model_digest(path: str | os.PathLike[str]) -> str:
         ``manifest.json`` is missing or unreadable.
     """
     manifest_path = Path(path) / MANIFEST_NAME
-    try:
+    with _reading(manifest_path, _NOT_A_MODEL):
         return _sha256_file(manifest_path)
-    except FileNotFoundError:
-        raise ModelError(f"{manifest_path} is missing: not a syncguard model directory") from None
-    except OSError as exc:
-        raise ModelError(f"{manifest_path} cannot be read: {exc}") from exc
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -427,6 +417,18 @@ def _check_index(arrays: dict[str, np.ndarray], index: Any, arrays_path: Path) -
                 f"{arrays_path} array {name!r} is {a.dtype.str}{list(a.shape)}, "
                 f"{MANIFEST_NAME} says {want.get('dtype')}{want.get('shape')}"
             )
+
+
+@contextlib.contextmanager
+def _reading(path: Path, missing: str) -> Iterator[None]:
+    """A file of the model read in the block: a ModelError naming it when it is missing
+    (``missing`` says why it should be there) or cannot be read."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing{missing}") from None
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read: {exc}") from exc
 
 
 def _sha256_file(path: Path) -> str:

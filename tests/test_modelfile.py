@@ -137,11 +137,28 @@ def test_missing_file_is_refused(tmp_path: Path, name: str) -> None:
         load_model_dir(path)
 
 
+@pytest.mark.parametrize("name", [ARRAYS_NAME, MANIFEST_NAME])
+def test_unreadable_file_is_refused_with_its_name(tmp_path: Path, name: str) -> None:
+    """A file that is there but cannot be read (here a directory in its place) is refused
+    naming it and the OS error, by loading and, for the manifest, by the digest."""
+    path = _save(tmp_path / "m")
+    (path / name).unlink()
+    (path / name).mkdir()
+    why = re.escape(str(path / name)) + " cannot be read: .*Is a directory"
+    with pytest.raises(ModelError, match=why) as raised:
+        load_model_dir(path)
+    assert isinstance(raised.value.__cause__, IsADirectoryError)
+    if name == MANIFEST_NAME:
+        with pytest.raises(ModelError, match=why):
+            model_digest(path)
+
+
 def test_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         load_model_dir(tmp_path / "nope")
-    with pytest.raises(ModelError, match="manifest.json is missing"):
+    with pytest.raises(ModelError, match="manifest.json is missing: not a syncguard model") as e:
         model_digest(tmp_path / "nope")
+    assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
 def test_unknown_format_is_refused(tmp_path: Path) -> None:
