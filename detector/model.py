@@ -98,14 +98,14 @@ def prepare(
 
 
 def connector_parts(frame: pl.DataFrame, rows: int) -> pl.DataFrame:
-    """Runs of whole connectors, in connector order, of about ``rows`` syncs each.
+    """Runs of whole connectors, in connector order, of about ``rows`` rows of ``frame``.
 
-    One row per connector of ``frame``: ``connector_id``, ``start`` (where its syncs
-    begin in a frame sorted by connector) and ``part``: a connector opens a new part when
-    the syncs before it reach a multiple of ``rows`` (part numbers rise, with gaps after a
-    connector of more than ``rows`` syncs). A sync's decoded frames and features depend on
-    its own connector's syncs only, so fitting and the backtest take a large history a
-    part at a time, the same parts.
+    One row per connector of ``frame``: ``connector_id``, ``start`` (where its rows begin
+    in a frame sorted by connector) and ``part``: a connector opens a new part when the
+    rows before it reach a multiple of ``rows`` (part numbers rise, with gaps after a
+    connector of more than ``rows`` rows). A sync's decoded frames, features and
+    residuals depend on its own connector's syncs only, so fitting and the backtest take
+    a large history a part of syncs at a time, and cross-fitting a part of feature rows.
     """
     per_connector = frame.select("connector_id").group_by("connector_id").len().sort(
         "connector_id"
@@ -1824,14 +1824,14 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
     A chunk's rows are found by a small integer column rather than by connector ids: one
     cheap comparison per row and chunk, where a string lookup would cost far more.
     """
-    sizes = per_connector.group_by("connector_id").len().sort("connector_id")
-    chunk = ((sizes["len"].cum_sum() - sizes["len"]) // _XFIT_CHUNK_ROWS).cast(pl.UInt32)
+    parts = connector_parts(per_connector, _XFIT_CHUNK_ROWS)
+    chunk = parts["part"].cast(pl.UInt32)
     source = per_connector.with_columns(
         pl.col("connector_id")
-        .replace_strict(sizes["connector_id"], chunk, return_dtype=pl.UInt32)
+        .replace_strict(parts["connector_id"], chunk, return_dtype=pl.UInt32)
         .alias("_xfit_chunk")
     )
-    ids = sizes["connector_id"].to_list()
+    ids = parts["connector_id"].to_list()
     connectors = [
         _XfitPart("connector_id", source, tuple(ids[i] for i in np.flatnonzero(chunk == c)), c)
         for c in range(int(chunk.max()) + 1 if len(chunk) else 0)
