@@ -118,6 +118,8 @@ def _history_frames(
     history: Iterable[Mapping[str, Any]] | pl.DataFrame,
     n_jobs: int = 1,
     leave_out: pl.Series | None = None,
+    *,
+    compact: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` then :func:`build_features` of a history, in parts of connectors.
 
@@ -131,12 +133,18 @@ def _history_frames(
     sync order (see :func:`in_sync_order`), whatever order they came in. Parts go
     ``n_jobs`` at a time in threads (see :func:`_in_threads`). ``leave_out``: sync ids
     left out of a frame history, a part at a time (no second copy of its record texts).
+    ``compact``: the features' string keys as categoricals (see :func:`_compact_keys`),
+    a part at a time.
     """
 
     def kept(frame: pl.DataFrame) -> pl.DataFrame:
         if leave_out is None:
             return frame
         return frame.filter(~pl.col("sync_id").is_in(leave_out.implode()))
+
+    def frames(part: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, ...]:
+        syncs, features = build_features(*_prepare_history(kept(part)))
+        return syncs, _compact_keys(features) if compact else features
 
     if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
         ids = history["connector_id"]
@@ -146,9 +154,7 @@ def _history_frames(
             )["start"]
             bounds = np.r_[starts.to_numpy(), history.height]
             parts = _in_threads(
-                lambda lo_hi: build_features(
-                    *_prepare_history(kept(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0])))
-                ),
+                lambda lo_hi: frames(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0])),
                 list(zip(bounds[:-1], bounds[1:], strict=True)),
                 n_jobs,
             )
@@ -158,8 +164,8 @@ def _history_frames(
                 tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
                 for part, lo in zip(parts, firsts, strict=True)
             ]
-            return tuple(pl.concat(frames) for frames in zip(*renumbered, strict=True))
-    return build_features(*_prepare_history(kept(history)))
+            return tuple(pl.concat(part) for part in zip(*renumbered, strict=True))
+    return frames(history)
 
 
 def _prepare_history(
@@ -167,6 +173,25 @@ def _prepare_history(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` of history put in sync order (see :func:`in_sync_order`)."""
     return prepare(in_sync_order(to_struct_frame(history)))
+
+
+# The long feature frame's string keys: a fleet's few thousand distinct values, repeated
+# on every (sync, measure) row (15 million at 1,000 connectors).
+_KEY_COLUMNS = ("connector_id", "connector_kind", "measure", "kind", "resource")
+
+
+def _compact_keys(features: pl.DataFrame) -> pl.DataFrame:
+    """``features`` with its string keys as categoricals: 4 bytes a row each instead of a
+    16-byte view plus, for ids and measures longer than 12 bytes, their bytes again. The
+    fit holds the whole history's frame; what reads it a part at a time gets strings
+    back (:func:`_as_strings`), so everything it computes is as from strings (and
+    categoricals order, compare and group by their strings)."""
+    return features.with_columns(pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS)
+
+
+def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its categorical columns as strings again (see :func:`_compact_keys`)."""
+    return frame.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
 @dataclass
@@ -319,7 +344,7 @@ class FleetModel:
         step("features")
         # Handed over in a list (taken out by _fit_calibration): the decoded frames are
         # then freed as soon as it no longer needs them, not held here through the fit.
-        decoded = [_history_frames(history, self.n_jobs)]
+        decoded = [_history_frames(history, self.n_jobs, compact=True)]
         if decoded[0][0].height == 0:
             raise ValueError("fit needs at least one sync in history")
         fit_data, would_pause = self._fit_calibration(decoded, step)
@@ -333,7 +358,7 @@ class FleetModel:
             # after them are then measured against the last sync that stays.
             left_out = pl.concat([left_out, would_pause])
             del fit_data
-            decoded = [_history_frames(history, self.n_jobs, leave_out=left_out)]
+            decoded = [_history_frames(history, self.n_jobs, leave_out=left_out, compact=True)]
             fit_data, would_pause = self._fit_calibration(
                 decoded, lambda _phase: None, screen=screening > 1
             )
@@ -1525,7 +1550,7 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     # Grouped on plain columns, the decade as one byte: a computed key held twice the
     # memory (4 GiB at 1,000 connectors). The order of the groups matters not: sums,
     # distinct counts and a sorted list come out.
-    distinct = (
+    distinct = _as_strings(
         features.select("connector_id", "measure", _size_decade().cast(pl.Int8).alias("decade"))
         .group_by("connector_id", "measure", "decade")
         .len("rows")
@@ -1649,7 +1674,7 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
         .group_by("connector_id")
         .agg(pl.len().alias("n_ok"))
     )
-    seen = (
+    seen = _as_strings(
         features.filter(pl.col("kind") == "count")
         .group_by("connector_id", "resource")
         .agg(pl.len().alias("n_seen"))
@@ -1676,8 +1701,8 @@ def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
         count_losses(features.filter(pl.col("connector_id").is_in(own["connector_id"].implode())))
         .group_by("connector_id", "resource")
         .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
-        .sort("connector_id", "resource")
         .cast(_LARGEST_LOSSES_SCHEMA)
+        .sort("connector_id", "resource")
     )
 
 
@@ -1782,21 +1807,31 @@ class _XfitPart:
     chunk: int = 0
 
     def rows(self, fold: bool | None) -> pl.DataFrame:
-        """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked."""
+        """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked,
+        with string keys (the source's may be categoricals, see :func:`_compact_keys`)."""
         if self.key == "connector_id":
             mine = self.source.filter(pl.col("_xfit_chunk") == self.chunk).drop("_xfit_chunk")
-            if fold is None:
-                return mine
-            # Each connector's later half of syncs (rows numbered in time order) is fold 1.
-            seq = pl.col("row").rank("dense").over("connector_id")
-            return mine.filter((seq * 2 > seq.max().over("connector_id")) == fold)
+            if fold is not None:
+                # Each connector's later half of syncs (rows numbered in time order) is fold 1.
+                seq = pl.col("row").rank("dense").over("connector_id")
+                mine = mine.filter((seq * 2 > seq.max().over("connector_id")) == fold)
+            return _as_strings(mine)
         # Pooled: hold out whole connectors, the way a cold start meets the model.
-        side = pl.lit(True) if fold is None else (pl.col("connector_id").hash(7) % 2 == 1) == fold
+        side = pl.lit(True) if fold is None else self._pooled_side(fold)
         if self.groups == (POOLED_ALL,):
             every = self.source.filter(side & _IN_FLEET_SAMPLE)
-            return every.drop("_pool").with_columns(pl.lit(POOLED_ALL).alias("connector_kind"))
+            return _as_strings(every.drop("_pool")).with_columns(
+                pl.lit(POOLED_ALL).alias("connector_kind")
+            )
         mine = side & _IN_KIND_SAMPLE & (pl.col("connector_kind") == self.groups[0])
-        return self.source.filter(mine).drop("_pool")
+        return _as_strings(self.source.filter(mine).drop("_pool"))
+
+    def _pooled_side(self, fold: bool) -> pl.Expr:
+        """Rows of the connectors on side ``fold``: the side of a connector is a hash of its
+        id (as a string), taken once per connector rather than once per row."""
+        ids = self.source["connector_id"].unique().cast(pl.String)
+        on_side = ids.filter((ids.hash(7) % 2 == 1) == fold)
+        return pl.col("connector_id").is_in(on_side.implode())
 
     @property
     def against_reference(self) -> pl.Expr | None:
@@ -1963,6 +1998,7 @@ def _layouts(
         present = features.group_by(keys).len("k")
     else:
         present = features.group_by(keys).agg(pl.col("row").n_unique().alias("k"))
+    present = _as_strings(present)
     usable = (
         syncs.filter(pl.col("status") != "failed")
         .select("connector_id")

@@ -88,12 +88,14 @@ class _Compared(FleetModel):
     """Keeps the held-out scores of both implementations, computed on the same inputs."""
 
     def _cross_fit_scores(self, per_connector, features, ivals, group_index):
-        self.inputs_ = (per_connector, features, ivals, group_index)
+        # The one pass on string keys (fitting keeps the long frames' as categoricals).
+        strings = tuple(map(model_module._as_strings, (per_connector, features)))
+        self.inputs_ = (*strings, ivals, group_index)
         oos = super()._cross_fit_scores(per_connector, features, ivals, group_index)
         self.compared_ = (
             dict(oos),  # fitting the calibrators pops what it has used
             _one_pass_cross_fit(
-                self, per_connector, with_fleet_copy(features), ivals, group_index
+                self, strings[0], with_fleet_copy(strings[1]), ivals, group_index
             ),
         )
         return oos

@@ -449,6 +449,13 @@ def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monk
         got_frames = model_module._history_frames(frame, n_jobs)
         for got, want in zip(got_frames, one_pass, strict=True):
             pl.testing.assert_frame_equal(got, want)
+    # Compact (as fitting keeps them): the features' string keys as categoricals, whose
+    # strings are those of one pass.
+    syncs, features = model_module._history_frames(by_connector, 2, compact=True)
+    pl.testing.assert_frame_equal(syncs, one_pass[0])
+    assert features.schema["measure"] == pl.Categorical
+    assert features.estimated_size() < 0.8 * one_pass[1].estimated_size()
+    pl.testing.assert_frame_equal(model_module._as_strings(features), one_pass[1])
 
 
 def test_a_fitted_model_does_not_depend_on_the_order_of_its_history(fleet):
