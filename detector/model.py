@@ -68,8 +68,8 @@ _MAX_DECADE = 4  # size decades of resource tails: < 100, < 1,000, < 10,000, mor
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
-_HISTORY_CHUNK_SYNCS = 50_000  # syncs of the connectors decoded and featured together
-_XFIT_CHUNK_ROWS = 1_000_000  # feature rows of the connectors cross-fitted together
+_HISTORY_CHUNK_SYNCS = 20_000  # syncs of the connectors decoded and featured together
+_XFIT_CHUNK_ROWS = 500_000  # feature rows of the connectors cross-fitted together
 _CAL_BLOCK_ROWS = 250_000  # family maxima per block of the combined statistic when fitting
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
 # Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
@@ -1675,7 +1675,8 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
         .agg(pl.len().alias("n_ok"))
     )
     seen = _as_strings(
-        features.filter(pl.col("kind") == "count")
+        features.select("connector_id", "resource", "kind")
+        .filter(pl.col("kind") == "count")
         .group_by("connector_id", "resource")
         .agg(pl.len().alias("n_seen"))
     )
@@ -1697,8 +1698,13 @@ _LARGEST_LOSSES_SCHEMA = {
 def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     """Per connector with a model of its own and resource type: the largest share of its
     records lost in one sync in history (0 when it never shrank)."""
+    # Only the columns and rows it reads are copied: filtered by connector alone, the
+    # whole frame was copied, every column of every history row.
+    counts = features.select("connector_id", "resource", "kind", "value", "reference").filter(
+        (pl.col("kind") == "count") & pl.col("connector_id").is_in(own["connector_id"].implode())
+    )
     return (
-        count_losses(features.filter(pl.col("connector_id").is_in(own["connector_id"].implode())))
+        count_losses(counts)
         .group_by("connector_id", "resource")
         .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
         .cast(_LARGEST_LOSSES_SCHEMA)
