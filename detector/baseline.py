@@ -16,8 +16,10 @@ scales above or below expected).
   as beta-binomial counts of null records instead (see :func:`betabinom_signed_z`).
 * ``log`` and ``level`` measures are judged on the log and raw scale.
 
-Profiles are medians per bucket shrunk towards the series median, scales are MADs: a
-fault left unlabelled in history barely moves either. Missing values are simply absent
+Profiles are medians per four-hour block of the week shrunk towards the series median, with
+an offset per hour of the week where a measure swings within its blocks (see
+:meth:`SeasonalBaseline._hour_offsets`); scales are MADs: a fault left unlabelled in history
+barely moves either. Missing values are simply absent
 rows, so they never poison a fit. ``method="stl"`` estimates the profiles of continuous
 measures with statsmodels' robust STL instead (compared in the backtest).
 
@@ -35,10 +37,11 @@ import math
 import numpy as np
 import polars as pl
 
+from detector.features import N_BUCKETS, block_expr, bucket_expr
 from detector.frame import RARE_SYNC_EVENTS, is_stat
 from detector.special import ufuncs as _ufuncs
 
-__all__ = ["SeasonalBaseline", "transform_expr", "nb_signed_z"]
+__all__ = ["SeasonalBaseline", "empty_hours", "transform_expr", "nb_signed_z"]
 
 #: Residuals are clipped here only to keep them finite: calibration needs far tails.
 Z_CLIP = 1e4
@@ -53,6 +56,7 @@ _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
 _STD_SHARE = 0.3
+_MIN_SWING = 1.0  # hours get offsets where the swing within blocks is this many scales or more
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
 _CHUNK_ROWS = 1_000_000  # rows fitted or scored together: bounds a large fleet's memory
 _SMALL_RATE_N = 100  # records up to which null rates are judged as beta-binomial counts
@@ -208,7 +212,12 @@ class SeasonalBaseline:
         Gaussian one (at least 1). A small app whose counts jump with every team that
         joins has wide tails; a large directory that moves by a few records does not.
     profile_ : pl.DataFrame
-        Expected value (or event rate) per series and time-of-week bucket.
+        Expected value (or event rate) per series and block of the week (``bucket``:
+        0..41, see :func:`detector.features.block_expr`).
+    hours_ : pl.DataFrame
+        ``offset`` of an hour of the week (``bucket``: 0..167) from its block's expected
+        value, for the series whose level swings within blocks (see
+        :meth:`_hour_offsets`); hours not listed sit at their block's level.
     """
 
     def __init__(
@@ -298,7 +307,7 @@ class SeasonalBaseline:
                 ]
             parts = [self._fit_part(slim.filter(rows), intervals) for rows in chunks]
         merged = type(self).concat([part for part, _ in parts])
-        self.series_, self.profile_ = merged.series_, merged.profile_
+        self.series_, self.profile_, self.hours_ = merged.series_, merged.profile_, merged.hours_
         if use_ref is None:
             return None
         # A part's table of one row joins as one broadcast value, which polars divides by
@@ -344,6 +353,7 @@ class SeasonalBaseline:
         out.profile_ = pl.concat([p.profile_ for p in parts], how="diagonal_relaxed").sort(
             k, "measure", "bucket"
         )
+        out.hours_ = pl.concat([p.hours_ for p in parts]).sort(k, "measure", "bucket")
         return out
 
     def _fit_part(
@@ -377,6 +387,7 @@ class SeasonalBaseline:
         rows = rows.drop("interval_s", "x", "exposure_eff")
         part.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
         part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed")
+        part.hours_ = levels[2]
         # In-sample residuals against the learned level: only z is read (a long frame's
         # other columns are not made).
         wanted = "_use_ref" in rows.columns
@@ -443,60 +454,182 @@ class SeasonalBaseline:
     def _shrunk(self, bucket_value: pl.Expr, n: pl.Expr, overall: pl.Expr) -> pl.Expr:
         return (n * bucket_value + self.shrinkage * overall) / (n + self.shrinkage)
 
-    def _fit_levels(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def _fit_levels(
+        self, rows: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """Series, block profile and hour offsets of the measures judged on a scale."""
         k = self.key
         keys = [k, "measure"]
+        rows = rows.with_columns(block_expr(pl.col("bucket")).alias("block"))
         overall = rows.group_by(keys).agg(
             pl.col("kind").first(), pl.col("x").median().alias("center"), pl.len().alias("n")
         )
         if self.method == "stl":
-            buckets = _stl_bucket_medians(rows, keys)
+            blocks = _stl_bucket_medians(rows.drop("bucket").rename({"block": "bucket"}), keys)
+            blocks = blocks.rename({"bucket": "block"})
         else:
-            buckets = rows.group_by([*keys, "bucket"]).agg(
+            blocks = rows.group_by([*keys, "block"]).agg(
                 pl.col("x").median().alias("bucket_x"), pl.len().alias("bucket_n")
             )
-        profile = (
-            buckets.join(overall.select(*keys, "center"), on=keys)
-            .with_columns(
-                self._shrunk(pl.col("bucket_x"), pl.col("bucket_n"), pl.col("center")).alias(
-                    "expected"
+        blocks = blocks.join(overall.select(*keys, "center"), on=keys).with_columns(
+            self._shrunk(pl.col("bucket_x"), pl.col("bucket_n"), pl.col("center")).alias(
+                "expected"
+            )
+        )
+        profile = blocks.select(*keys, pl.col("block").alias("bucket"), "expected")
+        dev = pl.col("x") - pl.col("expected")
+        resid = rows.join(
+            blocks.select(*keys, "block", "expected"), on=[*keys, "block"], how="left"
+        ).with_columns(dev.abs().alias("abs_dev"), dev.alias("dev"))
+
+        def spread(of: pl.Expr) -> list[pl.Expr]:
+            return [
+                # Half the 10-90% range guards against a MAD of zero on mostly-constant
+                # series.
+                ((of.quantile(0.9) - of.quantile(0.1)) / 2.563).alias("iqr_scale"),
+                of.std().fill_null(0.0).alias("std"),
+            ]
+
+        mad = (pl.col("abs_dev").median() * 1.4826).alias("mad_scale")
+        dev_std = pl.col("dev").std().fill_null(0.0).alias("dev_std")
+        scales = overall.join(
+            resid.group_by(keys).agg(mad, dev_std, *spread(pl.col("x"))), on=keys
+        )
+        hours = empty_hours(k)
+        if self.method == "profile":
+            hour_stats = self._hour_stats(rows, blocks)
+            hours = self._hour_offsets(hour_stats, scales)
+            if hours.height:
+                # The spread about the blocks holds the swing within them: the noise of an
+                # hour's median is judged again by the spread about the hours so found,
+                # and a swing too small to matter against it is left out.
+                about = self._about_hours(resid, hours, [mad, dev_std])
+                hours = self._hour_offsets(
+                    hour_stats.join(about, on=keys, how="semi"),
+                    scales.update(about, on=keys),
+                    _MIN_SWING,
                 )
+        if hours.height:
+            # Series with hour offsets: their MAD about the hours' own levels, and for
+            # levels the guards' spread too: a metric is not noisy for swinging over the
+            # day. (Changes and rates keep the spread of their values.)
+            is_level = pl.col("kind").first().is_in(["level", "log"])
+            redone = self._about_hours(
+                resid, hours, [mad, *(pl.when(is_level).then(e) for e in spread(pl.col("dev")))]
             )
-            .select(*keys, "bucket", "expected")
-        )
-        resid = rows.join(profile, on=[*keys, "bucket"], how="left").with_columns(
-            (pl.col("x") - pl.col("expected")).abs().alias("abs_dev")
-        )
-        scales = resid.group_by(keys).agg(
-            (pl.col("abs_dev").median() * 1.4826).alias("mad_scale"),
-            # Half the 10-90% range guards against a MAD of zero on mostly-constant series.
-            ((pl.col("x").quantile(0.9) - pl.col("x").quantile(0.1)) / 2.563).alias("iqr_scale"),
-            pl.col("x").std().fill_null(0.0).alias("std"),
-        )
-        floor = pl.col("kind").replace_strict(_SCALE_FLOOR, default=1e-9, return_dtype=pl.Float64)
-        series = (
-            overall.join(scales, on=keys)
-            .with_columns(
-                pl.max_horizontal(
-                    pl.col("mad_scale"),
-                    0.5 * pl.col("iqr_scale"),
-                    # Discrete series (integer seconds, k of n records) have a MAD of zero and
-                    # steps far larger than it; a share of the plain deviation keeps them sane.
-                    _STD_SHARE * pl.col("std"),
-                    floor,
-                    pl.when(pl.col("kind") == "level")
-                    .then(pl.col("center").abs() * 0.01)
-                    .otherwise(0.0),
-                ).alias("scale")
+            scales = scales.update(redone, on=keys)
+        series = scales.with_columns(
+            pl.max_horizontal(
+                pl.col("mad_scale"),
+                0.5 * pl.col("iqr_scale"),
+                # Discrete series (integer seconds, k of n records) have a MAD of zero and
+                # steps far larger than it; a share of the plain deviation keeps them sane.
+                _STD_SHARE * pl.col("std"),
+                _scale_floor(),
+            ).alias("scale")
+        ).select(*keys, "kind", "center", "scale", "n")
+        return series, profile, hours
+
+    def _hour_stats(self, rows: pl.DataFrame, blocks: pl.DataFrame) -> pl.DataFrame:
+        """Per series and hour of the week with syncs: ``d``, the hour's median less its
+        block's, ``to_block``, less its block's expected value, ``hour_n`` and
+        ``bucket_n`` (their syncs) and ``informative`` (its block has other hours with
+        syncs: a block of one hour says nothing about hours)."""
+        keys = [self.key, "measure"]
+        return (
+            rows.group_by([*keys, "bucket"])
+            .agg(pl.col("block").first(), pl.col("x").median().alias("hour_x"),
+                 pl.len().alias("hour_n"))
+            .join(blocks.select(*keys, "block", "bucket_x", "bucket_n", "expected"),
+                  on=[*keys, "block"])
+            .select(
+                *keys,
+                "bucket",
+                (pl.col("hour_x") - pl.col("bucket_x")).alias("d"),
+                (pl.col("hour_x") - pl.col("expected")).alias("to_block"),
+                "hour_n",
+                "bucket_n",
+                (pl.len().over([*keys, "block"]) > 1).alias("informative"),
             )
-            .select(*keys, "kind", "center", "scale", "n")
+            .sort([*keys, "bucket"])  # means in a fixed order: the same model bit for bit
         )
-        return series, profile
+
+    def _hour_offsets(
+        self, hour_stats: pl.DataFrame, scales: pl.DataFrame, min_swing: float = 0.0
+    ) -> pl.DataFrame:
+        """Each hour's offset from its block's expected value, shrunk by empirical Bayes.
+
+        An hour's median differs from its block's by the series' true swing within the
+        block plus noise (about pi/2 MAD^2 (1/hour_n - 1/bucket_n) for medians of normal
+        noise; ``mad_scale`` from ``scales``). The swing's variance, estimated per series
+        from its hours, decides how far each hour moves off its block towards its own
+        median: a metric that swings with the hour of the day gets its own hours, one
+        that does not (or has too few syncs per hour to show it) keeps its blocks exactly,
+        and so does one whose swing is under ``min_swing`` of its noise.
+        """
+        keys = [self.key, "measure"]
+        # The noise of one sync: its MAD, unless the series is discrete (see the scale's
+        # guards in _fit_levels) or below the kind's floor.
+        sigma = pl.max_horizontal(pl.col("mad_scale"), _STD_SHARE * pl.col("dev_std"),
+                                  _scale_floor())
+        var = math.pi / 2 * pl.col("sigma") ** 2
+        hours = hour_stats.join(
+            scales.select(*keys, sigma.alias("sigma")), on=keys
+        ).with_columns(
+            (var * (1.0 / pl.col("hour_n") - 1.0 / pl.col("bucket_n")).clip(lower_bound=0.0))
+            .alias("noise"),
+            (var / pl.col("hour_n")).alias("hour_noise"),
+        )
+        # The mean of d^2 - noise estimates the swing's variance; its standard error is
+        # about noise x sqrt(2 / hours) when there is no swing. Less two of those, a
+        # series without one keeps its blocks (rather than fitting offsets to noise).
+        swing = (
+            hours.filter(pl.col("informative"))
+            .group_by(keys, maintain_order=True)
+            .agg(
+                (
+                    (pl.col("d") ** 2 - pl.col("noise")).mean()
+                    - 2.0 * (2.0 / pl.len()).sqrt() * pl.col("noise").mean()
+                ).alias("tau2"),
+                pl.col("sigma").first(),
+            )
+            .filter(pl.col("tau2") > (min_swing * pl.col("sigma")) ** 2)
+        )
+        return (
+            hours.join(swing, on=keys)
+            .select(
+                *keys,
+                "bucket",
+                (
+                    pl.col("to_block") * pl.col("tau2") / (pl.col("tau2") + pl.col("hour_noise"))
+                ).alias("offset"),
+            )
+            .filter(pl.col("offset") != 0.0)
+        )
+
+    def _about_hours(
+        self, resid: pl.DataFrame, hours: pl.DataFrame, aggs: list[pl.Expr]
+    ) -> pl.DataFrame:
+        """``aggs`` per series with hour offsets, over its rows' ``dev`` and ``abs_dev``
+        about the hours' levels (``resid``: rows with their block's ``expected``)."""
+        keys = [self.key, "measure"]
+        dev = pl.col("x") - pl.col("expected") - pl.col("offset").fill_null(0.0)
+        return (
+            resid.join(hours.select(keys).unique(), on=keys, how="semi")
+            .join(hours, on=[*keys, "bucket"], how="left")
+            .with_columns(dev.abs().alias("abs_dev"), dev.alias("dev"))
+            .group_by(keys, maintain_order=True)
+            .agg(*aggs)
+        )
 
     def _fit_events(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         k = self.key
         keys = [k, "measure"]
-        rows = rows.with_columns((pl.col("value") / pl.col("exposure_eff")).alias("r"))
+        # Event rates are learned per block of the week: counts are too noisy for hours.
+        rows = rows.with_columns(
+            block_expr(pl.col("bucket")).alias("bucket"),
+            (pl.col("value") / pl.col("exposure_eff")).alias("r"),
+        )
         cap = rows.group_by(keys).agg(pl.col("r").quantile(self.winsor_quantile).alias("r_cap"))
         rows = rows.join(cap, on=keys).with_columns(
             pl.min_horizontal(pl.col("value"), pl.col("r_cap") * pl.col("exposure_eff")).alias(
@@ -631,24 +764,30 @@ class SeasonalBaseline:
             ]
         )
 
-    def _profile_lookup(self) -> tuple[pl.DataFrame, pl.Series, int] | None:
-        """The series (less ``kind``, ``n``) numbered in ``_sid``, and the profile's
-        ``expected`` at ``_sid * n_buckets + bucket`` (null where the profile has no
-        value); None when some profile row names no series or a negative bucket (then
-        residuals join the profile itself).
+    def _profile_lookup(self) -> tuple[pl.DataFrame, pl.Series, int, pl.Series | None] | None:
+        """The series (less ``kind``, ``n``) numbered in ``_sid``, the profile's
+        ``expected`` at ``_sid * n_blocks + block`` (null where the profile has no
+        value), ``n_blocks``, and the hours' offsets at ``_sid * N_BUCKETS + bucket`` (0
+        where an hour has none; None without offsets); None when some profile or hour row
+        names no series or a negative bucket (then residuals join the tables themselves).
 
         Built once per fitted series and profile: scoring's largest join was the
         profile's, on two strings and the bucket for every (sync, measure) row.
         """
+        tables = (self.series_, self.profile_, self.hours_)
         cached = getattr(self, "_lookup_cache", None)
-        if cached is not None and cached[0] is self.series_ and cached[1] is self.profile_:
-            return cached[2]
+        if cached is not None and all(a is b for a, b in zip(cached[0], tables, strict=True)):
+            return cached[1]
         keys = [self.key, "measure"]
         series = self.series_.drop("kind", "n").with_row_index("_sid")
         placed = self.profile_.join(series.select(*keys, "_sid"), on=keys, how="inner")
+        hours = self.hours_.join(series.select(*keys, "_sid"), on=keys, how="inner")
         lookup = None
-        if placed.height == self.profile_.height and (
-            placed.height == 0 or placed["bucket"].min() >= 0  # type: ignore[operator]
+        if (
+            placed.height == self.profile_.height
+            and hours.height == self.hours_.height
+            and (placed.height == 0 or placed["bucket"].min() >= 0)  # type: ignore[operator]
+            and (hours.height == 0 or hours["bucket"].min() >= 0)  # type: ignore[operator]
         ):
             n_buckets = int(placed["bucket"].max() or 0) + 1
             at = pl.col("_sid").cast(pl.Int64) * n_buckets + pl.col("bucket").cast(pl.Int64)
@@ -658,8 +797,14 @@ class SeasonalBaseline:
                       maintain_order="left")
                 .get_column("expected")
             )
-            lookup = (series, expected, n_buckets)
-        self._lookup_cache = (self.series_, self.profile_, lookup)
+            offsets = None
+            if hours.height:
+                dense = np.zeros(series.height * N_BUCKETS)
+                at_hour = hours["_sid"].cast(pl.Int64) * N_BUCKETS + hours["bucket"].cast(pl.Int64)
+                dense[at_hour.to_numpy()] = hours["offset"].to_numpy()
+                offsets = pl.Series("offset", dense)
+            lookup = (series, expected, n_buckets, offsets)
+        self._lookup_cache = (tables, lookup)
         return lookup
 
     def _residual_columns(self, slim: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
@@ -669,20 +814,34 @@ class SeasonalBaseline:
         rows = slim.join(intervals, on="connector_id", how="left", maintain_order="left")
         lookup = self._profile_lookup()
         if lookup is None:
-            rows = rows.join(
-                self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left"
-            ).join(self.profile_, on=[*keys, "bucket"], how="left", maintain_order="left")
-        else:
-            series, expected, n_buckets = lookup
-            bucket = pl.col("bucket").cast(pl.Int64)
-            at = pl.when(bucket.is_between(0, n_buckets - 1)).then(
-                pl.col("_sid").cast(pl.Int64) * n_buckets + bucket
+            rows = (
+                rows.with_columns(block_expr(pl.col("bucket")).alias("_block"))
+                .join(self.series_.drop("kind", "n"), on=keys, how="left", maintain_order="left")
+                .join(
+                    self.profile_.rename({"bucket": "_block"}),
+                    on=[*keys, "_block"],
+                    how="left",
+                    maintain_order="left",
+                )
+                .join(self.hours_, on=[*keys, "bucket"], how="left", maintain_order="left")
+                .with_columns(pl.col("expected") + pl.col("offset").fill_null(0.0))
+                .drop("_block", "offset")
             )
+        else:
+            series, expected, n_buckets, offsets = lookup
+            sid = pl.col("_sid").cast(pl.Int64)
+            block = block_expr(pl.col("bucket")).cast(pl.Int64)
+            at = pl.when(block.is_between(0, n_buckets - 1)).then(sid * n_buckets + block)
             # The profile's value by position (null where it has none): what the join on
             # the series' strings and the bucket gives, without hashing them per row.
+            looked_up = pl.lit(expected).gather(at)
+            if offsets is not None:
+                hour = pl.col("bucket").cast(pl.Int64)
+                at_hour = pl.when(hour.is_between(0, N_BUCKETS - 1)).then(sid * N_BUCKETS + hour)
+                looked_up = looked_up + pl.lit(offsets).gather(at_hour).fill_null(0.0)
             rows = (
                 rows.join(series, on=keys, how="left", maintain_order="left")
-                .with_columns(pl.lit(expected).gather(at).alias("expected"))
+                .with_columns(looked_up.alias("expected"))
                 .drop("_sid")
             )
         # The reference's transform as a column of its own: _judged reads it twice, and
@@ -810,13 +969,16 @@ class SeasonalBaseline:
         mu = rows["mu"].to_numpy().astype(float)
         phi = rows["dispersion"].fill_null(1.0).to_numpy().astype(float)
         out = np.full((rows.height, 3), np.nan)
-        # Bounded before exponentiating: a range beyond e^50 says nothing more.
-        x_exp = np.clip(x_exp, -50.0, 50.0)
-        lo_x, hi_x = np.clip(x_exp - 3 * scale, -50, 50), np.clip(x_exp + 3 * scale, -50, 50)
+        lo_x, hi_x = x_exp - 3 * scale, x_exp + 3 * scale
+
+        def exp(x: np.ndarray) -> np.ndarray:  # bounded: a range beyond e^50 says no more
+            return np.exp(np.clip(x, -50.0, 50.0))
+
         for name, inverse in (
-            ("count", lambda x: (ref + 1.0) * np.exp(x) - 1.0),
+            ("count", lambda x: (ref + 1.0) * exp(x) - 1.0),
             ("rate", _ufuncs.expit),
-            ("log", lambda x: np.exp(x) - _LOG_OFFSET),
+            ("log", lambda x: exp(x) - _LOG_OFFSET),
+            # A custom metric in its own units: bounding it would misstate it.
             ("level", lambda x: x),
         ):
             m = kind == name
@@ -837,6 +999,22 @@ class SeasonalBaseline:
             pl.Series("range_lo", out[:, 1]),
             pl.Series("range_hi", out[:, 2]),
         )
+
+
+def _scale_floor() -> pl.Expr:
+    """The least scale of a series (``kind``, ``center``): the kind's floor, and for a
+    custom metric 1 % of its level."""
+    return pl.max_horizontal(
+        pl.col("kind").replace_strict(_SCALE_FLOOR, default=1e-9, return_dtype=pl.Float64),
+        pl.when(pl.col("kind") == "level").then(pl.col("center").abs() * 0.01).otherwise(0.0),
+    )
+
+
+def empty_hours(key: str) -> pl.DataFrame:
+    """A baseline's ``hours_`` without offsets (every hour at its block's level)."""
+    return pl.DataFrame(
+        schema={key: pl.String, "measure": pl.String, "bucket": pl.Int16, "offset": pl.Float64}
+    )
 
 
 def _chunks(sizes: pl.DataFrame, name: str) -> list[pl.DataFrame]:
@@ -879,7 +1057,7 @@ def _stl_bucket_medians(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
         res = STL(filled, period=period, robust=True).fit()
         smooth = res.seasonal + np.median(res.trend)
         stamps = pl.Series(grid * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
-        buckets = ((stamps.dt.weekday() - 1) * 6 + stamps.dt.hour() // 4).cast(pl.Int16)
+        buckets = stamps.to_frame("t").select(block_expr(bucket_expr(pl.col("t")))).to_series()
         frame = (
             pl.DataFrame({"bucket": buckets, "bucket_x": smooth})
             .group_by("bucket")

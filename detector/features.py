@@ -27,6 +27,7 @@ from detector.frame import (
 
 __all__ = [
     "N_BUCKETS",
+    "block_expr",
     "bucket_expr",
     "STATE_SCHEMA",
     "FACTS_SCHEMA",
@@ -34,9 +35,11 @@ __all__ = [
     "empty_state",
 ]
 
-#: Time-of-week buckets: 7 days x 6 four-hour blocks (UTC; per-connector baselines absorb the
-#: connector's own time zone).
-N_BUCKETS = 42
+#: Time-of-week buckets: the 168 hours of a week (UTC; per-connector baselines absorb the
+#: connector's own time zone). Baselines learn a profile per block of ``HOURS_PER_BLOCK``
+#: hours and, where the data show one, an hour's own offset within its block.
+N_BUCKETS = 168
+HOURS_PER_BLOCK = 4
 
 #: The state a batch starts from: per connector and measure, the value at the previous
 #: sync and at the last sync that was not paused (the reference), plus connector facts.
@@ -55,8 +58,14 @@ _UNREFERENCED_MEASURES = ("sync.freshness",)
 
 
 def bucket_expr(ts: pl.Expr) -> pl.Expr:
-    """Time-of-week bucket (0..41) of a UTC datetime expression."""
-    return ((ts.dt.weekday() - 1) * 6 + ts.dt.hour() // 4).cast(pl.Int16)
+    """Time-of-week bucket (0..167: the hour of the week) of a UTC datetime expression."""
+    # Int16 before the arithmetic: polars gives weekday and hour as Int8.
+    return (ts.dt.weekday().cast(pl.Int16) - 1) * 24 + ts.dt.hour().cast(pl.Int16)
+
+
+def block_expr(bucket: pl.Expr) -> pl.Expr:
+    """The block of the week (0..41: day x 6 + hour // 4) of an hour-of-week bucket."""
+    return (bucket // HOURS_PER_BLOCK).cast(pl.Int16)
 
 
 def empty_state() -> pl.DataFrame:

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
-from detector.baseline import SeasonalBaseline
+from detector.baseline import SeasonalBaseline, empty_hours
 from detector.calibration import TailCalibrator
 from detector.explain import REASON_Z, reasons_frame
 from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
@@ -98,14 +98,14 @@ def prepare(
 
 
 def connector_parts(frame: pl.DataFrame, rows: int) -> pl.DataFrame:
-    """Runs of whole connectors, in connector order, of about ``rows`` rows of ``frame``.
+    """Runs of whole connectors, in connector order, of about ``rows`` syncs each.
 
-    One row per connector of ``frame``: ``connector_id``, ``start`` (where its rows begin
-    in a frame sorted by connector) and ``part``: a connector opens a new part when the
-    rows before it reach a multiple of ``rows`` (part numbers rise, with gaps after a
-    connector of more than ``rows`` rows). A sync's decoded frames, features and
-    residuals depend on its own connector's syncs only, so fitting and the backtest take
-    a large history a part of syncs at a time, and cross-fitting a part of feature rows.
+    One row per connector of ``frame``: ``connector_id``, ``start`` (where its syncs
+    begin in a frame sorted by connector) and ``part``: a connector opens a new part when
+    the syncs before it reach a multiple of ``rows`` (part numbers rise, with gaps after a
+    connector of more than ``rows`` syncs). A sync's decoded frames and features depend on
+    its own connector's syncs only, so fitting and the backtest take a large history a
+    part at a time, the same parts.
     """
     per_connector = frame.select("connector_id").group_by("connector_id").len().sort(
         "connector_id"
@@ -1335,6 +1335,8 @@ class FleetModel:
             "baseline.profile": self.baseline_.profile_,
             "pooled.series": self.pooled_baseline_.series_,
             "pooled.profile": self.pooled_baseline_.profile_,
+            "baseline.hours": self.baseline_.hours_,
+            "pooled.hours": self.pooled_baseline_.hours_,
         }
         schemas = {}
         for name, frame in frames.items():
@@ -1419,9 +1421,15 @@ class FleetModel:
             else pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
         )
         base = SeasonalBaseline(method=config["baseline_method"])
-        base.series_, base.profile_ = frame("baseline.series"), frame("baseline.profile")
         pooled = SeasonalBaseline(key="connector_kind")
-        pooled.series_, pooled.profile_ = frame("pooled.series"), frame("pooled.profile")
+        for name, baseline in (("baseline", base), ("pooled", pooled)):
+            baseline.series_, baseline.profile_ = frame(f"{name}.series"), frame(f"{name}.profile")
+            # Files written before hour offsets: every hour at its block's level, as then.
+            baseline.hours_ = (
+                frame(f"{name}.hours")
+                if f"{name}.hours" in config["frames"]
+                else empty_hours(baseline.key)
+            )
         model.baseline_, model.pooled_baseline_ = base, pooled
         model.forest_ = ArrayIsolationForest.from_arrays(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("forest/")}
@@ -1865,14 +1873,14 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
     A chunk's rows are found by a small integer column rather than by connector ids: one
     cheap comparison per row and chunk, where a string lookup would cost far more.
     """
-    parts = connector_parts(per_connector, _XFIT_CHUNK_ROWS)
-    chunk = parts["part"].cast(pl.UInt32)
+    sizes = per_connector.group_by("connector_id").len().sort("connector_id")
+    chunk = ((sizes["len"].cum_sum() - sizes["len"]) // _XFIT_CHUNK_ROWS).cast(pl.UInt32)
     source = per_connector.with_columns(
         pl.col("connector_id")
-        .replace_strict(parts["connector_id"], chunk, return_dtype=pl.UInt32)
+        .replace_strict(sizes["connector_id"], chunk, return_dtype=pl.UInt32)
         .alias("_xfit_chunk")
     )
-    ids = parts["connector_id"].to_list()
+    ids = sizes["connector_id"].to_list()
     connectors = [
         _XfitPart("connector_id", source, tuple(ids[i] for i in np.flatnonzero(chunk == c)), c)
         for c in range(int(chunk.max()) + 1 if len(chunk) else 0)

@@ -7,7 +7,7 @@ A fitted fleet model is a directory holding two files:
     fixed-width dtypes are allowed (bool, integers, floats, complex, datetimes,
     fixed-width unicode and bytes), so the file loads with ``allow_pickle=False``.
 ``manifest.json``
-    ``format`` (``"syncguard-fleet/2"``; ``/1`` files still load), ``created_at``, the
+    ``format`` (``"syncguard-fleet/3"``; ``/1`` and ``/2`` files still load), ``created_at``, the
     ``config`` the model was fitted with, its backtest ``metrics``, free ``meta``, an
     index of the arrays (dtype and shape) and the SHA-256 and size of every other file
     in the directory.
@@ -60,10 +60,11 @@ __all__ = [
     "model_digest",
 ]
 
-FORMAT = "syncguard-fleet/2"
+FORMAT = "syncguard-fleet/3"
 #: Formats this syncguard reads. /2 stores text columns as distinct values and codes,
-#: which a reader of /1 cannot rebuild: it refuses the file by its format instead.
-READABLE_FORMATS = ("syncguard-fleet/1", FORMAT)
+#: which a reader of /1 cannot rebuild; /3 adds the baselines' hour offsets, which a
+#: reader of /2 would ignore: older readers refuse newer files by their format.
+READABLE_FORMATS = ("syncguard-fleet/1", "syncguard-fleet/2", FORMAT)
 MANIFEST_NAME = "manifest.json"
 ARRAYS_NAME = "arrays.npz"
 

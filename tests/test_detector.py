@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -806,7 +806,9 @@ def _model_frames(model: FleetModel) -> dict[str, pl.DataFrame]:
             "baseline.series": model.baseline_.series_,
             "baseline.profile": model.baseline_.profile_,
             "pooled.series": model.pooled_baseline_.series_,
-            "pooled.profile": model.pooled_baseline_.profile_}
+            "pooled.profile": model.pooled_baseline_.profile_,
+            "baseline.hours": model.baseline_.hours_,
+            "pooled.hours": model.pooled_baseline_.hours_}
 
 
 def test_model_file_text_is_coded_and_uncoded_files_still_load(fleet):
@@ -829,6 +831,34 @@ def test_model_file_text_is_coded_and_uncoded_files_still_load(fleet):
         polars.testing.assert_frame_equal(new[name], old[name])
         # Missing values come back as the nulls they were, not as numpy's NaN.
         polars.testing.assert_frame_equal(new[name], frame)
+
+
+def test_a_model_file_without_hour_offsets_scores_every_hour_at_its_block(fleet):
+    """Files written before hour offsets have no ``*.hours`` frames: every hour of the
+    week then sits at its block's expected value, as it did."""
+    model, _, test, state, facts = fleet
+    arrays, config = model.to_arrays()
+    config = copy.deepcopy(config)
+    for name in ("baseline.hours", "pooled.hours"):
+        del config["frames"][name]
+    older = FleetModel.from_arrays(
+        {k: v for k, v in arrays.items() if not k.startswith(("baseline.hours", "pooled.hours"))},
+        config,
+    )
+    assert older.baseline_.hours_.height == older.pooled_baseline_.hours_.height == 0
+    # The same as the fitted model with its offsets taken away.
+    bases = (model.baseline_, model.pooled_baseline_)
+    kept = [base.hours_ for base in bases]
+    try:
+        for base in bases:
+            base.hours_ = base.hours_.clear()
+        blocks_only = model.score(test[:60], state=state, facts=facts).results
+    finally:
+        for base, hours in zip(bases, kept, strict=True):
+            base.hours_ = hours
+    pl.testing.assert_frame_equal(
+        older.score(test[:60], state=state, facts=facts).results, blocks_only
+    )
 
 
 def test_model_round_trips_through_a_model_file(fleet, tmp_path):
@@ -1155,7 +1185,7 @@ def test_baseline_fitted_in_chunks_of_series_is_the_one_pass_baseline(fleet, mon
         monkeypatch.setattr(baseline_module, "_CHUNK_ROWS", rows.height // 40)
         chunked = SeasonalBaseline(key=key).fit(rows, ivals)
         monkeypatch.undo()
-        for table in ("series_", "profile_"):
+        for table in ("series_", "profile_", "hours_"):
             pl.testing.assert_frame_equal(
                 getattr(chunked, table), getattr(one_pass, table), check_column_order=False
             )
@@ -1220,3 +1250,70 @@ def test_residuals_with_an_alternative_are_those_of_two_passes(fleet):
                 assert both[name].to_numpy().tobytes() == alone[plain].to_numpy().tobytes()
         # The two judgements differ somewhere, or the test would prove nothing.
         assert (both["z"] != both["z_alt"]).any()
+
+
+def _half_hourly_metric(values: np.ndarray, connector: str = "kpi") -> list[dict]:
+    """One connector reporting ``values`` as a custom metric every 30 minutes."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    return [
+        make_record(connector, i, kind="custom", start=t0 + timedelta(minutes=30 * i),
+                    api=..., metrics={"value": float(v)},
+                    resources={"item": {"count": 1000, "added": 0, "removed": 0}})
+        for i, v in enumerate(values)
+    ]
+
+
+def _metric_baseline(records: list[dict]):
+    from detector.baseline import SeasonalBaseline
+    from detector.model import _intervals
+
+    syncs, features = build_features(*prepare(records))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    base = SeasonalBaseline().fit(features, ivals)
+    resid = base.residuals(features, ivals).filter(pl.col("measure") == "metric.value")
+    return base, resid
+
+
+def test_a_metric_that_swings_with_the_hour_of_the_day_is_judged_against_its_hour():
+    """A four-hour block's median is far off an hour of a strong daily swing: the hours
+    get offsets from their blocks, and normal syncs sit within a few scales of them."""
+    hours = np.arange(2 * 24 * 42) / 2  # six weeks, every 30 minutes
+    noise = np.random.default_rng(0).normal(0.0, 1.0, len(hours))
+    values = 100.0 + 50.0 * np.sin(2 * np.pi * hours / 24) + noise
+    base, resid = _metric_baseline(_half_hourly_metric(values))
+    offsets = base.hours_.filter(pl.col("measure") == "metric.value")
+    assert offsets.height == 168  # every hour of the week has syncs and its own offset
+    # Expected: the swing at each sync's hour, to within about the noise.
+    truth = 100.0 + 50.0 * np.sin(2 * np.pi * (np.floor(hours) + 0.25) / 24)
+    assert np.median(np.abs(resid["expected_x"].to_numpy() - truth)) < 1.0
+    assert np.quantile(np.abs(resid["z"].to_numpy()), 0.99) < 6.0
+    # The scale is the noise's and the swing's within an hour (syncs on the hour and the
+    # half hour differ by about 6), not the day's: half the values' 10-90% range is ~17.
+    assert base.series_.filter(pl.col("measure") == "metric.value")["scale"][0] < 5.0
+
+
+def test_a_metric_without_a_swing_within_its_blocks_keeps_its_blocks_exactly():
+    """Noise alone gives no hour offsets: the profile and scale are the blocks' ones."""
+    values = 100.0 + np.random.default_rng(1).normal(0.0, 1.0, 2 * 24 * 42)
+    base, resid = _metric_baseline(_half_hourly_metric(values))
+    assert base.hours_.filter(pl.col("measure") == "metric.value").height == 0
+    blocks = base.profile_.filter(pl.col("measure") == "metric.value")
+    assert blocks["bucket"].max() == 41  # profiles are per block of the week
+    # Every sync is judged against its block's expected value.
+    block_of_row = (
+        resid.select(((pl.col("started_at").dt.weekday() - 1) * 6
+                      + pl.col("started_at").dt.hour() // 4).alias("bucket"))["bucket"]
+    )
+    expected = dict(zip(blocks["bucket"].to_list(), blocks["expected"].to_list(), strict=True))
+    assert resid["expected_x"].to_list() == [expected[b] for b in block_of_row.to_list()]
+
+
+def test_explanations_state_a_large_custom_metric_in_its_own_units():
+    """A level metric's expected value and range are not bounded like the exponentiated
+    scales (a throughput of 100 was once explained as "expected 50.0")."""
+    values = 1000.0 + np.random.default_rng(2).normal(0.0, 5.0, 2 * 24 * 30)
+    base, resid = _metric_baseline(_half_hourly_metric(values))
+    raw = base.expected_raw(resid)
+    assert raw["expected_raw"].min() > 980.0
+    assert (raw["range_lo"] < raw["expected_raw"]).all()
+    assert (raw["expected_raw"] < raw["range_hi"]).all()

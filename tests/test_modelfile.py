@@ -173,10 +173,11 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
 def test_files_of_the_previous_format_still_load(tmp_path: Path) -> None:
     path = _save(tmp_path / "m")
     manifest = json.loads((path / MANIFEST_NAME).read_text())
-    assert manifest["format"] == "syncguard-fleet/2"
-    manifest["format"] = "syncguard-fleet/1"
-    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert load_model_dir(path).manifest["format"] == "syncguard-fleet/1"
+    assert manifest["format"] == "syncguard-fleet/3"
+    for older in ("syncguard-fleet/1", "syncguard-fleet/2"):
+        manifest["format"] = older
+        (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+        assert load_model_dir(path).manifest["format"] == older
 
 
 def test_garbled_manifest_is_refused(tmp_path: Path) -> None:
