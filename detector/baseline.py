@@ -56,7 +56,7 @@ _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
 _STD_SHARE = 0.3
-_MIN_SWING = 1.0  # hours get offsets where the swing within blocks is this many scales or more
+_MIN_SWING = 1.0  # hours get offsets where the swing within blocks is this many x a sync's noise
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
 _CHUNK_ROWS = 1_000_000  # rows fitted or scored together: bounds a large fleet's memory
 _SMALL_RATE_N = 100  # records up to which null rates are judged as beta-binomial counts
@@ -560,12 +560,13 @@ class SeasonalBaseline:
         """Each hour's offset from its block's expected value, shrunk by empirical Bayes.
 
         An hour's median differs from its block's by the series' true swing within the
-        block plus noise (about pi/2 MAD^2 (1/hour_n - 1/bucket_n) for medians of normal
-        noise; ``mad_scale`` from ``scales``). The swing's variance, estimated per series
-        from its hours, decides how far each hour moves off its block towards its own
-        median: a metric that swings with the hour of the day gets its own hours, one
-        that does not (or has too few syncs per hour to show it) keeps its blocks exactly,
-        and so does one whose swing is under ``min_swing`` of its noise.
+        block plus noise (about pi/2 sigma^2 (1/hour_n - 1/bucket_n) for medians of normal
+        noise; sigma, a sync's noise, from ``scales``' ``mad_scale`` and ``dev_std`` as the
+        scale's guards take them). The swing's variance, estimated per series from its
+        hours, decides how far each hour moves off its block towards its own median: a
+        metric that swings with the hour of the day gets its own hours, one that does not
+        (or has too few syncs per hour to show it) keeps its blocks exactly, and so does
+        one whose swing's standard deviation is under ``min_swing`` sigma.
         """
         keys = [self.key, "measure"]
         # The noise of one sync: its MAD, unless the series is discrete (see the scale's

@@ -1398,7 +1398,10 @@ class FleetModel:
             return pl.Series(values.tolist(), dtype=pl.String) if values.dtype.kind == "U" \
                 else values
 
-        def frame(name: str) -> pl.DataFrame:
+        def frame(name: str, older: pl.DataFrame | None = None) -> pl.DataFrame:
+            """Frame ``name``; ``older``: what it is in a file written before it existed."""
+            if older is not None and name not in config["frames"]:
+                return older
             schema = config["frames"][name]
             out = pl.DataFrame({c: column(f"{name}/{c}") for c in schema})
             casts = {}
@@ -1415,21 +1418,15 @@ class FleetModel:
         model.columns_ = frame("columns")
         model.expected_resources_ = frame("expected_resources")
         # Files written before the loss rule lack the table: the rule then stays silent.
-        model.largest_losses_ = (
-            frame("largest_losses")
-            if "largest_losses" in config["frames"]
-            else pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
+        model.largest_losses_ = frame(
+            "largest_losses", older=pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
         )
         base = SeasonalBaseline(method=config["baseline_method"])
         pooled = SeasonalBaseline(key="connector_kind")
         for name, baseline in (("baseline", base), ("pooled", pooled)):
             baseline.series_, baseline.profile_ = frame(f"{name}.series"), frame(f"{name}.profile")
             # Files written before hour offsets: every hour at its block's level, as then.
-            baseline.hours_ = (
-                frame(f"{name}.hours")
-                if f"{name}.hours" in config["frames"]
-                else empty_hours(baseline.key)
-            )
+            baseline.hours_ = frame(f"{name}.hours", older=empty_hours(baseline.key))
         model.baseline_, model.pooled_baseline_ = base, pooled
         model.forest_ = ArrayIsolationForest.from_arrays(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("forest/")}
