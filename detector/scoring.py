@@ -578,7 +578,7 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     -------
     ScoreRun
     """
-    with cyclic_gc_paused():
+    with cyclic_gc_paused(), store.checkpoints_behind():
         return _score_items(home, store, items, source=source, actor=actor, sinks=sinks,
                             chunk_syncs=chunk_syncs)
 
