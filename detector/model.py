@@ -932,7 +932,9 @@ class FleetModel:
             names = np.char.add(
                 measures.to_numpy().astype(str)[m[moved]], _sign(z[moved])
             )
-            f = dataclasses.replace(f, review=review_only(i[moved], names, len(keys)))
+            f = dataclasses.replace(
+                f, review=review_only(i[moved], names, len(keys), z[moved])
+            )
         else:
             f = np.zeros((len(keys), len(self.families_)))
             np.maximum.at(f, (i[sel], j), values)
@@ -1620,7 +1622,9 @@ def _review_only(resid: pl.DataFrame) -> pl.DataFrame:
     moved = resid.filter(pl.col("z").abs() >= OUTLYING_Z)
     rows, codes = np.unique(moved["row"].to_numpy(), return_inverse=True)
     names = pl.concat_str(pl.col("measure"), _sign(pl.col("z")))
-    flags = review_only(codes, moved.select(names)[:, 0].to_numpy(), len(rows))
+    flags = review_only(
+        codes, moved.select(names)[:, 0].to_numpy(), len(rows), moved["z"].to_numpy()
+    )
     return pl.DataFrame({"row": rows, "review_only": flags}, schema_overrides={"row": pl.UInt32})
 
 

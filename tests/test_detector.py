@@ -44,7 +44,7 @@ from detector.model import (
 )
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
-from detector.review import review_only
+from detector.review import OUTLYING_Z, STORM_Z, review_only
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -580,21 +580,28 @@ def _api_trouble(record: dict, failed_calls: int, latency_factor: float, extra_s
     return record
 
 
-@pytest.mark.parametrize("connector", ["aws-iam", "github"])
+@pytest.mark.parametrize(("connector", "failed_calls"), [("aws-iam", 10), ("github", 14)])
 def test_retried_api_errors_with_data_in_line_are_a_review_an_unstable_api_a_pause(
-    fleet, connector
+    fleet, connector, failed_calls
 ):
-    """A blip (many calls failed and were retried, the sync took longer, typical latency
+    """A blip (some calls failed and were retried, the sync took longer, typical latency
     and every data figure as usual) breaches the cutoff but asks for a look: review, no
-    hold. The same failures with the typical latency up eight-fold are an unstable API:
-    pause. And a blip does not excuse lost data."""
+    hold. The same failures with the typical latency up eight-fold are an unstable API,
+    and thirty failed calls where the connector never fails are a retry storm: pause.
+    And a blip does not excuse lost data. (``failed_calls``: as many as keep the retries
+    short of a storm on this connector while the sync breaches; both are asserted.)"""
     normal = _last_normal(fleet, connector)
-    blip = _score_one(fleet, _api_trouble(normal, 30, 1.0, 100)).results.row(0, named=True)
-    assert blip["score"] >= blip["cutoff"]
-    assert blip["decision"] == "review" and blip["severity"] == "low"
-    unstable = _score_one(fleet, _api_trouble(normal, 30, 8.0, 100)).results
+    blip = _score_one(fleet, _api_trouble(normal, failed_calls, 1.0, 100))
+    row = blip.results.row(0, named=True)
+    assert row["score"] >= row["cutoff"]
+    assert row["decision"] == "review" and row["severity"] == "low"
+    assert blip.reasons.filter(pl.col("metric") == "api.retries")["distance"][0] < STORM_Z
+    unstable = _score_one(fleet, _api_trouble(normal, failed_calls, 8.0, 100)).results
     assert unstable["decision"][0] == "pause"
-    lossy = _api_trouble(normal, 30, 1.0, 100)
+    storm = _score_one(fleet, _api_trouble(normal, 30, 1.0, 100))
+    assert storm.results["decision"][0] == "pause"
+    assert storm.reasons.filter(pl.col("metric") == "api.retries")["distance"][0] >= STORM_Z
+    lossy = _api_trouble(normal, failed_calls, 1.0, 100)
     first_type = next(iter(lossy["resources"].values()))
     first_type["removed"] = first_type.get("removed", 0) + first_type["count"] // 2
     first_type["count"] -= first_type["count"] // 2
@@ -618,11 +625,15 @@ def test_review_only_when_nothing_but_transport_moved_short_of_an_unstable_api()
         4: ["user.null_rate.email+"],  # data only
         5: [],  # nothing moved: a breach can only be the forest's
         6: ["api.latency_p50_ms-", "api.retries+"],  # faster, with retries: review
+        7: ["api.retries+", "api.requests+"],  # a retry storm (below): pause
     }
     rows = np.array([s for s, names in moved.items() for _ in names], dtype=np.int64)
     names = np.array([n for names in moved.values() for n in names])
     got = review_only(rows, names, len(moved))
-    assert got.tolist() == [True, True, False, False, False, False, True]
+    assert got.tolist() == [True, True, False, False, False, False, True, True]
+    z = np.where(rows == 7, STORM_Z, OUTLYING_Z)  # only sync 7's calls failed in a storm
+    got = review_only(rows, names, len(moved), z)
+    assert got.tolist() == [True, True, False, False, False, False, True, False]
 
 
 def test_calibration_tells_reviews_apart_as_scoring_does(fleet):
@@ -1317,3 +1328,4 @@ def test_explanations_state_a_large_custom_metric_in_its_own_units():
     assert raw["expected_raw"].min() > 980.0
     assert (raw["range_lo"] < raw["expected_raw"]).all()
     assert (raw["expected_raw"] < raw["range_hi"]).all()
+
