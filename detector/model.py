@@ -1364,6 +1364,7 @@ class FleetModel:
             "loss_weight": self.loss_weight,
             "pooled_max_connectors": self.pooled_max_connectors,
             "screen_history": self.screen_history,
+            "min_logit_records": self.baseline_.min_logit_records,
             "frames": schemas,
             "policy": {
                 "criticalities": self.policy_.criticalities,
@@ -1423,8 +1424,12 @@ class FleetModel:
         model.largest_losses_ = frame(
             "largest_losses", older=pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
         )
-        base = SeasonalBaseline(method=config["baseline_method"])
-        pooled = SeasonalBaseline(key="connector_kind")
+        # Files written before were calibrated on the logit scale above 100 records.
+        logit_records = config.get("min_logit_records", 0.0)
+        base = SeasonalBaseline(
+            method=config["baseline_method"], min_logit_records=logit_records
+        )
+        pooled = SeasonalBaseline(key="connector_kind", min_logit_records=logit_records)
         for name, baseline in (("baseline", base), ("pooled", pooled)):
             baseline.series_, baseline.profile_ = frame(f"{name}.series"), frame(f"{name}.profile")
             # Files written before hour offsets: every hour at its block's level, as then.

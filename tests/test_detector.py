@@ -1329,3 +1329,57 @@ def test_explanations_state_a_large_custom_metric_in_its_own_units():
     assert (raw["range_lo"] < raw["expected_raw"]).all()
     assert (raw["expected_raw"] < raw["range_hi"]).all()
 
+
+def _null_rate_baseline(null_records: np.ndarray, size: int = 326):
+    """A connector syncing hourly a ``size``-record resource whose field ``role`` is null
+    on ``null_records[i]`` records at sync ``i``: its baseline fitted on every sync but
+    the last, and the residuals of ``role``'s null rate at every sync."""
+    from detector.baseline import SeasonalBaseline
+    from detector.model import _intervals
+
+    records = [
+        make_record("slack-a", i, kind="slack", api=..., metrics=...,
+                    resources={"grant": {"count": size, "added": 0, "removed": 0,
+                                         "null_rates": {"role": float(k) / size}}})
+        for i, k in enumerate(null_records)
+    ]
+    syncs, features = build_features(*prepare(records))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    history = features.filter(pl.col("row") < len(records) - 1)
+    base = SeasonalBaseline().fit(history, ivals)
+    resid = base.residuals(features, ivals).filter(pl.col("measure") == "grant.null_rate.role")
+    return resid.sort("row")["z"].to_numpy()
+
+
+def test_a_field_blanked_where_it_is_rarely_null_is_far_out_on_a_large_resource():
+    """On 326 records a field is null on none or one of them; then on 313. The logit's
+    Gaussian error at so few expected nulls is 1.4 logit units and called that 7 scales
+    out, as ordinary as a field near 97 % null going all-null; as a count of null
+    records it is beyond doubt, while the ones and twos of normal syncs stay near."""
+    normal = np.random.default_rng(3).binomial(326, 0.002, 24 * 42)
+    z = _null_rate_baseline(np.r_[normal, 313])
+    assert z[-1] >= 20.0
+    assert np.quantile(np.abs(z[:-1]), 0.99) < 3.5
+
+
+def test_a_model_file_from_before_rare_null_counts_judges_null_rates_as_it_was_fitted(fleet):
+    """Files written before ``min_logit_records`` were calibrated on logit residuals above
+    100 records: they load with it at 0, and scoring is what it was; new files keep it."""
+    model, _, test, state, facts = fleet
+    arrays, config = model.to_arrays()
+    assert FleetModel.from_arrays(arrays, config).baseline_.min_logit_records == 20.0
+    older = FleetModel.from_arrays(
+        arrays, {k: v for k, v in config.items() if k != "min_logit_records"}
+    )
+    assert older.baseline_.min_logit_records == older.pooled_baseline_.min_logit_records == 0
+    bases = (model.baseline_, model.pooled_baseline_)
+    try:
+        for base in bases:
+            base.min_logit_records = 0.0
+        logit_only = model.score(test[:60], state=state, facts=facts).results
+    finally:
+        for base in bases:
+            base.min_logit_records = 20.0
+    pl.testing.assert_frame_equal(
+        older.score(test[:60], state=state, facts=facts).results, logit_only
+    )
