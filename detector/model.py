@@ -327,10 +327,20 @@ class FleetModel:
         self.screen_history = screen_history
 
     # ================================================================== fit
-    def fit(self, history: Iterable[Mapping[str, Any]] | pl.DataFrame, progress=None) -> FleetModel:
+    def fit(
+        self,
+        history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+        progress=None,
+        *,
+        screened: pl.Series | None = None,
+    ) -> FleetModel:
         """Fit on clean history (records, a struct frame or a store history frame).
 
         ``progress``, when given, is called with a short phase name as fitting goes on.
+        ``screened``: ``sync_id`` of history syncs already screened out elsewhere (the
+        training pipeline's backtest screened all but the latest days of this history
+        and scored those): they are left out and the history is not screened again,
+        whatever ``screen_history`` says (one cross-fit instead of up to three).
         """
         step = progress or (lambda _msg: None)
         if self.min_history < 2:
@@ -339,18 +349,30 @@ class FleetModel:
             raise ValueError("loss_weight must be >= 1")
         if self.pooled_max_connectors is not None and self.pooled_max_connectors < 1:
             raise ValueError("pooled_max_connectors must be >= 1 or None")
-        if self.screen_history and not isinstance(history, pl.DataFrame):
-            history = to_struct_frame(history)  # read again when screening leaves syncs out
+        if (self.screen_history or screened is not None) and not isinstance(
+            history, pl.DataFrame
+        ):
+            history = to_struct_frame(history)  # syncs are left out of it by sync_id
         step("features")
+        left_out = pl.Series("sync_id", [], dtype=pl.String)
+        if screened is not None:  # those of this history (screened_out_ counts them)
+            left_out = pl.Series("sync_id", screened, dtype=pl.String)
+            left_out = left_out.filter(left_out.is_in(history["sync_id"].implode()))
         # Handed over in a list (taken out by _fit_calibration): the decoded frames are
         # then freed as soon as it no longer needs them, not held here through the fit.
-        decoded = [_history_frames(history, self.n_jobs, compact=True)]
+        decoded = [
+            _history_frames(
+                history, self.n_jobs, leave_out=left_out if len(left_out) else None, compact=True
+            )
+        ]
         if decoded[0][0].height == 0:
             raise ValueError("fit needs at least one sync in history")
-        fit_data, would_pause = self._fit_calibration(decoded, step)
-        if self.screen_history:
+        screen = self.screen_history and screened is None
+        if not screen:
+            history = None  # never decoded again: the record texts (if handed over) go now
+        fit_data, would_pause = self._fit_calibration(decoded, step, screen=screen)
+        if screen:
             step("screening history")
-        left_out = pl.Series("sync_id", [], dtype=pl.String)
         for screening in range(_SCREEN_ROUNDS, 0, -1):
             if not len(would_pause):
                 break

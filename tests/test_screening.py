@@ -53,6 +53,26 @@ def test_a_screened_fit_is_the_fit_without_the_syncs_it_left_out(unlabelled):
     assert config["screen_history"] and not config_again["screen_history"]
 
 
+def test_a_fit_handed_its_screening_is_the_screened_fit(unlabelled):
+    """``fit(screened=...)`` leaves those syncs out and fits once: handed what a screened
+    fit left out, it is that fit bit for bit (its last pass), without screening again."""
+    history, _, model = unlabelled
+    assert model.screened_out_
+    calls = []
+    handed = FleetModel(n_estimators=30)
+    handed._fit_calibration = lambda *a, **k: calls.append(k) or FleetModel._fit_calibration(
+        handed, *a, **k
+    )
+    handed.fit(history, screened=pl.Series(model.screened_out_ + ["not-in-history"]))
+    assert calls == [{"screen": False}]  # one cross-fit and calibration, no screening
+    assert handed.screened_out_ == model.screened_out_  # ids outside history not counted
+    arrays, config = model.to_arrays()
+    arrays_handed, config_handed = handed.to_arrays()
+    assert arrays.keys() == arrays_handed.keys() and config == config_handed
+    for key, values in arrays.items():
+        np.testing.assert_array_equal(values, arrays_handed[key], err_msg=key)
+
+
 def test_screening_is_kept_in_the_model_config_and_older_files_read_as_off(unlabelled):
     _, _, model = unlabelled
     arrays, config = model.to_arrays()

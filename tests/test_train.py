@@ -315,6 +315,7 @@ def test_run_has_params_metrics_and_artifacts(trained: dict, tmp_path: Path) -> 
         "fleet-model/manifest.json",
         "fleet-model/arrays.npz",
         "summary/connectors.csv",
+        "summary/screened_out.csv",
         "plots/calibration.png",
         "backtest/report.txt",
         "backtest/quality.csv",
@@ -339,7 +340,9 @@ def test_progress_names_each_step(trained: dict) -> None:
     assert "final model: isolation forests" in steps
     assert steps[-1] == "registering the model"
     assert len(steps) == pipeline.TOTAL_STEPS == pipeline.TrainConfig().total_steps()
-    assert "final model: screening history" in steps
+    # The final fit takes the backtest's screening (pipeline.screened_by_backtest).
+    assert "backtest: screening history" in steps
+    assert "final model: screening history" not in steps
 
 
 def test_train_is_audited(trained: dict) -> None:
@@ -424,22 +427,38 @@ def test_registered_arrays_are_fit_final_of_the_training_frame(
     trained: dict, tmp_path: Path
 ) -> None:
     """train() keeps only what its fits read and hands the final fit its history: the
-    model it registers is still, bit for bit, ``fit_final`` of the whole training frame."""
+    model it registers is still, bit for bit, ``fit_final`` of the whole training frame,
+    less what the backtest screened out and paused (recomputed here from the frame)."""
     import shutil
 
     from detector.modelfile import load_model_dir
+    from training.backtest import run_backtest
 
     run = trained["results"][1]  # pipeline.train with the labels file
     client = register.client_for(trained["home"])
     registered = load_model_dir(client.download_artifacts(run["run_id"], "fleet-model",
                                                           str(tmp_path)))
+    logged = pl.read_csv(client.download_artifacts(run["run_id"], "summary/screened_out.csv",
+                                                   str(tmp_path)), schema={"sync_id": pl.String})
     home = Home(tmp_path / "copy")
     home.root.mkdir()
     store = trained["home"].store_path
     for path in store.parent.glob(store.name + "*"):  # the trained home stays as is
         shutil.copy(path, home.root / path.name)
-    frame = pipeline._read(home, dataset.read_labels_file(trained["labels_path"]))
-    arrays, _ = pipeline.fit_final(pipeline.TrainConfig(**CONFIG), frame).to_arrays()
+    file_labels = dataset.read_labels_file(trained["labels_path"])
+    frame = pipeline._read(home, file_labels)
+    config = pipeline.TrainConfig(**CONFIG)
+    before, window, _ = dataset.split_holdout(frame, holdout_days=config.holdout_days)
+    backtest_model = config.model()
+    report = run_backtest(dataset.fit_history(before), window.select(dataset.HISTORY_COLUMNS),
+                          labels=dataset.backtest_labels(window, file_labels),
+                          model=backtest_model)
+    screened = pipeline.screened_by_backtest(backtest_model, report)
+    paused = set(report.decisions.filter(pl.col("decision") == "pause")["sync_id"])
+    assert set(screened) == set(backtest_model.screened_out_) | paused and paused
+    in_history = set(dataset.fit_history(frame)["sync_id"])
+    assert logged["sync_id"].to_list() == [s for s in screened if s in in_history]
+    arrays, _ = pipeline.fit_final(config, frame, screened=screened).to_arrays()
     assert sorted(arrays) == sorted(registered.arrays)
     for name, values in arrays.items():
         np.testing.assert_array_equal(registered.arrays[name], values, err_msg=name)

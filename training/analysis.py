@@ -359,7 +359,9 @@ def log_challenger(
     """Log a backtest to MLflow and register its model as a challenger (never champion).
 
     Fits the final model on every clean sync of ``frame`` (as ``syncguard train``
-    does), logs params, :func:`training.pipeline.backtest_metrics` and ``figures``
+    does, though it screens its history itself: ``train`` takes the screening of its
+    own backtest, see :func:`training.pipeline.screened_by_backtest`), logs params,
+    :func:`training.pipeline.backtest_metrics` and ``figures``
     (name -> matplotlib figure, under ``plots/``), and registers the version without
     moving the ``champion`` alias; promote it with :func:`training.register.promote`.
 

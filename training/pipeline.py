@@ -59,8 +59,9 @@ FIT_PHASES = 6
 """Progress phases :meth:`FleetModel.fit` reports (features ... isolation forests), with
 ``screen_history`` (without it, one fewer: no "screening history")."""
 
-TOTAL_STEPS = 1 + FIT_PHASES + 1 + FIT_PHASES + 1 + 1
-"""Progress calls :func:`train` makes: read, backtest fit, score, final fit, log, register."""
+TOTAL_STEPS = 1 + FIT_PHASES + 1 + (FIT_PHASES - 1) + 1 + 1
+"""Progress calls :func:`train` makes: read, backtest fit, score, final fit (which takes
+the backtest's screening: no "screening history" of its own), log, register."""
 
 Progress = Callable[[str], None]
 
@@ -102,7 +103,7 @@ class TrainConfig:
 
     def total_steps(self) -> int:
         """Progress calls :func:`train` makes with this configuration."""
-        return TOTAL_STEPS - (0 if self.screen_history else 2)
+        return TOTAL_STEPS - (0 if self.screen_history else 1)
 
     def model(self) -> FleetModel:
         """A fresh, unfitted :class:`FleetModel` with these settings."""
@@ -222,10 +223,12 @@ def _backtest(
     config: TrainConfig,
     progress: Progress,
     timings: dict[str, float],
-) -> BacktestReport:
+) -> tuple[BacktestReport, pl.Series | None]:
     """Fit on the ``clean`` syncs before the window; score every sync of the window.
 
     Both carry :data:`training.dataset.HISTORY_COLUMNS` already (see :func:`train`).
+    Returns the report and, when the configuration screens history, what the final fit
+    leaves out (:func:`screened_by_backtest`).
     """
     if clean.height == 0:
         raise UsageError(
@@ -233,15 +236,27 @@ def _backtest(
             "nothing is left to fit the backtest model on"
         )
     phases = _Phases(progress, "backtest", "backtest", timings)
-    report = run_backtest(
-        clean,
-        window,
-        labels=labels,
-        model=config.model(),
-        progress=phases,
-    )
+    model = config.model()
+    report = run_backtest(clean, window, labels=labels, model=model, progress=phases)
     phases.close()
-    return report
+    return report, screened_by_backtest(model, report) if config.screen_history else None
+
+
+def screened_by_backtest(model: FleetModel, report: BacktestReport) -> pl.Series:
+    """``sync_id`` of the syncs the final fit leaves out instead of screening its history
+    again: those the backtest fit's screening left out (the history before the window)
+    and the window's syncs the backtest paused, as production leaves its paused syncs
+    out of training.
+
+    The final fit's history is the backtest's plus the window: screening it again ran
+    the cross-fitting and calibration twice more to find nearly the same syncs, while
+    the window's syncs have held-out scores already, the backtest's own (a model that
+    never saw them, scoring them in time order as production would).
+    """
+    paused = report.decisions.filter(pl.col("decision") == "pause")["sync_id"]
+    return pl.concat(
+        [pl.Series("sync_id", model.screened_out_, dtype=pl.String), paused.cast(pl.String)]
+    ).unique(maintain_order=True)
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
@@ -415,11 +430,18 @@ def _write_artifacts(
     report: BacktestReport,
     labels: pl.DataFrame | None,
 ) -> dict[str, Path]:
-    """Artifact folders to log: summary, plots, backtest (``history``: :func:`history_summary`)."""
+    """Artifact folders to log: summary, plots, backtest (``history``: :func:`history_summary`).
+
+    ``summary/screened_out.csv`` lists the history syncs the model left out
+    (``screened_out_``), so a run says which syncs it did not learn from.
+    """
     summary, plots, backtest = out / "summary", out / "plots", out / "backtest"
     for folder in (summary, plots, backtest):
         folder.mkdir(parents=True)
     connector_summary(history, model, report, labels).write_csv(summary / "connectors.csv")
+    pl.DataFrame({"sync_id": model.screened_out_}, schema={"sync_id": pl.String}).write_csv(
+        summary / "screened_out.csv"
+    )
     calibration_plot(report, labels, plots / "calibration.png")
     (backtest / "report.txt").write_text(format_table(report) + "\n", encoding="utf-8")
     if report.quality is not None:
@@ -529,13 +551,13 @@ def train(
         register.start_training_run(home, params=params, tags=tags) as run,
     ):
         t0 = time.perf_counter()
-        report = _backtest(clean, window, labels, config, step, timings)
+        report, screened = _backtest(clean, window, labels, config, step, timings)
         del clean, window
         timings["backtest_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         phases = _Phases(step, "final model", "final", timings)
-        model = config.model().fit(fits.pop("history"), progress=phases)
+        model = config.model().fit(fits.pop("history"), progress=phases, screened=screened)
         phases.close()
         timings["final_fit_s"] = time.perf_counter() - t0
 
@@ -600,9 +622,13 @@ def train(
     )
 
 
-def fit_final(config: TrainConfig, frame: pl.DataFrame, progress=None) -> FleetModel:
-    """The model to register: fitted on every sync of ``frame`` not ``excluded``."""
-    return config.model().fit(dataset.fit_history(frame), progress=progress)
+def fit_final(
+    config: TrainConfig, frame: pl.DataFrame, progress=None, *, screened: pl.Series | None = None
+) -> FleetModel:
+    """The model to register: fitted on every sync of ``frame`` not ``excluded``, less
+    ``screened`` when given (see :func:`screened_by_backtest`; otherwise the fit screens
+    its history itself when ``config.screen_history``)."""
+    return config.model().fit(dataset.fit_history(frame), progress=progress, screened=screened)
 
 
 def save_fleet_model(
