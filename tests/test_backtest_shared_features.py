@@ -21,9 +21,9 @@ CUT = "2026-06-29"
 class _Recording(FleetModel):
     """Keeps the state and facts the backtest scores its test window from."""
 
-    def score(self, records, *, state=None, facts=None):
+    def score(self, records, *, state=None, facts=None, **kwargs):
         self.started_from_ = (state, facts)
-        return super().score(records, state=state, facts=facts)
+        return super().score(records, state=state, facts=facts, **kwargs)
 
 
 def test_backtest_scores_from_the_state_at_the_end_of_history() -> None:
@@ -99,8 +99,10 @@ def test_safeguards_and_start_state_in_parts_of_connectors_are_those_of_one_pass
     monkeypatch.setattr(backtest_module, "_CHUNK_SYNCS", history.height // 4)
     in_parts = backtest_module._safeguards_and_state(history, test, order)
     assert len(passes) > 1 and sum(passes) == history.height
-    assert set(in_parts[0]) == set(one_pass[0]) and len(one_pass[0]) >= 5
-    for name, want in one_pass[0].items():
-        pl.testing.assert_frame_equal(in_parts[0][name], want)
-    for got, want in zip(in_parts[1:], one_pass[1:], strict=True):
-        pl.testing.assert_frame_equal(got, want)
+    in_threads = backtest_module._safeguards_and_state(history, test, order, n_jobs=2)
+    for got in (in_parts, in_threads):
+        assert set(got[0]) == set(one_pass[0]) and len(one_pass[0]) >= 5
+        for name, want in one_pass[0].items():
+            pl.testing.assert_frame_equal(got[0][name], want)
+        for got_frame, want in zip(got[1:], one_pass[1:], strict=True):
+            pl.testing.assert_frame_equal(got_frame, want)

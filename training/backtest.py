@@ -26,7 +26,7 @@ import polars as pl
 from detector.features import build_features
 from detector.frame import is_stat
 from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
-from detector.model import FleetModel, _next_state, connector_parts, prepare
+from detector.model import FleetModel, _in_threads, _next_state, connector_parts, prepare
 
 __all__ = [
     "BacktestReport",
@@ -150,15 +150,17 @@ def _safeguards_and_state(
     history: pl.DataFrame | list[Mapping[str, Any]],
     test: pl.DataFrame | list[Mapping[str, Any]],
     test_order: pl.DataFrame,
+    n_jobs: int = 1,
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
     """The safeguards' decisions on ``test`` (in ``test_order``'s sync order) and the
     state at the end of history, as :meth:`FleetModel.initial_state` gives it.
 
     Both come from the features of history then test, built once. A sync's features
     depend on its own connector's syncs only, so frames of more than ``_CHUNK_SYNCS``
-    history syncs go a part of whole connectors at a time: in one pass, a large fleet's
-    whole history held every record's fields and the features' joins at once (the
-    peak of a 1,000-connector backtest).
+    history syncs go a part of whole connectors at a time (``n_jobs`` parts at once, in
+    threads; merged in part order): in one pass, a large fleet's whole history held
+    every record's fields and the features' joins at once (the peak of a
+    1,000-connector backtest).
     """
     parts = [(history, test)]
     if (
@@ -176,19 +178,11 @@ def _safeguards_and_state(
         ]
     baselines: dict[str, list[pl.DataFrame]] = {}
     states, facts = [], []
-    for part_history, part_test in parts:
-        if len(part_test):
-            syncs, feats, offset = _joined_features(part_history, part_test)
-            for name, decisions in _fixed_thresholds(syncs, feats, offset).items():
-                baselines.setdefault(name, []).append(decisions)
-        else:  # a part whose connectors sent nothing in the window
-            syncs, feats = build_features(*prepare(part_history))
-            offset = syncs.height
-        in_history = pl.col("row") < offset
-        state, fact = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
+    for part_rules, state, fact in _in_threads(_part_safeguards_and_state, parts, n_jobs):
+        for name, decisions in part_rules.items():
+            baselines.setdefault(name, []).append(decisions)
         states.append(state)
         facts.append(fact)
-        del syncs, feats
     order = test_order.select("sync_id")
     return (
         {
@@ -198,6 +192,24 @@ def _safeguards_and_state(
         pl.concat(states).sort("connector_id", "measure"),
         pl.concat(facts).sort("connector_id"),
     )
+
+
+def _part_safeguards_and_state(
+    part: tuple[pl.DataFrame | list[Mapping[str, Any]], pl.DataFrame | list[Mapping[str, Any]]],
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
+    """The safeguards' decisions on one part's test syncs (none when it has none) and
+    the state and facts at the end of its history (see :func:`_safeguards_and_state`)."""
+    part_history, part_test = part
+    rules = {}
+    if len(part_test):
+        syncs, feats, offset = _joined_features(part_history, part_test)
+        rules = _fixed_thresholds(syncs, feats, offset)
+    else:  # a part whose connectors sent nothing in the window
+        syncs, feats = build_features(*prepare(part_history))
+        offset = syncs.height
+    in_history = pl.col("row") < offset
+    state, fact = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
+    return rules, state, fact
 
 
 def _joined_features(
@@ -306,9 +318,10 @@ def run_backtest(
         progress("scoring the test window")
     t_syncs = prepare(test)[0]
     # The state at the end of history from the features the safeguards need anyway.
-    baselines, state, facts = _safeguards_and_state(history, test, t_syncs)
+    baselines, state, facts = _safeguards_and_state(history, test, t_syncs, model.n_jobs)
     t0 = time.perf_counter()
-    scored = model.score(test, state=state, facts=facts)
+    # In shards of connectors, model.n_jobs at once: the one-pass result (see score).
+    scored = model.score(test, state=state, facts=facts, n_jobs=model.n_jobs)
     timings["score_s"] = time.perf_counter() - t0
     timings["test_syncs"] = float(scored.results.height)
     report = BacktestReport(
