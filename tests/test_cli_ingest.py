@@ -297,3 +297,11 @@ def test_real_simulator_output_meets_the_contract(tmp_path: Path) -> None:
     ingested = run_syncguard("ingest", tmp_path / "fleet" / "syncs.jsonl", home=home)
     assert ingested.returncode == 0, ingested.stderr
     assert ingested.stdout.endswith("0 replayed, 0 conflicts, 0 rejected\n")
+
+
+def test_status_calls_a_sync_that_started_after_now_fresh_not_negative() -> None:
+    from detector.cli.status import _freshness_text
+
+    row = {"interval_s": 3600.0, "overdue": False, "age_s": -9.0, "overdue_by_s": None}
+    assert _freshness_text(row) == "ok (0.0 h ago)"
+    assert _freshness_text({**row, "age_s": 5400.0}) == "ok (1.5 h ago)"

@@ -33,7 +33,9 @@ def _freshness_text(row: dict[str, Any]) -> str:
         return "-"
     if row["overdue"]:
         return f"overdue {row['overdue_by_s'] / 3600:.1f} h"
-    return f"ok ({row['age_s'] / 3600:.1f} h ago)"
+    # A sync that started after "now" (the demo's clock is its window's end, to the
+    # minute) is fresh, not "-0.0 h ago".
+    return f"ok ({max(row['age_s'], 0.0) / 3600:.1f} h ago)"
 
 
 def connector_rows(home: Home, now: datetime | None = None) -> list[dict[str, Any]]:
