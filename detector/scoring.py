@@ -382,25 +382,23 @@ def pause_reasons(event: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 class DecodedAhead:
-    """A batch's records decoded by polars in a thread, while the store is written and the
-    scorer claims the syncs.
+    """A batch's new records decoded by polars in a thread, while the scorer loads the
+    champion and claims the syncs.
 
     Those steps are Python and SQLite, and polars decodes JSON without holding the GIL,
     so on a second core the decode (the largest single step of a model's scoring input)
-    costs no wall time. A batch's syncs are normally all new, and exactly what the
-    scorer's one chunk scores, in its order (start, then sync_id); :meth:`take` hands the
-    frame over only when the chunk's record texts are these very texts in this order, so
-    the model gets what decoding them itself gives. Otherwise (syncs stored or left
-    unscored by an earlier run, another scorer's, more syncs than one chunk) the model
-    decodes as before.
+    costs no wall time. A batch's new syncs are normally exactly what the scorer's one
+    chunk scores, in its order (start, then sync_id); :meth:`take` hands the frame over
+    only when the chunk's record texts are these very texts in this order, so the model
+    gets what decoding them itself gives. Otherwise (syncs left unscored by an earlier
+    run, another scorer's, more syncs than one chunk) the model decodes as before.
 
     Parameters
     ----------
     items : sequence of Accepted or Violation
         The input, as ingested.
     new_ids : sequence of str
-        The sync_ids to decode: the ones the ingest stored for the first time, or, before
-        the ingest, every accepted one (a sync stored before then makes the texts differ).
+        The sync_ids the ingest stored for the first time.
     limit : int
         Most syncs worth decoding ahead (a scoring chunk).
     """
@@ -580,7 +578,7 @@ def score_items(home: Home, store: Store, items: Iterable[Accepted | Violation],
     -------
     ScoreRun
     """
-    with cyclic_gc_paused(), store.checkpoints_behind():
+    with cyclic_gc_paused():
         return _score_items(home, store, items, source=source, actor=actor, sinks=sinks,
                             chunk_syncs=chunk_syncs)
 
@@ -593,12 +591,6 @@ def _score_items(home: Home, store: Store, items: Iterable[Accepted | Violation]
     decoded: DecodedAhead | None = None
     try:
         items = list(champion.start_on_first_record(items))
-        # Decoded while the store is written (SQLite, too, waits without the GIL): the
-        # input's syncs are normally all new, and when some are not, the chunk's texts
-        # differ and the model decodes them itself.
-        decoded = DecodedAhead(
-            items, [it.record["sync_id"] for it in items if isinstance(it, Accepted)],
-            limit=chunk_syncs)
         # One transaction around the ingest's batches (each a savepoint, audited as
         # before): every COMMIT writes each page it dirtied to the WAL, and every batch
         # touches most leaf pages of the syncs indexes; in one, those pages are written
@@ -608,6 +600,7 @@ def _score_items(home: Home, store: Store, items: Iterable[Accepted | Violation]
         items = [run.ingest.turned_away.get(id(it), it) for it in items]
         sync_ids = [it.record["sync_id"] for it in items if isinstance(it, Accepted)]
 
+        decoded = DecodedAhead(items, run.ingest.accepted_ids, limit=chunk_syncs)
         model: FleetModel | None = None
         try:
             if sync_ids:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sqlite3
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,29 +200,6 @@ def test_atomic_nests_as_savepoints(store: Store) -> None:
     assert [e.action for e in store.audit_entries()] == ["outer"]
     assert not store.conn.in_transaction
 
-
-
-def test_checkpoints_behind_copy_each_commit_from_a_thread(store: Store) -> None:
-    def in_database_file() -> int:
-        # The syncs the database file itself holds, the WAL left out (immutable=1).
-        with sqlite3.connect(f"file:{store.path}?immutable=1", uri=True) as other:
-            return other.execute("SELECT count(*) FROM syncs").fetchone()[0]
-
-    def threads() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name == "syncguard-checkpoint"]
-
-    with store.checkpoints_behind():
-        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-        with store.atomic():
-            store.ingest(_items(make_records(3, 400)), source="a.jsonl", actor="ann")
-        store._checkpointer.join()  # noqa: SLF001 - the thread's work, seen from outside
-        # Fewer pages than wal_autocheckpoint: only the thread could have copied them.
-        assert in_database_file() == 1200
-        with store.atomic():
-            store.audit(actor="a", action="note", subject="s", reason="r")
-    assert threads() == []  # the block waited for the last checkpoint
-    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
-    assert _count(store, "syncs") == 1200 and not store.conn.in_transaction
 
 def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"

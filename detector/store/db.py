@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from detector.errors import StoreError
 
-__all__ = ["connect", "atomic", "BUSY_TIMEOUT_MS", "BackgroundCheckpointer"]
+__all__ = ["connect", "atomic", "BUSY_TIMEOUT_MS"]
 
 BUSY_TIMEOUT_MS = 30_000
 """How long one statement waits for another process's lock before SQLite gives up."""
@@ -141,62 +140,3 @@ def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("RELEASE syncguard_nested")
         raise
     conn.execute("RELEASE syncguard_nested")
-
-
-class BackgroundCheckpointer:
-    """Copies the WAL into the database file from a thread of its own, on its own connection.
-
-    A commit of more than ``wal_autocheckpoint`` pages (1,000 by default) checkpoints in
-    the committing thread: it copies the WAL into the database file and fsyncs both, about
-    0.2-0.4 s of waiting on the disk after each of a scoring run's two large commits. With
-    the writer's automatic checkpoints off, :meth:`request` after a commit has that
-    passive checkpoint done here while the writer goes on (SQLite waits on the disk
-    without the GIL). A passive checkpoint neither waits for nor blocks readers and
-    writers, and is crash-safe: an unfinished or failed one leaves the WAL to the next
-    checkpoint (any connection's commit that finds the WAL long makes one).
-
-    Parameters
-    ----------
-    path : str or Path
-        The store file.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._again = False
-        self._thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        """Checkpoint what is committed now, as soon as the thread is free."""
-        with self._lock:
-            self._again = True
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="syncguard-checkpoint",
-                                                daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._again:
-                    self._thread = None
-                    return
-                self._again = False
-            try:
-                conn = sqlite3.connect(self._path, timeout=0, isolation_level=None)
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                finally:
-                    conn.close()
-            except sqlite3.Error:  # busy or gone: the next checkpoint copies these pages
-                pass
-
-    def join(self) -> None:
-        """Wait until every requested checkpoint is done (no thread outlives the run)."""
-        with self._lock:
-            thread = self._thread
-        while thread is not None:
-            thread.join()
-            with self._lock:
-                thread = self._thread

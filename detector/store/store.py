@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from detector.contract import Accepted, Violation
 from detector.errors import StoreError
 from detector.store import audit as _audit
 from detector.store import syncs
-from detector.store.db import BackgroundCheckpointer, atomic, connect
+from detector.store.db import atomic, connect
 from detector.store.migrations import migrate
 
 __all__ = ["Store"]
@@ -39,7 +39,6 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
-        self._checkpointer: BackgroundCheckpointer | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -77,36 +76,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); nested calls are savepoints.
-
-        Inside :meth:`checkpoints_behind`, a thread then copies each commit's WAL pages
-        into the database file."""
-        outermost = not self.conn.in_transaction
-        with atomic(self.conn) as conn:
-            yield conn
-        if outermost and self._checkpointer is not None:
-            self._checkpointer.request()
-
-    @contextmanager
-    def checkpoints_behind(self) -> Iterator[None]:
-        """Within the block, this connection's commits do not checkpoint the WAL
-        themselves: :meth:`atomic` has a thread do it after each commit while the block
-        goes on (see :class:`detector.store.db.BackgroundCheckpointer`). Leaving the block
-        waits for the last checkpoint; commits then checkpoint as before."""
-        if self._checkpointer is not None:  # nested: the outer block does it
-            yield
-            return
-        before = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self._checkpointer = BackgroundCheckpointer(self.path)
-        try:
-            yield
-        finally:
-            self._checkpointer.join()
-            self._checkpointer = None
-            self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(before)}")
+    def atomic(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls are savepoints."""
+        return atomic(self.conn)
 
     def ingest(self, items: Iterable[Accepted | Violation], *, source: str,
                actor: str | None = None, in_time_order: bool = False) -> syncs.IngestReport:
