@@ -33,29 +33,24 @@ _SLOW = ["api.latency_p50_ms+"]  # typical latency up: the whole API is slow, no
 _FAILING = ["api.errors+", "api.retries+"]
 
 
-def review_only(
-    rows: np.ndarray, moved: np.ndarray, n_rows: int, z: np.ndarray | None = None
-) -> np.ndarray:
+def review_only(rows: np.ndarray, moved: np.ndarray, n_rows: int, z: np.ndarray) -> np.ndarray:
     """Per sync: did only its transport move, short of an unstable API?
 
     ``rows[i]`` is the sync (``0 .. n_rows - 1``) of the ``i``-th residual that moved
     (at least :data:`OUTLYING_Z` out), ``moved[i]`` its measure with the sign of the
-    move (``"api.errors+"``; a tail family name works as well) and ``z[i]`` its residual
-    (without it, no storm is seen). A sync with nothing moved is not review-only: a
-    breach it has comes from the forest, which sees the whole vector.
+    move (``"api.errors+"``; a tail family name works as well) and ``z[i]`` its residual.
+    A sync with nothing moved is not review-only: a breach it has comes from the forest,
+    which sees the whole vector.
     """
     moved = np.asarray(moved)
 
-    def any_of(
-        names: list[str] | None, invert: bool = False, where: np.ndarray | bool = True
-    ) -> np.ndarray:
-        hit = np.isin(moved, names, invert=invert) if names is not None else True
+    def any_of(hit: np.ndarray) -> np.ndarray:
         out = np.zeros(n_rows, dtype=bool)
-        out[rows[np.broadcast_to(hit & where, rows.shape)]] = True
+        out[rows[hit]] = True
         return out
 
-    data_moved = any_of(_TRANSPORT, invert=True)
-    unstable = any_of(_SLOW) & any_of(_FAILING)
-    if z is not None:
-        unstable |= any_of(_FAILING, where=np.abs(np.asarray(z)) >= STORM_Z)
-    return any_of(None) & ~data_moved & ~unstable
+    failing = np.isin(moved, _FAILING)
+    data_moved = any_of(np.isin(moved, _TRANSPORT, invert=True))
+    unstable = any_of(np.isin(moved, _SLOW)) & any_of(failing)
+    storm = any_of(failing & (np.abs(np.asarray(z)) >= STORM_Z))
+    return any_of(np.ones(len(rows), dtype=bool)) & ~data_moved & ~unstable & ~storm

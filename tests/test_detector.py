@@ -629,7 +629,7 @@ def test_review_only_when_nothing_but_transport_moved_short_of_an_unstable_api()
     }
     rows = np.array([s for s, names in moved.items() for _ in names], dtype=np.int64)
     names = np.array([n for names in moved.values() for n in names])
-    got = review_only(rows, names, len(moved))
+    got = review_only(rows, names, len(moved), np.full(len(rows), OUTLYING_Z))
     assert got.tolist() == [True, True, False, False, False, False, True, True]
     z = np.where(rows == 7, STORM_Z, OUTLYING_Z)  # only sync 7's calls failed in a storm
     got = review_only(rows, names, len(moved), z)
