@@ -409,15 +409,13 @@ class FleetModel:
         return self
 
     def _fit_calibration(
-        self, decoded: list[tuple[pl.DataFrame, pl.DataFrame]], step, *, screen: bool | None = None
+        self, decoded: list[tuple[pl.DataFrame, pl.DataFrame]], step, *, screen: bool
     ) -> tuple[_FitData, pl.Series]:
         """Everything up to the calibrators (layout, families, cross-fitting), from a
         history's syncs and features (``decoded``: a list holding them, emptied); the
-        frames the baselines and forests are fitted from; and, when screening (default:
-        ``screen_history``), the ids of the syncs whose held-out scores would pause (see
-        :meth:`_fit_calibrators`)."""
+        frames the baselines and forests are fitted from; and, when ``screen``, the ids
+        of the syncs whose held-out scores would pause (see :meth:`_fit_calibrators`)."""
         syncs, features = decoded.pop()
-        screen = self.screen_history if screen is None else screen
         self.intervals_ = _intervals(syncs)
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
