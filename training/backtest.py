@@ -43,6 +43,7 @@ class BacktestReport:
 
     decisions: pl.DataFrame  # syncguard: sync_id, decision, score, cutoff, tail_probability, ...
     reasons: pl.DataFrame
+    rule_hits: pl.DataFrame  # sync_id, rule, detail: the deterministic rules that fired
     baselines: dict[str, pl.DataFrame]  # name -> sync_id, decision
     quality: pl.DataFrame | None = None  # one row per method
     per_class: pl.DataFrame | None = None  # method x class recall
@@ -325,7 +326,11 @@ def run_backtest(
     timings["score_s"] = time.perf_counter() - t0
     timings["test_syncs"] = float(scored.results.height)
     report = BacktestReport(
-        decisions=scored.results, reasons=scored.reasons, baselines=baselines, timings=timings
+        decisions=scored.results,
+        reasons=scored.reasons,
+        rule_hits=scored.rule_hits,
+        baselines=baselines,
+        timings=timings,
     )
     breach = scored.results.with_columns(
         (pl.col("score") > pl.col("cutoff")).alias("breach"),

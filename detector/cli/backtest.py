@@ -43,7 +43,7 @@ def _read_labels(path: str) -> list[dict]:
     "out",
     type=click.Path(dir_okay=False),
     required=True,
-    help="Write one JSON line per test sync (decision, score, cutoff, reasons).",
+    help="Write one JSON line per test sync (decision, score, cutoff, reasons, rule hits).",
 )
 @click.option(
     "--labels",
@@ -110,17 +110,26 @@ def command(
             "metric", "observed", "expected", "range_lo", "range_hi", "distance", "description"
         ).alias("reasons")
     )
-    lines = report.decisions.join(reasons, on="sync_id", how="left", maintain_order="left").select(
-        "sync_id",
-        "connector_id",
-        "decision",
-        "severity",
-        "score",
-        "cutoff",
-        "tail_probability",
-        "connector_paused",
-        "cold_start",
-        pl.col("reasons").fill_null([]),
+    # A rule's pause has no model reasons: the rule that fired is what a reader acts on.
+    hits = report.rule_hits.group_by("sync_id", maintain_order=True).agg(
+        pl.struct("rule", "detail").alias("rule_hits")
+    )
+    lines = (
+        report.decisions.join(reasons, on="sync_id", how="left", maintain_order="left")
+        .join(hits, on="sync_id", how="left", maintain_order="left")
+        .select(
+            "sync_id",
+            "connector_id",
+            "decision",
+            "severity",
+            "score",
+            "cutoff",
+            "tail_probability",
+            "connector_paused",
+            "cold_start",
+            pl.col("reasons").fill_null([]),
+            pl.col("rule_hits").fill_null([]),
+        )
     )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     lines.write_ndjson(out)
