@@ -965,6 +965,25 @@ class FleetModel:
         if not hasattr(self, "forest_"):
             raise RuntimeError("this FleetModel is not fitted yet: call fit first")
 
+    def prepare_to_score(self) -> FleetModel:
+        """Build the lookups scoring reads now rather than at the first :meth:`score`.
+
+        The forest's walk layout and the baselines' profile tables are built once per
+        loaded model (~0.05-0.1 s of CPU for a 300-connector model). Built here, in the
+        thread that loads the champion while the input is parsed, they cost a batch no
+        wall time, and a batch scored in shards does not build each of them once per shard
+        (every thread found none and built its own).
+
+        Returns
+        -------
+        self : FleetModel
+        """
+        self._check_fitted()
+        self.forest_._walk_arrays()
+        for base in (self.baseline_, self.pooled_baseline_):
+            base._profile_lookup()
+        return self
+
     def initial_state(
         self, history: Iterable[Mapping[str, Any]] | pl.DataFrame
     ) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -109,7 +109,7 @@ def load_scoring_model(home: Home) -> tuple[FleetModel, str]:
 
     loaded, version = load_champion(home)
     try:
-        model = FleetModel.from_arrays(loaded.arrays, loaded.config)
+        model = FleetModel.from_arrays(loaded.arrays, loaded.config).prepare_to_score()
     except Exception as exc:  # a model file that verifies but is not a fleet model
         raise ModelError(f"the champion (version {version}) in {loaded.path} is not a usable "
                          f"fleet model: {type(exc).__name__}: {exc}") from exc
