@@ -641,10 +641,12 @@ class SeasonalBaseline:
             (pl.col("value") / pl.col("exposure_eff")).alias("r"),
         )
         cap = rows.group_by(keys).agg(pl.col("r").quantile(self.winsor_quantile).alias("r_cap"))
+        # Winsorising guards the rate against bursts in history; one event in a sync is no
+        # burst. Capped below one, an event seen on fewer syncs than the quantile leaves
+        # (a connector saying "partial" on 1.5 % of syncs) would be learned as never seen.
+        capped = pl.max_horizontal(pl.col("r_cap") * pl.col("exposure_eff"), 1.0)
         rows = rows.join(cap, on=keys).with_columns(
-            pl.min_horizontal(pl.col("value"), pl.col("r_cap") * pl.col("exposure_eff")).alias(
-                "v_w"
-            )
+            pl.min_horizontal(pl.col("value"), capped).alias("v_w")
         )
         overall = rows.group_by(keys).agg(
             pl.col("kind").first(),

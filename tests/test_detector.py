@@ -45,6 +45,7 @@ from detector.model import (
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, STORM_Z, review_only
+from detector.rules import MAX_PARTIAL_RATE
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -580,7 +581,7 @@ def _api_trouble(record: dict, failed_calls: int, latency_factor: float, extra_s
     return record
 
 
-@pytest.mark.parametrize(("connector", "failed_calls"), [("aws-iam", 10), ("github", 14)])
+@pytest.mark.parametrize(("connector", "failed_calls"), [("aws-iam", 10), ("github", 10)])
 def test_retried_api_errors_with_data_in_line_are_a_review_an_unstable_api_a_pause(
     fleet, connector, failed_calls
 ):
@@ -1021,6 +1022,31 @@ def test_connector_reporting_partial_data_pauses(fleet):
     out = _score_one(fleet, record)
     assert out.results["decision"][0] == "pause"
     assert "partial_sync" in out.rule_hits["rule"].to_list()
+
+
+def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model():
+    """Partial on 1 sync in 60 of its history (above MAX_PARTIAL_RATE, below the share of
+    syncs the rates' winsorising leaves out): its partial rate is learned, so the next
+    partial is left to the model, not paused by the rule for connectors that never say so."""
+    rng = np.random.default_rng(5)
+    records = [
+        make_record("flaky-app", i, kind="flaky", rng=rng,
+                    **({"status": "partial", "error_class": "rate_limit"} if i % 60 == 30 else {}))
+        for i in range(24 * 70)
+    ]
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    rates = model._rare_event_rates(model.initial_state(history)[1].select(
+        "connector_id", pl.lit("flaky").alias("connector_kind")))
+    assert rates["partial_rate"][0] == pytest.approx(1 / 60, rel=0.25)
+    assert rates["partial_rate"][0] >= MAX_PARTIAL_RATE
+    state, facts = model.initial_state(history)
+    out = model.score(test, state=state, facts=facts)
+    partial = {r["sync_id"] for r in test if r["status"] == "partial"}
+    assert len(partial) == 4
+    assert "partial_sync" not in out.rule_hits["rule"].to_list()
+    assert out.results.filter(pl.col("sync_id").is_in(list(partial)))["decision"].to_list() == [
+        "proceed"] * 4
 
 
 def _one_row_rule_hits(measure: str, kind: str, value: float, reference: float,
