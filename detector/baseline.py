@@ -211,6 +211,11 @@ class SeasonalBaseline:
         error needs both counts large: a field null on 0.2 % of 326 records has a
         binomial logit error of 1.4, and blanking 96 % of them came out 7 scales, as
         ordinary as a 97 %-null field going all-null. ``0`` counts small resources only.
+    min_series_syncs : int, default=10
+        Syncs a series (a connector's measure) needs in history to be judged. A custom
+        metric or field reported on a handful of syncs has no spread to speak of: its
+        level and scale would come from those few values (and screening, which leaves out
+        the syncs they disagree on, shrinks them further), so it is left unjudged.
 
     Attributes
     ----------
@@ -236,12 +241,14 @@ class SeasonalBaseline:
         method: str = "profile",
         winsor_quantile: float = 0.98,
         min_logit_records: float = 20.0,
+        min_series_syncs: int = 10,
     ) -> None:
         self.key = key
         self.shrinkage = shrinkage
         self.method = method
         self.winsor_quantile = winsor_quantile
         self.min_logit_records = min_logit_records
+        self.min_series_syncs = min_series_syncs
 
     def _unfitted_copy(self) -> SeasonalBaseline:
         """A baseline with the same parameters and nothing fitted."""
@@ -251,6 +258,7 @@ class SeasonalBaseline:
             method=self.method,
             winsor_quantile=self.winsor_quantile,
             min_logit_records=self.min_logit_records,
+            min_series_syncs=self.min_series_syncs,
         )
 
     # ------------------------------------------------------------------ fit
@@ -263,6 +271,8 @@ class SeasonalBaseline:
             raise ValueError("winsor_quantile must be in (0.5, 1]")
         if self.shrinkage < 0:
             raise ValueError("shrinkage must be >= 0")
+        if self.min_series_syncs < 1:
+            raise ValueError("min_series_syncs must be >= 1")
 
     def fit(self, features: pl.DataFrame, intervals: pl.DataFrame) -> SeasonalBaseline:
         """Learn profiles and scales from clean history.
@@ -394,9 +404,13 @@ class SeasonalBaseline:
             )
         )
         rows = rows.drop("interval_s", "x", "exposure_eff")
-        part.series_ = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
-        part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed")
-        part.hours_ = levels[2]
+        series = pl.concat([levels[0], events[0]], how="diagonal_relaxed")
+        judged = series.filter(pl.col("n") >= self.min_series_syncs).select(k, "measure")
+        part.series_ = series.join(judged, on=[k, "measure"], how="semi")
+        part.profile_ = pl.concat([levels[1], events[1]], how="diagonal_relaxed").join(
+            judged, on=[k, "measure"], how="semi"
+        )
+        part.hours_ = levels[2].join(judged, on=[k, "measure"], how="semi")
         # In-sample residuals against the learned level: only z is read (a long frame's
         # other columns are not made).
         wanted = "_use_ref" in rows.columns

@@ -14,6 +14,7 @@ import pytest
 from conftest import make_record, make_records, with_fleet_copy
 from sklearn.ensemble import IsolationForest
 
+from detector.baseline import SeasonalBaseline
 from detector.calibration import TailCalibrator
 from detector.errors import UsageError
 from detector.events.native import event_id, validate
@@ -1047,6 +1048,32 @@ def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model()
     assert "partial_sync" not in out.rule_hits["rule"].to_list()
     assert out.results.filter(pl.col("sync_id").is_in(list(partial)))["decision"].to_list() == [
         "proceed"] * 4
+
+
+def test_a_metric_reported_on_a_handful_of_syncs_is_left_unjudged():
+    """Four values in two months say nothing of a metric's spread: judged on them (and on
+    fewer once screening drops the syncs they disagree on), any new value was a pause."""
+    rng = np.random.default_rng(9)
+    seen = {100: 0.11, 400: 0.25, 800: 0.46, 1200: 0.05, 1500: 0.95, 1560: 0.6, 1620: 0.24}
+    records = []
+    for i in range(24 * 70):
+        record = make_record("sparse-app", i, kind="sparse", rng=rng)
+        if i in seen:
+            record["metrics"] = {**record["metrics"], "rare_ratio": seen[i]}
+        records.append(record)
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    assert "metric.rare_ratio" not in model.baseline_.series_["measure"].to_list()
+    assert "metric.mfa_enrolled_ratio" in model.baseline_.series_["measure"].to_list()
+    state, facts = model.initial_state(history)
+    out = model.score(test, state=state, facts=facts)
+    assert "metric.rare_ratio" not in out.reasons["metric"].to_list()
+    assert out.results.filter(pl.col("decision") == "pause").height == 0
+
+
+def test_min_series_syncs_must_be_positive():
+    with pytest.raises(ValueError, match="min_series_syncs"):
+        SeasonalBaseline(min_series_syncs=0).fit(pl.DataFrame(), pl.DataFrame())
 
 
 def _one_row_rule_hits(measure: str, kind: str, value: float, reference: float,
