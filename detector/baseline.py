@@ -924,7 +924,13 @@ class SeasonalBaseline:
             differs = rows["_differs"].to_numpy()
             rows = rows.drop("_differs")
         events = (pl.col("kind") == "events") & pl.col("dispersion").is_not_null()
-        ev = rows.select(events.alias("m"), "value", "mu", "dispersion")
+        ev = rows.select(
+            events.alias("m"),
+            "value",
+            "mu",
+            "dispersion",
+            pl.col("measure").is_in(list(RARE_SYNC_EVENTS)).alias("rare"),
+        )
         nb_mask = ev["m"].fill_null(False).to_numpy()
         nb_z = None
         if nb_mask.any():  # the same under either comparison: events are never judged by one
@@ -933,6 +939,11 @@ class SeasonalBaseline:
                 ev["mu"].to_numpy()[nb_mask],
                 ev["dispersion"].to_numpy()[nb_mask],
             )
+            # A partial sync or a repeat is news only when it happens: a connector that
+            # says partial less than usual, or changed sooner than its runs of repeats
+            # last (a static app gaining one account), has nothing wrong with its data.
+            rare = ev["rare"].to_numpy()[nb_mask]
+            nb_z[rare] = np.maximum(nb_z[rare], 0.0)
         z = self._final_z(rows, "", nb_mask, nb_z, None)
         out = rows.with_columns(pl.Series("z", z))
         if "_alt" in variants:

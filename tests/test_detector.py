@@ -772,6 +772,29 @@ def test_a_source_that_never_changes_is_not_paused_for_its_ever_longer_run():
     )
 
 
+def test_a_static_app_gaining_an_account_is_not_paused_for_ending_its_run_of_repeats():
+    """An app whose accounts never changed in history gains one (reported added) twice in
+    the test window: its run of repeated syncs restarts, shorter than any in history. A
+    repeat is news when it happens, not when it stops: both syncs and the ones after them
+    proceed, and the short run is no reason. A run of repeats still is (see the frozen
+    snapshot tests)."""
+    gains = {24 * 62, 24 * 65 + 3}
+    size, records = 50, []
+    for i in range(24 * 70):
+        added = int(i in gains)
+        size += added
+        records.append(make_record(
+            "static-app", i, kind="static",
+            resources={"account": {"count": size, "added": added, "removed": 0, "modified": 0}},
+        ))
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    out = model.score(test, state=state, facts=facts)
+    assert out.results.filter(pl.col("decision") != "proceed").height == 0
+    assert UNCHANGED_MEASURE not in out.reasons["metric"].to_list()
+
+
 def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
     """Sync-level measures (the duration) carry their value in the state: a paused
     connector scored one sync at a time compares it with the sync before, as a batch does."""
