@@ -1543,10 +1543,16 @@ def _tail_keys(measure: pl.Expr, z: pl.Expr, decade: pl.Expr | None = None) -> l
 
     ``user.count@4-`` (type and size), ``user.count-`` (type), ``count@4-`` (size) and
     ``count-`` (family). Needs ``exposure`` and ``current_size`` columns, or ``decade``
-    (the :func:`_size_decade` they give).
+    (the :func:`_size_decade` they give). A custom metric's type is its name
+    (``metric.mfa_ratio-``): metrics share nothing but the word, and one that swings with
+    office hours would otherwise give a ratio that never moves a tail as heavy as its own.
     """
     base, sign, size = _family_base(measure), _sign(z), _size_suffix(decade)
-    typed = pl.concat_str(_resource_prefix(measure), base)
+    typed = (
+        pl.when(measure.str.starts_with("metric."))
+        .then(measure)
+        .otherwise(pl.concat_str(_resource_prefix(measure), base))
+    )
     return [
         pl.concat_str(typed, size, sign),
         pl.concat_str(typed, sign),
@@ -1647,7 +1653,10 @@ def _family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray
     false-pause budget. The combined statistic is calibrated after weighting, so the
     cutoff is still set to the budget.
     """
-    unsigned = (f.split("@")[0].rstrip("+-").rsplit(".", 1)[-1] + f[-1] for f in families)
+    unsigned = (
+        "" if f.startswith("metric.") else f.split("@")[0].rstrip("+-").rsplit(".", 1)[-1] + f[-1]
+        for f in families
+    )
     return np.array([loss_weight if u in ("count-", "removed+") else 1.0 for u in unsigned])
 
 

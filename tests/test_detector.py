@@ -615,6 +615,8 @@ def test_families_of_records_lost_weigh_more_in_a_syncs_smallest_tail_probabilit
                 "api.requests-", "null_rate+", "user.added+")
     weights = _family_weights(families, 2.0)
     assert weights.tolist() == [2.0, 2.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    # A custom metric named like a loss is a metric.
+    assert _family_weights(("metric.count-", "metric.removed+"), 2.0).tolist() == [1.0, 1.0]
     assert set(_family_weights(families, 1.0)) == {1.0}
 
 
@@ -988,22 +990,23 @@ def test_tails_per_resource_type_and_size_only_with_data_enough():
             rows("grant.count", 3000, 2, 500),  # too few connectors for a grant tail
             rows("role.count", 500, 6, 500),  # too few rows on its own
             rows("api.requests", 3000, 6, 1),  # not a resource: no type or size tails
+            rows("metric.mfa_ratio", 3000, 6, 1),  # a metric with data enough: its own tail
+            rows("metric.sessions", 500, 6, 1),  # too few rows: the metrics' tail
         ]
     ).with_columns(pl.col("exposure").cast(pl.Float64))
+    no_size = pl.col("measure").str.starts_with("api.") | pl.col("measure").str.starts_with(
+        "metric."
+    )
     features = features.with_columns(
-        pl.when(pl.col("measure").str.starts_with("api."))
-        .then(None)
-        .otherwise(pl.col("exposure"))
-        .alias("exposure"),
-        pl.when(pl.col("measure").str.starts_with("api."))
-        .then(None)
-        .otherwise(pl.col("current_size"))
-        .alias("current_size"),
+        pl.when(no_size).then(None).otherwise(pl.col("exposure")).alias("exposure"),
+        pl.when(no_size).then(None).otherwise(pl.col("current_size")).alias("current_size"),
     )
     families = set(_tail_families(features))
     assert {"user.count@4+", "user.count@4-"} <= families
     assert {"count@2+", "count-", "api.requests+"} <= families  # 3,500 rows of size 500
-    assert not any(f.startswith(("grant.", "role.", "api.requests@")) for f in families)
+    assert {"metric.mfa_ratio+", "metric.mfa_ratio-", "metric+", "metric-"} <= families
+    assert not any(f.startswith(("grant.", "role.", "api.requests@", "metric.sessions"))
+                   for f in families)
     z = pl.lit(-1.0)
     keyed = features.unique("measure").sort("measure").select(
         "measure", tail_family_expr(pl.col("measure"), z, sorted(families))
@@ -1011,6 +1014,8 @@ def test_tails_per_resource_type_and_size_only_with_data_enough():
     assert dict(keyed.iter_rows()) == {
         "api.requests": "api.requests-",
         "grant.count": "count@2-",
+        "metric.mfa_ratio": "metric.mfa_ratio-",
+        "metric.sessions": "metric-",
         "role.count": "count@2-",
         "user.count": "user.count@4-",
     }
