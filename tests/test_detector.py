@@ -505,6 +505,20 @@ def test_equal_distances_rank_by_metric_name():
     assert reasons_frame(resid)["metric"].to_list() == ["a.count", "c.count", "b.count"]
 
 
+def test_reasons_read_small_values_to_four_significant_digits():
+    resid = pl.DataFrame({
+        "row": [0, 0], "measure": ["user.null_rate.email", "user.count"], "z": [5.5, -4.0],
+        "value": [1e-5, 18_034.4], "expected_raw": [0.0, 18_911.0], "range_lo": [0.0, 18_800.0],
+        "range_hi": [2.345678e-7, 19_022.0],
+    })
+    assert reasons_frame(resid)["description"].to_list() == [
+        "user.null_rate.email is 0.00001 (expected 0.0, usual range 0.0 to 2.346e-7): "
+        "5.5 scales above expected",
+        "user.count is 18034 (expected 18911, usual range 18800 to 19022): 4.0 scales below "
+        "expected",
+    ]
+
+
 def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
     model, _, test, state, facts = fleet
     okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:12]
