@@ -743,23 +743,31 @@ def test_a_frozen_snapshot_pauses_a_connector_already_paused(fleet):
     assert "pause" in decisions[5:8], decisions
 
 
+def _app_gaining(connector_id: str, resource: str, size: int, joins: np.ndarray) -> list[dict]:
+    """Hourly syncs of an app with one resource type that gains ``joins[i]`` records
+    (reported added) at sync ``i`` and loses or changes none."""
+    return [
+        make_record(connector_id, i, kind=connector_id.split("-")[0], resources={resource: {
+            "count": size + int(joins[: i + 1].sum()), "added": int(joins[i]), "removed": 0,
+            "modified": 0}})
+        for i in range(len(joins))
+    ]
+
+
+def _fitted_on_60_days_scoring_the_rest(records: list[dict]):
+    """A model fitted on the first 60 days of hourly ``records`` scoring the rest."""
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    return model.score(test, state=state, facts=facts)
+
+
 def test_a_connector_that_often_repeats_itself_is_not_paused_for_doing_so():
     """A small app whose syncs often return the same data (nobody joined, left or changed)
     has learned that runs of repeats are normal for it."""
     rng = np.random.default_rng(3)
-    records, size = [], 40
-    for i in range(24 * 75):
-        changed = rng.random() < 0.3  # a change in about one sync in three
-        joined = int(changed)
-        size += joined
-        records.append(make_record(
-            "tiny-app", i, kind="tiny",
-            resources={"user": {"count": size, "added": joined, "removed": 0, "modified": 0}},
-        ))
-    history, test = records[: 24 * 60], records[24 * 60 :]
-    model = FleetModel(n_estimators=30).fit(history)
-    state, facts = model.initial_state(history)
-    out = model.score(test, state=state, facts=facts)
+    joins = (rng.random(24 * 75) < 0.3).astype(int)  # a change in about one sync in three
+    out = _fitted_on_60_days_scoring_the_rest(_app_gaining("tiny-app", "user", 40, joins))
     runs = out.reasons.filter(pl.col("metric") == "sync.unchanged_syncs")
     assert out.results.filter(pl.col("decision") == "pause").height == 0
     assert runs.height == 0
@@ -794,19 +802,9 @@ def test_a_static_app_gaining_an_account_is_not_paused_for_ending_its_run_of_rep
     repeat is news when it happens, not when it stops: both syncs and the ones after them
     proceed, and the short run is no reason. A run of repeats still is (see the frozen
     snapshot tests)."""
-    gains = {24 * 62, 24 * 65 + 3}
-    size, records = 50, []
-    for i in range(24 * 70):
-        added = int(i in gains)
-        size += added
-        records.append(make_record(
-            "static-app", i, kind="static",
-            resources={"account": {"count": size, "added": added, "removed": 0, "modified": 0}},
-        ))
-    history, test = records[: 24 * 60], records[24 * 60 :]
-    model = FleetModel(n_estimators=30).fit(history)
-    state, facts = model.initial_state(history)
-    out = model.score(test, state=state, facts=facts)
+    joins = np.zeros(24 * 70, dtype=int)
+    joins[[24 * 62, 24 * 65 + 3]] = 1
+    out = _fitted_on_60_days_scoring_the_rest(_app_gaining("static-app", "account", 50, joins))
     assert out.results.filter(pl.col("decision") != "proceed").height == 0
     assert UNCHANGED_MEASURE not in out.reasons["metric"].to_list()
 
