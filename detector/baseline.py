@@ -44,6 +44,11 @@ from detector.special import ufuncs as _ufuncs
 
 __all__ = ["SeasonalBaseline", "empty_hours", "transform_expr", "nb_signed_z"]
 
+#: Measures that are news only when high: a partial sync, a repeat of the sync before, a
+#: sync that comes late. Less of them (fewer partial syncs than usual, data that changed
+#: sooner than its runs of repeats last, a sync starting soon after a long one finished)
+#: is nothing wrong with the data: their residuals' low side is 0.
+ONE_SIDED_MEASURES = (*RARE_SYNC_EVENTS, "sync.freshness")
 #: Residuals are clipped here only to keep them finite: calibration needs far tails.
 Z_CLIP = 1e4
 _TAIL_QUANTILE = 0.99
@@ -929,7 +934,7 @@ class SeasonalBaseline:
             "value",
             "mu",
             "dispersion",
-            pl.col("measure").is_in(list(RARE_SYNC_EVENTS)).alias("rare"),
+            pl.col("measure").is_in(list(ONE_SIDED_MEASURES)).alias("one_sided"),
         )
         nb_mask = ev["m"].fill_null(False).to_numpy()
         nb_z = None
@@ -939,16 +944,14 @@ class SeasonalBaseline:
                 ev["mu"].to_numpy()[nb_mask],
                 ev["dispersion"].to_numpy()[nb_mask],
             )
-            # A partial sync or a repeat is news only when it happens: a connector that
-            # says partial less than usual, or changed sooner than its runs of repeats
-            # last (a static app gaining one account), has nothing wrong with its data.
-            rare = ev["rare"].to_numpy()[nb_mask]
-            nb_z[rare] = np.maximum(nb_z[rare], 0.0)
+        one_sided = ev["one_sided"].to_numpy()
         z = self._final_z(rows, "", nb_mask, nb_z, None)
+        z[one_sided] = np.maximum(z[one_sided], 0.0)
         out = rows.with_columns(pl.Series("z", z))
         if "_alt" in variants:
             z_alt = z.copy()
             z_alt[differs] = self._final_z(rows, "_alt", nb_mask, nb_z, differs)[differs]
+            z_alt[one_sided] = np.maximum(z_alt[one_sided], 0.0)
             out = out.with_columns(pl.Series("z_alt", z_alt))
         width = pl.col("tail_width") if "tail_width" in rows.columns else pl.lit(1.0)
         return out.with_columns(

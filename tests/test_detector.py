@@ -809,6 +809,29 @@ def test_a_static_app_gaining_an_account_is_not_paused_for_ending_its_run_of_rep
     assert UNCHANGED_MEASURE not in out.reasons["metric"].to_list()
 
 
+def test_a_sync_soon_after_a_long_one_is_not_judged_for_its_freshness_a_late_one_is():
+    """Freshness is the start less the previous finish: after a sync that ran 40 minutes
+    instead of 2, the next one is 'fresher' than ever, which is nothing wrong with its data;
+    a sync 50 minutes late still is a reason (sync.freshness is one-sided)."""
+    rng = np.random.default_rng(4)
+    records = [make_record("okta-prod", i, rng=rng) for i in range(24 * 62)]
+    long_one, late_one = records[24 * 60 + 5], records[24 * 61 + 5]
+    long_one["finished_at"] = _shifted(long_one["started_at"], 2400)
+    late_one["started_at"] = _shifted(late_one["started_at"], 3000)
+    late_one["finished_at"] = _shifted(late_one["started_at"], 150)
+    out = _fitted_on_60_days_scoring_the_rest(records)
+    after_long = records[24 * 60 + 6]["sync_id"]
+    reasons = out.reasons.filter(pl.col("metric") == "sync.freshness")
+    assert after_long not in reasons["sync_id"].to_list()
+    assert out.results.filter(pl.col("sync_id") == after_long)["decision"].item() == "proceed"
+    assert late_one["sync_id"] in reasons["sync_id"].to_list()
+
+
+def _shifted(timestamp: str, seconds: float) -> str:
+    moved = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
+    return moved.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_paused_mode_judges_the_same_batch_or_one_sync_at_a_time(fleet):
     """Sync-level measures (the duration) carry their value in the state: a paused
     connector scored one sync at a time compares it with the sync before, as a batch does."""
