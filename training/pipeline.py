@@ -50,7 +50,7 @@ from detector.model import FleetModel
 from detector.modelfile import save_model_dir
 from detector.policy import load_policy
 from detector.store import Store
-from training import dataset
+from training import allocator, dataset
 from training.backtest import BacktestReport, format_table, run_backtest
 
 __all__ = ["TrainConfig", "TrainResult", "TOTAL_STEPS", "train", "ui_command"]
@@ -506,7 +506,15 @@ def train(
     """
     home = home if isinstance(home, Home) else resolve_home(home)
     config = config or TrainConfig()
-    step = progress or (lambda _name: None)
+    # Fitting makes and frees arrays of a few MiB in two threads: without this, glibc
+    # keeps the freed pages resident (see training.allocator).
+    allocator.limit_retention(config.n_jobs)
+    report_step = progress or (lambda _name: None)
+
+    def step(name: str) -> None:
+        allocator.release()  # what the last step freed, before the next one allocates
+        report_step(name)
+
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
