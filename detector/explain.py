@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["reasons_frame", "REASON_Z", "MAX_REASONS", "PERFORMANCE_MEASURES"]
+__all__ = ["reasons_frame", "with_reasons", "REASON_Z", "MAX_REASONS", "PERFORMANCE_MEASURES"]
 
 #: Residuals at least this far out are reasons.
 REASON_Z = 3.0
@@ -69,3 +69,28 @@ def reasons_frame(resid: pl.DataFrame, rows: pl.Series | None = None) -> pl.Data
         pl.col("z").round(2).alias("distance"),
         description.alias("description"),
     )
+
+
+def with_reasons(
+    results: pl.DataFrame,
+    reasons: pl.DataFrame,
+    rule_hits: pl.DataFrame,
+    *fields: str | pl.Expr,
+) -> pl.DataFrame:
+    """``results`` (one row per sync) with its ``reasons`` (structs of ``fields``, in rank
+    order) and ``rule_hits`` (structs of ``rule, detail``) as lists, empty where none.
+
+    ``reasons`` and ``rule_hits`` are long frames keyed by ``sync_id``, as
+    :class:`detector.model.ScoreResult` holds them. A rule's pause has no model reasons:
+    the rule that fired is what a reader acts on, so both go on every line.
+    """
+    lists = [
+        frame.group_by("sync_id", maintain_order=True).agg(pl.struct(*columns).alias(name))
+        for frame, columns, name in (
+            (reasons, fields, "reasons"),
+            (rule_hits, ("rule", "detail"), "rule_hits"),
+        )
+    ]
+    for grouped in lists:
+        results = results.join(grouped, on="sync_id", how="left", maintain_order="left")
+    return results.with_columns(pl.col("reasons").fill_null([]), pl.col("rule_hits").fill_null([]))

@@ -39,7 +39,7 @@ import polars as pl
 
 from detector.baseline import SeasonalBaseline, empty_hours
 from detector.calibration import TailCalibrator
-from detector.explain import REASON_Z, reasons_frame
+from detector.explain import REASON_Z, reasons_frame, with_reasons
 from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import (
@@ -211,26 +211,16 @@ class ScoreResult:
 
     def events(self) -> list[dict]:
         """Per-sync decision dicts (native event fields without transport metadata)."""
-        reasons = self.reasons.group_by("sync_id", maintain_order=True).agg(
-            pl.struct(
-                "metric",
-                "observed",
-                "expected",
-                pl.concat_list("range_lo", "range_hi").alias("expected_range"),
-                "distance",
-                "description",
-            ).alias("reasons")
-        )
-        hits = self.rule_hits.group_by("sync_id", maintain_order=True).agg(
-            pl.struct("rule", "detail").alias("rule_hits")
-        )
-        joined = (
-            self.results.join(reasons, on="sync_id", how="left", maintain_order="left")
-            .join(hits, on="sync_id", how="left", maintain_order="left")
-            .with_columns(
-                pl.col("reasons").fill_null([]),
-                pl.col("rule_hits").fill_null([]),
-            )
+        joined = with_reasons(
+            self.results,
+            self.reasons,
+            self.rule_hits,
+            "metric",
+            "observed",
+            "expected",
+            pl.concat_list("range_lo", "range_hi").alias("expected_range"),
+            "distance",
+            "description",
         )
         return joined.to_dicts()
 

@@ -1100,11 +1100,11 @@ def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model()
     ]
     history, test = records[: 24 * 60], records[24 * 60 :]
     model = FleetModel(n_estimators=30).fit(history)
-    rates = model._rare_event_rates(model.initial_state(history)[1].select(
-        "connector_id", pl.lit("flaky").alias("connector_kind")))
+    state, facts = model.initial_state(history)
+    rates = model._rare_event_rates(
+        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")))
     assert rates["partial_rate"][0] == pytest.approx(1 / 60, rel=0.25)
     assert rates["partial_rate"][0] >= MAX_PARTIAL_RATE
-    state, facts = model.initial_state(history)
     out = model.score(test, state=state, facts=facts)
     partial = {r["sync_id"] for r in test if r["status"] == "partial"}
     assert len(partial) == 4

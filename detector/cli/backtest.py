@@ -85,6 +85,7 @@ def command(
     Each test sync sees only what came before it. Faults labelled in HISTORY (with
     --labels) are left out of the fit.
     """
+    from detector.explain import with_reasons
     from detector.model import FleetModel
     from detector.policy import load_policy
     from training.backtest import format_table, run_backtest
@@ -103,33 +104,23 @@ def command(
         model=model,
         progress=lambda phase: click.echo(f"fit: {phase}", err=True),
     )
-    import polars as pl
-
-    reasons = report.reasons.group_by("sync_id", maintain_order=True).agg(
-        pl.struct(
-            "metric", "observed", "expected", "range_lo", "range_hi", "distance", "description"
-        ).alias("reasons")
-    )
-    # A rule's pause has no model reasons: the rule that fired is what a reader acts on.
-    hits = report.rule_hits.group_by("sync_id", maintain_order=True).agg(
-        pl.struct("rule", "detail").alias("rule_hits")
-    )
-    lines = (
-        report.decisions.join(reasons, on="sync_id", how="left", maintain_order="left")
-        .join(hits, on="sync_id", how="left", maintain_order="left")
-        .select(
-            "sync_id",
-            "connector_id",
-            "decision",
-            "severity",
-            "score",
-            "cutoff",
-            "tail_probability",
-            "connector_paused",
-            "cold_start",
-            pl.col("reasons").fill_null([]),
-            pl.col("rule_hits").fill_null([]),
-        )
+    lines = with_reasons(
+        report.decisions,
+        report.reasons,
+        report.rule_hits,
+        "metric", "observed", "expected", "range_lo", "range_hi", "distance", "description",
+    ).select(
+        "sync_id",
+        "connector_id",
+        "decision",
+        "severity",
+        "score",
+        "cutoff",
+        "tail_probability",
+        "connector_paused",
+        "cold_start",
+        "reasons",
+        "rule_hits",
     )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     lines.write_ndjson(out)
