@@ -8,11 +8,12 @@ import json
 import polars as pl
 import polars.testing
 import pytest
+from scipy import stats
 
 import training.backtest as backtest_module
 from detector.model import FleetModel, prepare
 from training.analysis import calibration_curve
-from training.backtest import run_backtest
+from training.backtest import format_table, run_backtest
 from training.simulator import simulate_fleet
 
 CUT = "2026-06-29"
@@ -59,6 +60,13 @@ def test_calibration_by_mode_splits_the_calibration_and_the_false_pauses() -> No
     c = report.calibration
     assert c["realised_rate"] * total == pytest.approx(quality["false_pauses"])
     assert c["calibration_ratio"] == pytest.approx(c["realised_rate"] / c["budgeted_rate"])
+    # The count the budget expects, and how likely exact calibration lands this far out.
+    assert c["false_pauses"] == quality["false_pauses"]
+    assert c["budgeted_pauses"] == pytest.approx(c["budgeted_rate"] * total)
+    k, mean = c["false_pauses"], c["budgeted_pauses"]
+    tail = min(stats.poisson.cdf(k, mean), stats.poisson.sf(k - 1, mean))
+    assert c["calibration_p"] == pytest.approx(min(1.0, 2 * tail))
+    assert f"{k} false pauses where the budget expects {mean:.1f}" in format_table(report)
     labelled = pl.from_dicts(labels, infer_schema_length=None)
     curve = calibration_curve(report, labelled, test, factors=(1.0,))
     assert curve["breach_rate"][0] == pytest.approx(c["breach_rate"])

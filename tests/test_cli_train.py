@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_train_prints_the_run_version_champion_and_how_to_open_mlflow(cli_home: 
     assert f"mlflow ui --backend-store-uri 'sqlite:///{db}'" in out
     assert "MLflow run:      " in out
     assert "left out" in out and "labelled faults" in out
+    assert re.search(r"calibration ratio [\d.]+ \(\d+ false pauses where the budget expects "
+                     r"[\d.]+, p = [\d.]+\)", out), out
     # Progress on stderr, one line per step when stderr is not a terminal.
     assert "training: final model: isolation forests" in result["stderr"]
     assert "training: registering the model" in result["stderr"]

@@ -343,6 +343,20 @@ def test_unreachable_store_keeps_the_cached_champion(reg, monkeypatch, store: st
             False,
             "calibration_ratio 2.500 is outside",
         ),
+        (  # no false pause where the budget expects one: no evidence against calibration
+            {"episode_recall": 0.95, "false_pauses_per_1000": 0.1, "calibration_ratio": 0.0,
+             "calibration_p": 0.74},
+            GOOD,
+            True,
+            "at least as good",
+        ),
+        (
+            {"episode_recall": 0.95, "false_pauses_per_1000": 0.1, "calibration_ratio": 2.5,
+             "calibration_p": 0.001},
+            GOOD,
+            False,
+            "calibration_ratio 2.500 is outside [0.5, 2] (calibration_p 0.001 < 0.05)",
+        ),
         ({"false_pauses_per_1000": 0.1}, GOOD, False, "episode_recall is missing"),
         (
             {"episode_recall": float("nan"), "false_pauses_per_1000": 0.1},

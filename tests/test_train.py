@@ -305,8 +305,10 @@ def test_run_has_params_metrics_and_artifacts(trained: dict, tmp_path: Path) -> 
     assert int(params["data.excluded_labelled_fault"]) > 0
     metrics = run.data.metrics
     for key in ("episode_recall", "false_pauses_per_1000", "calibration_ratio",
-                "pauses_per_1000", "time.final_fit_s"):
+                "calibration_p", "budgeted_false_pauses", "pauses_per_1000",
+                "time.final_fit_s"):
         assert key in metrics, key
+    assert 0.0 <= metrics["calibration_p"] <= 1.0
     assert any(k.startswith("recall.") for k in metrics)
     assert any(k.startswith("fixed.okta_20pct_users.") for k in metrics)
     artifacts = {a.path for top in client.list_artifacts(first["run_id"])

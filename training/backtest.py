@@ -12,6 +12,10 @@ and an Elementary-style 3-sigma z-score, all on the same test syncs:
   allows (``calibration_ratio`` = realised / budgeted), and the rate at which they breach
   the model cutoff (``breach_ratio``): a breach where only the transport moved is a
   review, not a pause (:mod:`detector.review`), so breaches can outnumber false pauses.
+  A budget of one false pause per connector per year expects only a handful in a
+  backtest window, so the ratio alone is mostly noise: the table also gives the count
+  the budget expects (``budgeted_pauses``) and ``calibration_p``, the two-sided Poisson
+  probability that a model calibrated exactly would realise a count this far from it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
+from scipy.special import pdtr, pdtrc
 
 from detector.features import build_features
 from detector.frame import is_stat
@@ -34,6 +40,7 @@ __all__ = [
     "fixed_threshold_decisions",
     "evaluate",
     "format_table",
+    "poisson_two_sided_p",
 ]
 
 
@@ -360,6 +367,9 @@ def run_backtest(
             "breach_rate",
             "breach_ratio",
             "normal_syncs",
+            "false_pauses",
+            "budgeted_pauses",
+            "calibration_p",
         )
     }
     report.calibration_by_mode = _calibration_table(normal, "paused")
@@ -375,6 +385,7 @@ def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
         pl.len().cast(pl.Float64).alias("normal_syncs"),
         paused.sum().alias("false_pauses"),
         pl.col("alpha").mean().fill_null(0.0).alias("budgeted_rate"),
+        pl.col("alpha").sum().alias("budgeted_pauses"),
         paused.mean().fill_null(0.0).alias("realised_rate"),
         pl.col("breach").mean().fill_null(0.0).alias("breach_rate"),
     ]
@@ -387,10 +398,28 @@ def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
             .otherwise(float("nan"))
         )
 
-    return table.with_columns(
+    table = table.with_columns(
         over_budget("realised_rate").alias("calibration_ratio"),
         over_budget("breach_rate").alias("breach_ratio"),
     )
+    p = poisson_two_sided_p(table["false_pauses"].to_numpy(), table["budgeted_pauses"].to_numpy())
+    return table.with_columns(pl.Series("calibration_p", p))
+
+
+def poisson_two_sided_p(observed: Any, expected: Any) -> Any:
+    """Two-sided probability that a Poisson count with mean ``expected`` lands at least as
+    far out as ``observed`` on its side (twice the smaller tail, at most 1).
+
+    >>> round(float(poisson_two_sided_p(4, 9.3)), 3)
+    0.091
+    >>> float(poisson_two_sided_p(0, 0.4))
+    1.0
+    """
+    observed = np.asarray(observed, dtype=float)
+    expected = np.asarray(expected, dtype=float)
+    at_most = pdtr(observed, expected)
+    at_least = np.where(observed > 0, pdtrc(observed - 1, expected), 1.0)
+    return np.minimum(1.0, 2.0 * np.minimum(at_most, at_least))
 
 
 def format_table(report: BacktestReport) -> str:
@@ -425,12 +454,16 @@ def format_table(report: BacktestReport) -> str:
     c = report.calibration
     lines.append(
         "Calibration: budgeted false-pause rate {:.5f} per sync, realised {:.5f} "
-        "(ratio {:.2f}) over {:d} normal syncs; cutoff breached (pauses and reviews) "
-        "at {:.5f} (ratio {:.2f})".format(
+        "(ratio {:.2f}) over {:d} normal syncs: {:d} false pauses where the budget expects "
+        "{:.1f} (exact calibration lands this far out with p = {:.2f}); cutoff breached "
+        "(pauses and reviews) at {:.5f} (ratio {:.2f})".format(
             c["budgeted_rate"],
             c["realised_rate"],
             c["calibration_ratio"],
             int(c["normal_syncs"]),
+            int(c["false_pauses"]),
+            c["budgeted_pauses"],
+            c["calibration_p"],
             c["breach_rate"],
             c["breach_ratio"],
         )
@@ -441,4 +474,3 @@ def format_table(report: BacktestReport) -> str:
         f"for {int(t.get('test_syncs', 0))} test syncs"
     )
     return "\n".join(lines)
-

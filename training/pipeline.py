@@ -293,6 +293,9 @@ def backtest_metrics(report: BacktestReport) -> dict[str, float]:
         realised_rate=c.get("realised_rate"),
         breach_ratio=c.get("breach_ratio"),
         calibration_normal_syncs=c.get("normal_syncs"),
+        calibration_false_pauses=c.get("false_pauses"),
+        budgeted_false_pauses=c.get("budgeted_pauses"),
+        calibration_p=c.get("calibration_p"),
     )
     if report.quality is not None:
         for row in report.quality.iter_rows(named=True):

@@ -21,7 +21,10 @@ Promotion rule (:func:`is_at_least_as_good`)
     * ``episode_recall`` not lower than the champion's by more than 0.005;
     * ``false_pauses_per_1000`` not higher than the champion's by more than 0.05;
     * ``calibration_ratio`` (observed / budgeted false-pause rate), when the
-      challenger reports it, within [0.5, 2].
+      challenger reports it, within [0.5, 2], unless its ``calibration_p`` (see
+      :func:`training.backtest.poisson_two_sided_p`) is at least 0.05: a backtest window
+      whose budget expects two false pauses and sees none is no evidence against the
+      calibration, and a model is not held back for it.
 
     A metric the champion never recorded is not compared; a metric the champion has
     and the challenger lacks (or reports as NaN) fails the gate. With no champion
@@ -68,6 +71,7 @@ __all__ = [
     "RECALL_TOLERANCE",
     "FALSE_PAUSE_TOLERANCE",
     "CALIBRATION_BAND",
+    "CALIBRATION_SIGNIFICANCE",
     "TrainingRun",
     "GateResult",
     "RegistrationResult",
@@ -99,6 +103,9 @@ KEY_METRICS = ("episode_recall", "false_pauses_per_1000", "calibration_ratio")
 RECALL_TOLERANCE = 0.005
 FALSE_PAUSE_TOLERANCE = 0.05
 CALIBRATION_BAND = (0.5, 2.0)
+#: A ratio outside the band fails the gate only when a count this far out is unlikely
+#: under exact calibration (``calibration_p`` below this): small windows are noisy.
+CALIBRATION_SIGNIFICANCE = 0.05
 
 # MLflow caps log_batch at 1000 metrics and 100 params per call.
 _METRIC_BATCH = 1000
@@ -353,9 +360,16 @@ def is_at_least_as_good(
                 f"{key} {chall:.4f} is {word} the champion {champ:.4f} by more than {tol:g}"
             )
     ratio = _number(challenger_metrics, "calibration_ratio")
+    chance = _number(challenger_metrics, "calibration_p")
     lo, hi = CALIBRATION_BAND
     if ratio is not None and not lo <= ratio <= hi:
-        failures.append(f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}]")
+        if chance is None:
+            failures.append(f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}]")
+        elif chance < CALIBRATION_SIGNIFICANCE:
+            failures.append(
+                f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}] "
+                f"(calibration_p {chance:.3g} < {CALIBRATION_SIGNIFICANCE:g})"
+            )
     if failures:
         return GateResult(False, "; ".join(failures))
     return GateResult(True, "at least as good as the champion")

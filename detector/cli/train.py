@@ -119,7 +119,11 @@ def _metrics_line(m: dict[str, float]) -> str:
         parts.append(f"false pauses {m['false_pauses_per_1000']:.2f} per 1,000 normal syncs")
     parts.append(f"pauses {m.get('pauses_per_1000', float('nan')):.2f} per 1,000 syncs")
     if "calibration_ratio" in m:
-        parts.append(f"calibration ratio {m['calibration_ratio']:.2f}")
+        ratio = f"calibration ratio {m['calibration_ratio']:.2f}"
+        if {"calibration_false_pauses", "budgeted_false_pauses", "calibration_p"} <= m.keys():
+            ratio += (f" ({m['calibration_false_pauses']:.0f} false pauses where the budget "
+                      f"expects {m['budgeted_false_pauses']:.1f}, p = {m['calibration_p']:.2f})")
+        parts.append(ratio)
     return ", ".join(parts)
 
 

@@ -1,0 +1,29 @@
+"""``benchmarks/detection_quality.py`` prints one summary row per seed and the calibration
+of all seeds together, the counts adding up to the seeds' own."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_summary_rows_and_the_pooled_calibration_add_up() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "detection_quality.py"), "--connectors", "8",
+         "--days", "40", "--train-days", "25", "--seeds", "1", "2", "--trees", "20"],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout
+    rows = re.findall(r"^(\d+) \| .* \| (\d+) / ([\d.]+) \(([\d.]+)\) \|", out, re.MULTILINE)
+    assert [seed for seed, *_ in rows] == ["1", "2"]
+    pooled = re.search(
+        r"^all seeds: (\d+) false pauses where the budget expects ([\d.]+): calibration "
+        r"ratio ([\d.]+) \(p = ([\d.]+)\)$", out, re.MULTILINE)
+    assert pooled, out
+    assert int(pooled[1]) == sum(int(r[1]) for r in rows)
+    # Each row's expected count is printed to 0.1.
+    assert abs(float(pooled[2]) - sum(float(r[2]) for r in rows)) <= 0.1
+    for _, _, expected, p in rows:
+        assert float(expected) > 0 and 0.0 <= float(p) <= 1.0
