@@ -1142,8 +1142,6 @@ def test_min_series_syncs_must_be_positive():
 def _one_row_rule_hits(measure: str, kind: str, value: float, reference: float,
                        exposure: float, current_size: float, **tables) -> pl.DataFrame:
     """``rule_hits`` of one sync of connector ``c`` with one measure of resource ``user``."""
-    from detector.rules import rule_hits
-
     features = pl.DataFrame(
         {
             "row": [0],
@@ -1157,6 +1155,14 @@ def _one_row_rule_hits(measure: str, kind: str, value: float, reference: float,
             "current_size": [current_size],
         }
     )
+    return _sync_rule_hits(features, **tables)
+
+
+def _sync_rule_hits(features: pl.DataFrame, **tables) -> pl.DataFrame:
+    """``rule_hits`` of ``features`` (rows of sync 0 of connector ``c``), a succeeded sync
+    on time."""
+    from detector.rules import rule_hits
+
     syncs = pl.DataFrame(
         {"row": [0], "connector_id": ["c"], "status": ["succeeded"], "error_class": [None],
          "fresh_gap_s": [3600.0]},
@@ -1204,6 +1210,58 @@ def test_a_loss_beyond_the_connectors_history_is_a_rule_hit(count, reference, la
             "user fell from 42 to 16 records (62% lost); the most it lost in one sync in "
             "history was 10%"
         )
+
+
+@pytest.mark.parametrize(
+    ("count", "reference", "hit"),
+    [
+        (200, 271, True),  # two pages of 100 where there were three: cut short
+        (10_000, 10_700, True),  # a result limit of 10,000
+        (200, 210, False),  # 4.8 % lost: a small loss lands on a round number by chance
+        (201, 271, False),  # not whole pages
+        (200, 200, False),  # nothing lost
+        (300, 200, False),  # a gain
+        (0, 271, False),  # none left: count_to_zero says it
+    ],
+)
+def test_a_loss_landing_on_whole_pages_is_a_truncated_listing(count, reference, hit):
+    hits = _one_row_rule_hits(
+        "user.count", "count", float(count), float(reference), float(reference), float(count)
+    )
+    assert ("truncated_listing" in hits["rule"].to_list()) is hit
+    if hit and count == 200:
+        assert hits.filter(pl.col("rule") == "truncated_listing")["detail"][0] == (
+            "user fell from 271 to 200 records (26% lost), an exact multiple of 100: a "
+            "listing cut short at a page or result limit"
+        )
+
+
+@pytest.mark.parametrize(
+    ("users", "hit"),
+    [
+        (175, True),  # the users stayed: only the grants' listing came back short
+        (171, True),  # 2.3 % of users gone: too few to explain a grant loss
+        (161, False),  # a team of 14 left with its grants: the model judges that
+        (100, True),  # both types cut at whole pages: both truncated
+    ],
+)
+def test_a_truncated_listing_is_a_loss_of_its_own(users, hit):
+    features = pl.DataFrame(
+        {
+            "row": [0, 0],
+            "connector_id": ["c", "c"],
+            "measure": ["user.count", "grant.count"],
+            "resource": ["user", "grant"],
+            "kind": ["count", "count"],
+            "value": [float(users), 700.0],
+            "reference": [175.0, 739.0],
+            "exposure": [175.0, 739.0],
+            "current_size": [float(users), 700.0],
+        }
+    )
+    hits = _sync_rule_hits(features)
+    truncated = hits.filter(pl.col("rule") == "truncated_listing")["detail"].to_list()
+    assert any(d.startswith("grant fell from 739 to 700") for d in truncated) is hit
 
 
 def test_a_fitted_model_knows_each_connectors_largest_loss_and_keeps_it_in_its_file(

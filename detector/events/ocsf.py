@@ -92,6 +92,8 @@ _RULE_HINTS = {
     "time-outs, permissions) and re-run the sync",
     "loss_beyond_history": "check the connector's run log, paging and API permissions for the "
     "resource type that lost records; confirm with its owner before letting removals through",
+    "truncated_listing": "check the connector's paging (a page or result limit, an expired "
+    "cursor, a time-out mid-listing) and re-run the sync before letting removals through",
     "repeated_snapshot": "check the connector's cache, export job or source snapshot: it has "
     "returned the same data for several syncs in a row; force a full re-read",
     "stale": "check the connector's scheduler or job runner",
