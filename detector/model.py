@@ -54,7 +54,7 @@ from detector.review import OUTLYING_Z, review_only
 from detector.rules import count_losses, rule_hits
 from detector.special import ufuncs as _ufuncs
 
-__all__ = ["FleetModel", "ScoreResult", "prepare"]
+__all__ = ["DecodedHistory", "FleetModel", "ScoreResult", "prepare"]
 
 POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
 _MODES = ("", "_paused")  # scored against the learned level, or against the sync before
@@ -114,8 +114,75 @@ def connector_parts(frame: pl.DataFrame, rows: int) -> pl.DataFrame:
     return per_connector.select("connector_id", start.alias("start"), (start // rows).alias("part"))
 
 
+def _connector_slices(history: pl.DataFrame) -> list[pl.DataFrame]:
+    """A store history frame as runs of whole connectors of about
+    ``_HISTORY_CHUNK_SYNCS`` syncs (see :func:`connector_parts`): slices, no copies. One
+    run when the frame is small, or not in connector order."""
+    ids = history["connector_id"] if "connector_id" in history.columns else None
+    if history.height <= _HISTORY_CHUNK_SYNCS or ids is None:
+        return [history]
+    if ids.null_count() or not ids.is_sorted():
+        return [history]
+    starts = connector_parts(history, _HISTORY_CHUNK_SYNCS).unique(
+        "part", keep="first", maintain_order=True
+    )["start"]
+    bounds = np.r_[starts.to_numpy(), history.height]
+    return [history.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+class DecodedHistory:
+    """A store history frame's record texts decoded once, for fits that read it again.
+
+    ``parts``: struct frames (:func:`to_struct_frame`, in sync order) of runs of whole
+    connectors (:func:`_connector_slices`); ``only``: when given, the ``sync_id`` of the
+    syncs that belong to this history (the rest of the parts are left out a part at a
+    time, as they are read: no second copy of the parts). Decoding the JSON texts was a
+    fifth of a fit's features and was done once per screening round, for the backtest's
+    safeguards and for the final fit again; the struct frames are also less than half
+    the size of the texts.
+
+    A sync's decoded fields depend on its own record only, so a part of the decoded
+    syncs is what decoding those syncs' texts gives (:meth:`FleetModel.fit` and the
+    backtest read either and get the same model).
+    """
+
+    def __init__(self, parts: list[pl.DataFrame], only: pl.Series | None = None) -> None:
+        self.parts = parts
+        self.only = only
+
+    @classmethod
+    def decode(cls, history: pl.DataFrame, n_jobs: int = 1) -> DecodedHistory:
+        """Decode a store history frame (``record`` JSON texts), a part per thread."""
+        decoded = _in_threads(
+            lambda part: in_sync_order(to_struct_frame(part)), _connector_slices(history), n_jobs
+        )
+        return cls([part for part in decoded if part.height])
+
+    def keep(self, sync_ids: pl.Series) -> DecodedHistory:
+        """The same parts, with only the syncs ``sync_ids`` (of those kept already)."""
+        if self.only is not None:
+            sync_ids = sync_ids.filter(sync_ids.is_in(self.only.implode()))
+        return DecodedHistory(self.parts, sync_ids)
+
+    def part(self, k: int) -> pl.DataFrame:
+        """Part ``k``'s kept syncs (a copy when some are left out)."""
+        if self.only is None:
+            return self.parts[k]
+        return self.parts[k].filter(pl.col("sync_id").is_in(self.only.implode()))
+
+    @property
+    def sync_ids(self) -> pl.Series:
+        if self.only is not None:
+            return self.only
+        return pl.concat([part["sync_id"] for part in self.parts])
+
+    @property
+    def height(self) -> int:
+        return len(self.sync_ids)
+
+
 def _history_frames(
-    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame | DecodedHistory,
     n_jobs: int = 1,
     leave_out: pl.Series | None = None,
     *,
@@ -128,13 +195,14 @@ def _history_frames(
     the rows one pass gives, while one pass's intermediates stay a part's size: one
     decode of a fleet's record texts holds every resource type's fields for every sync,
     and the features' joins, windows and sort were the fit's peak of memory. Parts are
-    runs of connectors of a frame in connector order (as the store reads history), rows
-    numbered on across parts; otherwise one pass. Either way the syncs are numbered in
-    sync order (see :func:`in_sync_order`), whatever order they came in. Parts go
-    ``n_jobs`` at a time in threads (see :func:`_in_threads`). ``leave_out``: sync ids
-    left out of a frame history, a part at a time (no second copy of its record texts).
-    ``compact``: the features' string keys as categoricals (see :func:`_compact_keys`),
-    a part at a time.
+    runs of connectors of a frame in connector order (as the store reads history; see
+    :func:`_connector_slices`) or a :class:`DecodedHistory`'s parts, rows numbered on
+    across parts; otherwise one pass. Either way the syncs are numbered in sync order
+    (see :func:`in_sync_order`), whatever order they came in. Parts go ``n_jobs`` at a
+    time in threads (see :func:`_in_threads`). ``leave_out``: sync ids left out of a
+    frame history, a part at a time (no second copy of its record texts). ``compact``:
+    the features' string keys as categoricals (see :func:`_compact_keys`), a part at a
+    time.
     """
 
     def kept(frame: pl.DataFrame) -> pl.DataFrame:
@@ -142,30 +210,28 @@ def _history_frames(
             return frame
         return frame.filter(~pl.col("sync_id").is_in(leave_out.implode()))
 
-    def frames(part: Iterable[Mapping[str, Any]] | pl.DataFrame) -> tuple[pl.DataFrame, ...]:
+    def frames(part: Iterable[Mapping[str, Any]] | pl.DataFrame | int) -> tuple[pl.DataFrame, ...]:
+        if isinstance(part, int):  # a DecodedHistory's part, read in the thread
+            part = history.part(part)
         syncs, features = build_features(*_prepare_history(kept(part)))
         return syncs, _compact_keys(features) if compact else features
 
-    if isinstance(history, pl.DataFrame) and history.height > _HISTORY_CHUNK_SYNCS:
-        ids = history["connector_id"]
-        if ids.null_count() == 0 and ids.is_sorted():
-            starts = connector_parts(history, _HISTORY_CHUNK_SYNCS).unique(
-                "part", keep="first", maintain_order=True
-            )["start"]
-            bounds = np.r_[starts.to_numpy(), history.height]
-            parts = _in_threads(
-                lambda lo_hi: frames(history.slice(lo_hi[0], lo_hi[1] - lo_hi[0])),
-                list(zip(bounds[:-1], bounds[1:], strict=True)),
-                n_jobs,
-            )
-            # Rows numbered on from the syncs the parts before kept.
-            firsts = np.r_[0, np.cumsum([part[0].height for part in parts])[:-1]]
-            renumbered = [
-                tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
-                for part, lo in zip(parts, firsts, strict=True)
-            ]
-            return tuple(pl.concat(part) for part in zip(*renumbered, strict=True))
-    return frames(history)
+    if isinstance(history, DecodedHistory):
+        pieces: list = list(range(len(history.parts)))
+    elif isinstance(history, pl.DataFrame):
+        pieces = _connector_slices(history)
+    else:
+        pieces = [history]
+    if len(pieces) == 1:
+        return frames(pieces[0])
+    parts = _in_threads(frames, pieces, n_jobs)
+    # Rows numbered on from the syncs the parts before kept.
+    firsts = np.r_[0, np.cumsum([part[0].height for part in parts])[:-1]]
+    renumbered = [
+        tuple(f.with_columns((pl.col("row") + int(lo)).cast(pl.UInt32)) for f in part)
+        for part, lo in zip(parts, firsts, strict=True)
+    ]
+    return tuple(pl.concat(part) for part in zip(*renumbered, strict=True))
 
 
 def _prepare_history(
@@ -319,12 +385,13 @@ class FleetModel:
     # ================================================================== fit
     def fit(
         self,
-        history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+        history: Iterable[Mapping[str, Any]] | pl.DataFrame | DecodedHistory,
         progress=None,
         *,
         screened: pl.Series | None = None,
     ) -> FleetModel:
-        """Fit on clean history (records, a struct frame or a store history frame).
+        """Fit on clean history (records, a struct frame, a store history frame or a
+        :class:`DecodedHistory`).
 
         ``progress``, when given, is called with a short phase name as fitting goes on.
         ``screened``: ``sync_id`` of history syncs already screened out elsewhere (the
@@ -339,15 +406,20 @@ class FleetModel:
             raise ValueError("loss_weight must be >= 1")
         if self.pooled_max_connectors is not None and self.pooled_max_connectors < 1:
             raise ValueError("pooled_max_connectors must be >= 1 or None")
-        if (self.screen_history or screened is not None) and not isinstance(
-            history, pl.DataFrame
+        screen = self.screen_history and screened is None
+        if (screen or screened is not None) and not isinstance(
+            history, pl.DataFrame | DecodedHistory
         ):
             history = to_struct_frame(history)  # syncs are left out of it by sync_id
         step("features")
+        if screen and isinstance(history, pl.DataFrame) and "record" in history.columns:
+            # Each screening round reads the history again: its texts are decoded once.
+            history = DecodedHistory.decode(history, self.n_jobs)
         left_out = pl.Series("sync_id", [], dtype=pl.String)
         if screened is not None:  # those of this history (screened_out_ counts them)
+            ids = history.sync_ids if isinstance(history, DecodedHistory) else history["sync_id"]
             left_out = pl.Series("sync_id", screened, dtype=pl.String)
-            left_out = left_out.filter(left_out.is_in(history["sync_id"].implode()))
+            left_out = left_out.filter(left_out.is_in(ids.implode()))
         # Handed over in a list (taken out by _fit_calibration): the decoded frames are
         # then freed as soon as it no longer needs them, not held here through the fit.
         decoded = [
@@ -357,7 +429,6 @@ class FleetModel:
         ]
         if decoded[0][0].height == 0:
             raise ValueError("fit needs at least one sync in history")
-        screen = self.screen_history and screened is None
         if not screen:
             history = None  # never decoded again: the record texts (if handed over) go now
         fit_data, would_pause = self._fit_calibration(decoded, step, screen=screen)
@@ -375,7 +446,7 @@ class FleetModel:
                 decoded, lambda _phase: None, screen=screening > 1
             )
         self.screened_out_ = left_out.to_list()
-        del history  # the record texts, when the caller handed them over
+        del history  # the record texts or decoded parts, when the caller handed them over
 
         step("baselines")
         # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled

@@ -127,3 +127,37 @@ def test_history_left_out_part_by_part_is_the_history_without_those_syncs(
     assert parts[0].height == len(history) - len(out)
     for got, expected in zip(parts, one_pass, strict=True):
         polars.testing.assert_frame_equal(got, expected)
+
+
+def test_decoded_history_kept_in_part_gives_the_frames_of_those_syncs_texts(
+    unlabelled, monkeypatch
+):
+    """A store history decoded once in parts (:class:`DecodedHistory`: the screening
+    rounds, the backtest's safeguards and the final fit read it), kept to the syncs
+    before a day and with the screened syncs left out, gives the frames of one pass over
+    those syncs' own texts."""
+    import json
+
+    import polars.testing
+
+    history, _, model = unlabelled
+    out = pl.Series("sync_id", sorted(model.screened_out_), dtype=pl.String)
+    texts = pl.DataFrame(
+        {
+            "sync_id": [r["sync_id"] for r in history],
+            "connector_id": [r["connector_id"] for r in history],
+            "started_at": [r["started_at"] for r in history],
+            "record": [json.dumps(r) for r in history],
+        }
+    ).sort("connector_id", "started_at")
+    monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", 200)
+    decoded = model_module.DecodedHistory.decode(texts, n_jobs=2)
+    assert len(decoded.parts) > 2
+    before = decoded.keep(texts.filter(pl.col("started_at") < "2026-06-15")["sync_id"])
+    got = model_module._history_frames(before, n_jobs=2, leave_out=out)
+    expected = model_module._history_frames(
+        [r for r in history if r["started_at"] < "2026-06-15" and r["sync_id"] not in set(out)]
+    )
+    assert 0 < got[0].height < len(history) - len(out)
+    for g, e in zip(got, expected, strict=True):
+        polars.testing.assert_frame_equal(g, e)

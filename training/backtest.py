@@ -20,8 +20,9 @@ and an Elementary-style 3-sigma z-score, all on the same test syncs:
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,14 @@ from scipy.special import pdtr, pdtrc
 from detector.features import build_features
 from detector.frame import is_stat
 from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
-from detector.model import FleetModel, _in_threads, _next_state, connector_parts, prepare
+from detector.model import (
+    DecodedHistory,
+    FleetModel,
+    _in_threads,
+    _next_state,
+    connector_parts,
+    prepare,
+)
 
 __all__ = [
     "BacktestReport",
@@ -155,7 +163,7 @@ def fixed_threshold_decisions(
 
 
 def _safeguards_and_state(
-    history: pl.DataFrame | list[Mapping[str, Any]],
+    history: pl.DataFrame | list[Mapping[str, Any]] | DecodedHistory,
     test: pl.DataFrame | list[Mapping[str, Any]],
     test_order: pl.DataFrame,
     n_jobs: int = 1,
@@ -168,10 +176,23 @@ def _safeguards_and_state(
     history syncs go a part of whole connectors at a time (``n_jobs`` parts at once, in
     threads; merged in part order): in one pass, a large fleet's whole history held
     every record's fields and the features' joins at once (the peak of a
-    1,000-connector backtest).
+    1,000-connector backtest). A :class:`DecodedHistory` goes in its own parts.
     """
     parts = [(history, test)]
-    if (
+    if isinstance(history, DecodedHistory):
+        part_of = pl.concat(
+            [
+                p.select(pl.col("connector_id").unique(), pl.lit(k, pl.Int64).alias("part"))
+                for k, p in enumerate(history.parts)
+            ]
+        )
+        # Connectors new in the window go with the first part.
+        test_part = test.join(part_of, on="connector_id", how="left")["part"].fill_null(0)
+        parts = [
+            (functools.partial(history.part, k), test.filter(test_part == k))
+            for k in range(len(history.parts))
+        ]
+    elif (
         isinstance(history, pl.DataFrame)
         and isinstance(test, pl.DataFrame)
         and history.height > _CHUNK_SYNCS
@@ -203,11 +224,16 @@ def _safeguards_and_state(
 
 
 def _part_safeguards_and_state(
-    part: tuple[pl.DataFrame | list[Mapping[str, Any]], pl.DataFrame | list[Mapping[str, Any]]],
+    part: tuple[
+        pl.DataFrame | list[Mapping[str, Any]] | Callable[[], pl.DataFrame],
+        pl.DataFrame | list[Mapping[str, Any]],
+    ],
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
     """The safeguards' decisions on one part's test syncs (none when it has none) and
     the state and facts at the end of its history (see :func:`_safeguards_and_state`)."""
     part_history, part_test = part
+    if callable(part_history):  # a DecodedHistory's part, read in this thread
+        part_history = part_history()
     rules = {}
     if len(part_test):
         syncs, feats, offset = _joined_features(part_history, part_test)
@@ -297,7 +323,7 @@ def _fixed_thresholds(
 
 
 def run_backtest(
-    history: Iterable[Mapping[str, Any]] | pl.DataFrame,
+    history: Iterable[Mapping[str, Any]] | pl.DataFrame | DecodedHistory,
     test: Iterable[Mapping[str, Any]] | pl.DataFrame,
     *,
     labels: Iterable[Mapping[str, Any]] | pl.DataFrame | None = None,
@@ -310,11 +336,12 @@ def run_backtest(
     the test window is scored as one batch in time order, which gives the same decisions
     as scoring it one sync at a time.
     """
-    history = list(history) if not isinstance(history, pl.DataFrame) else history
+    if not isinstance(history, pl.DataFrame | DecodedHistory):
+        history = list(history)
     test = list(test) if not isinstance(test, pl.DataFrame) else test
     label_frame = _labels_frame(labels) if labels is not None else None
     fit_on = history
-    if label_frame is not None and not isinstance(history, pl.DataFrame):
+    if label_frame is not None and isinstance(history, list):
         faulty = set(label_frame.filter(pl.col("label") != "normal")["sync_id"].to_list())
         fit_on = [r for r in history if r["sync_id"] not in faulty]
     model = model or FleetModel()

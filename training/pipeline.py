@@ -45,8 +45,9 @@ import numpy as np
 import polars as pl
 
 from detector.errors import ModelError, UsageError
+from detector.frame import to_struct_frame
 from detector.home import Home, resolve_home
-from detector.model import FleetModel
+from detector.model import DecodedHistory, FleetModel
 from detector.modelfile import save_model_dir
 from detector.policy import load_policy
 from detector.store import Store
@@ -217,7 +218,7 @@ class _Phases:
 
 
 def _backtest(
-    clean: pl.DataFrame,
+    clean: DecodedHistory,
     window: pl.DataFrame,
     labels: pl.DataFrame | None,
     config: TrainConfig,
@@ -226,7 +227,7 @@ def _backtest(
 ) -> tuple[BacktestReport, pl.Series | None]:
     """Fit on the ``clean`` syncs before the window; score every sync of the window.
 
-    Both carry :data:`training.dataset.HISTORY_COLUMNS` already (see :func:`train`).
+    ``clean`` is decoded and ``window`` a struct frame already (see :func:`train`).
     Returns the report and, when the configuration screens history, what the final fit
     leaves out (:func:`screened_by_backtest`).
     """
@@ -541,13 +542,15 @@ def train(
         labels="+".join(sources) or "none",
     )
     summary = history_summary(frame)
-    # From here on only what the fits read: the clean syncs' history columns. The final
-    # fit is handed its history (``fits.pop``) so that it can free the record texts once
-    # it has decoded them.
-    clean = dataset.fit_history(before)
-    fits = {"history": dataset.fit_history(frame)}
-    window = window.select(dataset.HISTORY_COLUMNS)
-    del before, frame
+    # From here on only what the fits read: the clean syncs, their record texts decoded
+    # once (the backtest's screening rounds, its safeguards and the final fit each
+    # decoded them again), and the window decoded as scoring decodes it. The final fit is
+    # handed its history (``fits.pop``) so that it can free it once it has its features.
+    decoded = DecodedHistory.decode(dataset.fit_history(frame), config.n_jobs)
+    clean = decoded.keep(dataset.fit_history(before)["sync_id"])
+    fits = {"history": decoded}
+    window = to_struct_frame(window.select(dataset.HISTORY_COLUMNS))
+    del before, frame, decoded
     timings["read_s"] = time.perf_counter() - t_start
 
     # Imported here: mlflow costs seconds to import and is only needed from now on.
