@@ -524,7 +524,16 @@ class FleetModel:
         ivals = self.intervals_.select("connector_id", "interval_s")
 
         step("cross-fitting calibration scores")
-        oos = self._cross_fit_scores(per_connector, pooled, ivals, group_index)
+        # A screening round that leaves syncs out is followed by another round, whose
+        # calibrators replace its own: it needs the held-out scores of the normal mode
+        # only (screening reads its combined tail), not those of syncs judged as paused
+        # (a third of the held-out work and half the calibrators'). Should it leave
+        # nothing out, the fit ends with it: it then gets the paused mode as well.
+        xfit_data = (per_connector, pooled, ivals, group_index)
+        if screen:
+            oos = self._held_out_cross_fit(*xfit_data, modes=_MODES[:1])
+        else:
+            oos = self._cross_fit_scores(*xfit_data)
 
         # The calibrators read the held-out scores only, so they are fitted now: the
         # scores (the family maxima of every sync, for each group it is judged by, the
@@ -532,6 +541,9 @@ class FleetModel:
         step("calibration")
         targets = self._screening_targets(syncs, own, group_index) if screen else None
         would_pause = syncs["sync_id"].gather(self._fit_calibrators(oos, targets))
+        if screen and not len(would_pause):
+            del oos
+            self._fit_calibrators(self._cross_fit_scores(*xfit_data), None)
         return _FitData(per_connector, pooled, ivals, group_index), would_pause
 
     def _screening_targets(
@@ -586,11 +598,16 @@ class FleetModel:
         """
         self.calibrators_ = {}
         # Popped: the scores and family maxima are freed once the calibrators are fitted.
-        jobs = [(mode, oos.pop("forest" + mode), oos.pop("family" + mode)) for mode in _MODES]
+        # The modes whose scores ``oos`` holds (see _held_out_cross_fit): the normal one
+        # always.
+        modes = [mode for mode in _MODES if "forest" + mode in oos]
+        jobs = [(mode, oos.pop("forest" + mode), oos.pop("family" + mode)) for mode in modes]
         fit_mode = functools.partial(self._fit_mode_calibrators, groups=oos["group"])
         combined = _in_threads(fit_mode, jobs, self.n_jobs)[0]
         # In one order whichever thread finished first: the model file lists them so.
-        self.calibrators_ = {key: self.calibrators_[key] for key in _CALIBRATORS}
+        self.calibrators_ = {
+            key: self.calibrators_[key] for key in _CALIBRATORS if key in self.calibrators_
+        }
         if targets is None:
             return np.zeros(0, dtype=np.int64)
         alpha, judged_by, connector = targets
@@ -658,6 +675,18 @@ class FleetModel:
         ivals: pl.DataFrame,
         group_index: dict[str, int],
     ) -> dict[str, Any]:
+        """:meth:`_held_out_cross_fit` with both scoring modes."""
+        return self._held_out_cross_fit(per_connector, pooled, ivals, group_index, modes=_MODES)
+
+    def _held_out_cross_fit(
+        self,
+        per_connector: pl.DataFrame,
+        pooled: pl.DataFrame,
+        ivals: pl.DataFrame,
+        group_index: dict[str, int],
+        *,
+        modes: tuple[str, ...],
+    ) -> dict[str, Any]:
         """Held-out scores for every history sync: fit on one half in time, score the other.
 
         A connector's folds are the first and second half of its syncs; the pooled models
@@ -669,11 +698,13 @@ class FleetModel:
 
         Returns ``forest``, ``group`` and ``forest_paused`` per held-out sync, and
         ``family`` / ``family_paused``: the family maxima as :class:`_Families` (most
-        syncs have a residual in few of the families).
+        syncs have a residual in few of the families); the ``_paused`` ones only when
+        ``modes`` (of :data:`_MODES`) holds that mode.
         """
         parts = _xfit_parts(per_connector, pooled)
-        scores: dict[str, list[np.ndarray]] = {k: [] for k in _OOS_KEYS}
-        families: dict[str, list[_Families]] = {"family" + mode: [] for mode in _MODES}
+        keys = [k for k in _OOS_KEYS if not k.endswith(_MODES[1]) or _MODES[1] in modes]
+        scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        families: dict[str, list[_Families]] = {"family" + mode: [] for mode in modes}
         n_done = 0
         for fold in (False, True):
             fit_x, bases = self._forest_inputs(parts, fold, ivals, group_index)
@@ -693,6 +724,7 @@ class FleetModel:
                 fitted=[len(x) > 0 for x in fit_x],
                 ivals=ivals,
                 group_index=group_index,
+                paused=_MODES[1] in modes,
             )
             held: list[dict[str, Any] | None] = [None] * len(group_index)
             jobs = list(zip(parts, bases, strict=True))
@@ -701,7 +733,7 @@ class FleetModel:
                     held[g] = group_scores
             # In group order, as the calibrators' inputs always were.
             for group_scores in filter(None, held):
-                for k in _OOS_KEYS:
+                for k in keys:
                     scores[k].append(group_scores[k])
                 for k, kept in families.items():
                     kept.append(group_scores[k].shifted(n_done))
@@ -720,29 +752,29 @@ class FleetModel:
         fitted: list[bool],
         ivals: pl.DataFrame,
         group_index: dict[str, int],
+        paused: bool = True,
     ) -> list[tuple[int, dict[str, Any]]]:
         """``(group index, held-out scores)`` of each group of a part fitted on side
         ``fold`` (``job``: the part and its baseline), for groups the fold's forest was
-        ``fitted`` on."""
+        ``fitted`` on; without ``paused``, those of the normal scoring mode only."""
         part, base = job
         if base is None:
             return []
-        normal, paused = self._held_out_matrices(
-            part, base, part.rows(not fold), ivals, group_index
+        normal, as_paused = self._held_out_matrices(
+            part, base, part.rows(not fold), ivals, group_index, paused=paused
         )  # family maxima already sparse (_Families)
         out = []
-        for (g, (m, rows, f)), (_, (mp, _, fp)) in zip(normal, paused, strict=True):
+        for i, (g, (m, rows, f)) in enumerate(normal):
             if len(m) == 0 or not fitted[g]:
                 continue
             gi = np.full(len(m), g)
-            scores = {
-                "forest": forest.score_samples(m, gi),
-                "group": gi,
-                "row": rows,
-                "forest_paused": forest.score_samples(mp, gi),
-                "family": f,
-                "family_paused": fp,
-            }
+            scores = {"forest": forest.score_samples(m, gi), "group": gi, "row": rows, "family": f}
+            if paused:
+                mp, _, fp = as_paused[i][1]
+                # Pooled models judge the same matrices either way: scored once.
+                same = mp is m
+                scores["forest_paused"] = scores["forest"] if same else forest.score_samples(mp, gi)
+                scores["family_paused"] = fp
             out.append((g, scores))
         return out
 
@@ -827,8 +859,11 @@ class FleetModel:
         rows: pl.DataFrame,
         ivals: pl.DataFrame,
         group_index: dict[str, int],
-    ) -> tuple[list, list]:
-        """:meth:`_part_matrices` of held-out ``rows``, as scored normally and as paused.
+        *,
+        paused: bool = True,
+    ) -> tuple[list, list | None]:
+        """:meth:`_part_matrices` of held-out ``rows``, as scored normally and as paused
+        (None without ``paused``).
 
         Paused, the same syncs are judged as a paused connector's would be: levels against
         the sync just before (paused scoring gets calibrators of its own): both from one
@@ -837,14 +872,16 @@ class FleetModel:
         """
         if part.key != "connector_id":
             mats = self._part_matrices(part, base, rows, ivals, group_index)
-            return mats, mats
+            return mats, mats if paused else None
         normal = base.residuals(rows, ivals, alternative=pl.lit(True))
-        paused = normal.with_columns(
+        if not paused:
+            return self._resid_matrices(part, normal, group_index, "sparse"), None
+        as_paused = normal.with_columns(
             pl.col("z_alt").alias("z"), pl.col("z_tail_alt").alias("z_tail")
         )
         return (
             self._resid_matrices(part, normal, group_index, "sparse"),
-            self._resid_matrices(part, paused, group_index, "sparse"),
+            self._resid_matrices(part, as_paused, group_index, "sparse"),
         )
 
     def _resid_matrices(
