@@ -1964,13 +1964,15 @@ class _XfitPart:
     """Whole model groups cross-fitted together, and how their rows split into folds.
 
     ``key`` is ``"connector_id"`` for a chunk of connectors (``source`` carries the
-    chunk number in ``_xfit_chunk``) or ``"connector_kind"`` for one pooled group.
+    chunk number in ``_xfit_chunk``) or ``"connector_kind"`` for one pooled group
+    (``ids``: the connectors of ``source``, as strings).
     """
 
     key: str
     source: pl.DataFrame
     groups: tuple[str, ...]
     chunk: int = 0
+    ids: pl.Series | None = None
 
     def rows(self, fold: bool | None) -> pl.DataFrame:
         """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked,
@@ -1995,7 +1997,7 @@ class _XfitPart:
     def _pooled_side(self, fold: bool) -> pl.Expr:
         """Rows of the connectors on side ``fold``: the side of a connector is a hash of its
         id (as a string), taken once per connector rather than once per row."""
-        ids = self.source["connector_id"].unique().cast(pl.String)
+        ids = self.ids
         on_side = ids.filter((ids.hash(7) % 2 == 1) == fold)
         return pl.col("connector_id").is_in(on_side.implode())
 
@@ -2038,7 +2040,12 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
         for c in range(int(chunk.max()) + 1 if len(chunk) else 0)
     ]
     kinds = sorted({*pooled["connector_kind"].unique().to_list(), POOLED_ALL})
-    return connectors + [_XfitPart("connector_kind", pooled, (kind,)) for kind in kinds]
+    # Found once: every pooled part reads them for each side it takes (a pass over the
+    # whole long frame each time).
+    pooled_ids = pooled["connector_id"].unique().cast(pl.String)
+    return connectors + [
+        _XfitPart("connector_kind", pooled, (kind,), ids=pooled_ids) for kind in kinds
+    ]
 
 
 class _FitData(NamedTuple):
