@@ -85,12 +85,20 @@ FACTS_SCHEMA = {
 
 
 def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:
-    """Duration and freshness as measures of their own (not for failed syncs)."""
+    """Duration and freshness as measures of their own (not for failed syncs).
+
+    Nor freshness for a sync after a failed one (a failed attempt since the last success
+    started after that success finished, so ``fresh_gap_s >= gap_s``): its data is as old
+    as the failure made it. The failure is ``sync_failed``'s to pause and lateness beyond
+    it ``overdue_sync``'s; judged again, the first good sync after a transient failure
+    paused for data twice as old as usual.
+    """
     usable = syncs.filter(pl.col("status") != "failed")
     duration = usable.select(
         "row", pl.lit("sync.duration_s").alias("measure"), pl.col("duration_s").alias("value")
     )
-    fresh = usable.filter(pl.col("fresh_gap_s").is_not_null()).select(
+    after_failure = (pl.col("fresh_gap_s") >= pl.col("gap_s")).fill_null(False)
+    fresh = usable.filter(pl.col("fresh_gap_s").is_not_null() & ~after_failure).select(
         "row", pl.lit("sync.freshness").alias("measure"), pl.col("fresh_gap_s").alias("value")
     )
     # The connector's own word that the data is incomplete: an event, rare for most.

@@ -827,6 +827,24 @@ def test_a_sync_soon_after_a_long_one_is_not_judged_for_its_freshness_a_late_one
     assert late_one["sync_id"] in reasons["sync_id"].to_list()
 
 
+def test_the_first_good_sync_after_a_failed_one_is_not_judged_for_its_freshness():
+    """An hourly connector fails one sync (the rule pauses it); the next one comes on time
+    with data two hours old. Its staleness is the failure's: no freshness reason, and it
+    proceeds. Two hours late with no failure between
+    still is a reason (see above)."""
+    rng = np.random.default_rng(5)
+    records = [make_record("okta-prod", i, rng=rng) for i in range(24 * 62)]
+    failed = records[24 * 60 + 5]
+    failed.update(status="failed", error_class="timeout")
+    failed.pop("resources", None)
+    out = _fitted_on_60_days_scoring_the_rest(records)
+    after = records[24 * 60 + 6]["sync_id"]
+    decisions = dict(zip(out.results["sync_id"], out.results["decision"], strict=True))
+    assert decisions[failed["sync_id"]] == "pause"
+    assert decisions[after] == "proceed"
+    assert after not in out.reasons.filter(pl.col("metric") == "sync.freshness")["sync_id"]
+
+
 def _shifted(timestamp: str, seconds: float) -> str:
     moved = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
     return moved.strftime("%Y-%m-%dT%H:%M:%SZ")
