@@ -308,3 +308,40 @@ def test_cold_start_is_scored_by_sampled_pooled_models(history: list[dict]) -> N
     assert results["cold_start"].all()
     p = results["tail_probability"].to_numpy()
     assert np.isfinite(p).all() and ((p > 0) & (p <= 1)).all()
+
+
+def test_heavy_items_run_one_at_a_time_and_results_keep_their_order() -> None:
+    """Cross-fitting's pooled groups go one at a time beside the chunks of connectors
+    (its peak of memory was two at once); results stay in the items' order, and an
+    error in a thread is raised in the caller's."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    running = {"heavy": 0, "most_heavy": 0, "both": 0, "now": 0}
+    heavy = [i % 3 != 1 for i in range(12)]
+
+    def work(i: int) -> int:
+        with lock:
+            running["now"] += 1
+            running["heavy"] += heavy[i]
+            running["most_heavy"] = max(running["most_heavy"], running["heavy"])
+            running["both"] = max(running["both"], running["now"])
+        time.sleep(0.01 if heavy[i] else 0.002)
+        with lock:
+            running["now"] -= 1
+            running["heavy"] -= heavy[i]
+        return i * i
+
+    assert model_module._in_threads(work, list(range(12)), 2, heavy) == [
+        i * i for i in range(12)
+    ]
+    assert running["most_heavy"] == 1 and running["both"] == 2
+
+    def fails(i: int) -> int:
+        if i == 5:
+            raise RuntimeError("part 5")
+        return i
+
+    with pytest.raises(RuntimeError, match="part 5"):
+        model_module._in_threads(fails, list(range(12)), 2, heavy)
