@@ -1967,8 +1967,9 @@ class _XfitPart:
     """Whole model groups cross-fitted together, and how their rows split into folds.
 
     ``key`` is ``"connector_id"`` for a chunk of connectors (``source`` carries the
-    chunk number in ``_xfit_chunk``) or ``"connector_kind"`` for one pooled group
-    (``ids``: the connectors of ``source``, as strings).
+    chunk number in ``_xfit_chunk``; ``span``: where its rows are, when they are one run
+    of ``source``) or ``"connector_kind"`` for one pooled group (``ids``: the connectors
+    of ``source``, as strings).
     """
 
     key: str
@@ -1976,12 +1977,17 @@ class _XfitPart:
     groups: tuple[str, ...]
     chunk: int = 0
     ids: pl.Series | None = None
+    span: tuple[int, int] | None = None
 
     def rows(self, fold: bool | None) -> pl.DataFrame:
         """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked,
         with string keys (the source's may be categoricals, see :func:`_compact_keys`)."""
         if self.key == "connector_id":
-            mine = self.source.filter(pl.col("_xfit_chunk") == self.chunk).drop("_xfit_chunk")
+            if self.span is not None:  # a slice: no pass over the whole frame
+                mine = self.source.slice(self.span[0], self.span[1] - self.span[0])
+            else:
+                mine = self.source.filter(pl.col("_xfit_chunk") == self.chunk)
+            mine = mine.drop("_xfit_chunk")
             if fold is not None:
                 # Each connector's later half of syncs (rows numbered in time order) is fold 1.
                 seq = pl.col("row").rank("dense").over("connector_id")
@@ -2038,9 +2044,24 @@ def _xfit_parts(per_connector: pl.DataFrame, pooled: pl.DataFrame) -> list[_Xfit
         .alias("_xfit_chunk")
     )
     ids = sizes["connector_id"].to_list()
+    n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
+    spans: list[tuple[int, int] | None] = [None] * n_chunks
+    if source["_xfit_chunk"].is_sorted():
+        # Rows in sync order (connectors in id order, as fitting numbers them): each
+        # chunk's rows are one run of the frame, read as a slice where a filter passed
+        # over all of it (15 million rows at 1,000 connectors) for every side of every
+        # chunk.
+        at = np.searchsorted(source["_xfit_chunk"].to_numpy(), np.arange(n_chunks + 1))
+        spans = [(int(lo), int(hi)) for lo, hi in zip(at[:-1], at[1:], strict=True)]
     connectors = [
-        _XfitPart("connector_id", source, tuple(ids[i] for i in np.flatnonzero(chunk == c)), c)
-        for c in range(int(chunk.max()) + 1 if len(chunk) else 0)
+        _XfitPart(
+            "connector_id",
+            source,
+            tuple(ids[i] for i in np.flatnonzero(chunk == c)),
+            c,
+            span=spans[c],
+        )
+        for c in range(n_chunks)
     ]
     kinds = sorted({*pooled["connector_kind"].unique().to_list(), POOLED_ALL})
     # Found once: every pooled part reads them for each side it takes (a pass over the
