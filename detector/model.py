@@ -710,18 +710,20 @@ class FleetModel:
             fit_x, bases = self._forest_inputs(parts, fold, ivals, group_index)
             if all(base is None for base in bases):
                 continue
+            fitted = [len(x) > 0 for x in fit_x]
             forest = ArrayIsolationForest(
                 n_estimators=max(20, self.n_estimators // 2),
                 max_samples=self.max_samples,
                 random_state=self.random_state + 1000,
                 n_jobs=self.n_jobs,
             ).fit(fit_x)
+            del fit_x  # the forest keeps what it needs
             forest._walk_arrays()  # built once here, not by each thread that scores
             held_out = functools.partial(
                 self._held_out_scores,
                 fold=fold,
                 forest=forest,
-                fitted=[len(x) > 0 for x in fit_x],
+                fitted=fitted,
                 ivals=ivals,
                 group_index=group_index,
                 paused=_MODES[1] in modes,
@@ -739,6 +741,11 @@ class FleetModel:
                 for k, kept in families.items():
                     kept.append(group_scores[k].shifted(n_done))
                 n_done += len(group_scores["group"])
+            # Gone before the next fold is fitted: the first fold's forest (tens of
+            # thousands of trees at 1,000 connectors, with its walk arrays) and
+            # baselines were still held while the second fold's parts were fitted, the
+            # fit's peak of memory.
+            del forest, held_out, jobs, bases, held
         oos: dict[str, Any] = {
             k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()
         }
