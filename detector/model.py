@@ -27,9 +27,11 @@ false-pause rate the connector's budget allows.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -2143,9 +2145,6 @@ def _one_heavy_at_a_time(
     peak of a 1,000-connector fit; they are about a third of a pass's work, so one
     thread working through them while the other takes the chunks costs next to no time.
     """
-    import collections
-    import threading
-
     results: list[Any] = [None] * len(items)
     queues = {
         True: collections.deque(i for i, h in enumerate(heavy) if h),
