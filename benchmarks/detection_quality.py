@@ -28,7 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.model import FleetModel  # noqa: E402
 from detector.policy import load_policy  # noqa: E402
-from training.backtest import format_table, poisson_two_sided_p, run_backtest  # noqa: E402
+from training.backtest import (  # noqa: E402
+    budget_counts,
+    format_table,
+    poisson_two_sided_p,
+    run_backtest,
+)
 from training.simulator import simulate_fleet  # noqa: E402
 
 
@@ -94,7 +99,7 @@ def main() -> None:
     if len(summary) > 1:
         pauses = sum(c["false_pauses"] for _, _, c, _ in summary)
         expected = sum(c["budgeted_pauses"] for _, _, c, _ in summary)
-        print(f"all seeds: {pauses} false pauses where the budget expects {expected:.1f}: "
+        print(f"all seeds: {budget_counts(pauses, expected)}: "
               f"calibration ratio {pauses / expected:.2f} "
               f"(p = {float(poisson_two_sided_p(pauses, expected)):.2f})")
 

@@ -172,6 +172,11 @@ class DecodedHistory:
             return self.parts[k]
         return self.parts[k].filter(pl.col("sync_id").is_in(self.only.implode()))
 
+    def readers(self) -> list[Callable[[], pl.DataFrame]]:
+        """One call per part giving :meth:`part`: handed to threads, each copy of kept
+        syncs is made in the thread that reads it, not all at once beforehand."""
+        return [functools.partial(self.part, k) for k in range(len(self.parts))]
+
     @property
     def sync_ids(self) -> pl.Series:
         if self.only is not None:
@@ -212,14 +217,16 @@ def _history_frames(
             return frame
         return frame.filter(~pl.col("sync_id").is_in(leave_out.implode()))
 
-    def frames(part: Iterable[Mapping[str, Any]] | pl.DataFrame | int) -> tuple[pl.DataFrame, ...]:
-        if isinstance(part, int):  # a DecodedHistory's part, read in the thread
-            part = history.part(part)
+    def frames(
+        part: Iterable[Mapping[str, Any]] | pl.DataFrame | Callable[[], pl.DataFrame],
+    ) -> tuple[pl.DataFrame, ...]:
+        if callable(part):  # a DecodedHistory's part, read in this thread
+            part = part()
         syncs, features = build_features(*_prepare_history(kept(part)))
         return syncs, _compact_keys(features) if compact else features
 
     if isinstance(history, DecodedHistory):
-        pieces: list = list(range(len(history.parts)))
+        pieces: list = history.readers()
     elif isinstance(history, pl.DataFrame):
         pieces = _connector_slices(history)
     else:
@@ -704,6 +711,7 @@ class FleetModel:
         ``modes`` (of :data:`_MODES`) holds that mode.
         """
         parts = _xfit_parts(per_connector, pooled)
+        pooled_parts = [part.pooled for part in parts]
         keys = [k for k in _OOS_KEYS if not k.endswith(_MODES[1]) or _MODES[1] in modes]
         scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         families: dict[str, list[_Families]] = {"family" + mode: [] for mode in modes}
@@ -732,7 +740,6 @@ class FleetModel:
             )
             held: list[dict[str, Any] | None] = [None] * len(group_index)
             jobs = list(zip(parts, bases, strict=True))
-            pooled_parts = [part.key != "connector_id" for part in parts]
             for part_scores in _in_threads(held_out, jobs, self.n_jobs, pooled_parts):
                 for g, group_scores in part_scores:
                     held[g] = group_scores
@@ -816,8 +823,7 @@ class FleetModel:
 
         bases: list[SeasonalBaseline | None] = []
         # One pooled group at a time (see _one_heavy_at_a_time): the fit's peak of memory.
-        pooled_parts = [part.key != "connector_id" for part in parts]
-        for base, mats in _in_threads(fitted, parts, self.n_jobs, pooled_parts):
+        for base, mats in _in_threads(fitted, parts, self.n_jobs, [p.pooled for p in parts]):
             for g, x in mats:
                 inputs[g] = x
             bases.append(base)
@@ -882,7 +888,7 @@ class FleetModel:
         residual pass (``alternative``). Pooled models always judge against the sync
         before: the same matrices.
         """
-        if part.key != "connector_id":
+        if part.pooled:
             mats = self._part_matrices(part, base, rows, ivals, group_index)
             return mats, mats if paused else None
         normal = base.residuals(rows, ivals, alternative=pl.lit(True))
@@ -905,7 +911,7 @@ class FleetModel:
     ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, _Families | None]]]:
         """``(group index, group matrices)`` of each group of a part, from its residuals."""
         empty = resid.head(0)
-        own, pooled = (resid, empty) if part.key == "connector_id" else (empty, resid)
+        own, pooled = (empty, resid) if part.pooled else (resid, empty)
         mats = self._group_matrices(own, pooled, group_index, families=families)
         return [(group_index[g], mats[group_index[g]]) for g in part.groups if g in group_index]
 
@@ -1987,6 +1993,11 @@ class _XfitPart:
     chunk: int = 0
     ids: pl.Series | None = None
     span: tuple[int, int] | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """A pooled group (judged against the sync before only), not a chunk of connectors."""
+        return self.key != "connector_id"
 
     def rows(self, fold: bool | None) -> pl.DataFrame:
         """The part's rows on side ``fold`` (None: all): a copy of those rows, when asked,

@@ -20,7 +20,6 @@ and an Elementary-style 3-sigma z-score, all on the same test syncs:
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ __all__ = [
     "evaluate",
     "format_table",
     "poisson_two_sided_p",
+    "budget_counts",
 ]
 
 
@@ -189,8 +189,7 @@ def _safeguards_and_state(
         # Connectors new in the window go with the first part.
         test_part = test.join(part_of, on="connector_id", how="left")["part"].fill_null(0)
         parts = [
-            (functools.partial(history.part, k), test.filter(test_part == k))
-            for k in range(len(history.parts))
+            (read, test.filter(test_part == k)) for k, read in enumerate(history.readers())
         ]
     elif (
         isinstance(history, pl.DataFrame)
@@ -433,6 +432,16 @@ def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
     return table.with_columns(pl.Series("calibration_p", p))
 
 
+def budget_counts(false_pauses: float, budgeted: float) -> str:
+    """The calibration's counts in words, as the report, ``syncguard train`` and the
+    detection benchmark print them.
+
+    >>> budget_counts(4, 9.26)
+    '4 false pauses where the budget expects 9.3'
+    """
+    return f"{false_pauses:.0f} false pauses where the budget expects {budgeted:.1f}"
+
+
 def poisson_two_sided_p(observed: Any, expected: Any) -> Any:
     """Two-sided probability that a Poisson count with mean ``expected`` lands at least as
     far out as ``observed`` on its side (twice the smaller tail, at most 1).
@@ -481,15 +490,14 @@ def format_table(report: BacktestReport) -> str:
     c = report.calibration
     lines.append(
         "Calibration: budgeted false-pause rate {:.5f} per sync, realised {:.5f} "
-        "(ratio {:.2f}) over {:d} normal syncs: {:d} false pauses where the budget expects "
-        "{:.1f} (exact calibration lands this far out with p = {:.2f}); cutoff breached "
-        "(pauses and reviews) at {:.5f} (ratio {:.2f})".format(
+        "(ratio {:.2f}) over {:d} normal syncs: {} (exact calibration lands this far out "
+        "with p = {:.2f}); cutoff breached (pauses and reviews) at {:.5f} "
+        "(ratio {:.2f})".format(
             c["budgeted_rate"],
             c["realised_rate"],
             c["calibration_ratio"],
             int(c["normal_syncs"]),
-            int(c["false_pauses"]),
-            c["budgeted_pauses"],
+            budget_counts(c["false_pauses"], c["budgeted_pauses"]),
             c["calibration_p"],
             c["breach_rate"],
             c["breach_ratio"],

@@ -362,14 +362,12 @@ def is_at_least_as_good(
     ratio = _number(challenger_metrics, "calibration_ratio")
     chance = _number(challenger_metrics, "calibration_p")
     lo, hi = CALIBRATION_BAND
-    if ratio is not None and not lo <= ratio <= hi:
-        if chance is None:
-            failures.append(f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}]")
-        elif chance < CALIBRATION_SIGNIFICANCE:
-            failures.append(
-                f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}] "
-                f"(calibration_p {chance:.3g} < {CALIBRATION_SIGNIFICANCE:g})"
-            )
+    outside = ratio is not None and not lo <= ratio <= hi
+    if outside and (chance is None or chance < CALIBRATION_SIGNIFICANCE):
+        failure = f"calibration_ratio {ratio:.3f} is outside [{lo:g}, {hi:g}]"
+        if chance is not None:
+            failure += f" (calibration_p {chance:.3g} < {CALIBRATION_SIGNIFICANCE:g})"
+        failures.append(failure)
     if failures:
         return GateResult(False, "; ".join(failures))
     return GateResult(True, "at least as good as the champion")

@@ -121,8 +121,10 @@ def _metrics_line(m: dict[str, float]) -> str:
     if "calibration_ratio" in m:
         ratio = f"calibration ratio {m['calibration_ratio']:.2f}"
         if {"calibration_false_pauses", "budgeted_false_pauses", "calibration_p"} <= m.keys():
-            ratio += (f" ({m['calibration_false_pauses']:.0f} false pauses where the budget "
-                      f"expects {m['budgeted_false_pauses']:.1f}, p = {m['calibration_p']:.2f})")
+            from training.backtest import budget_counts
+
+            counts = budget_counts(m["calibration_false_pauses"], m["budgeted_false_pauses"])
+            ratio += f" ({counts}, p = {m['calibration_p']:.2f})"
         parts.append(ratio)
     return ", ".join(parts)
 
