@@ -42,13 +42,18 @@ from detector.features import N_BUCKETS, block_expr, bucket_expr
 from detector.frame import RARE_SYNC_EVENTS, is_stat
 from detector.special import ufuncs as _ufuncs
 
-__all__ = ["SeasonalBaseline", "empty_hours", "transform_expr", "nb_signed_z"]
+__all__ = ["SeasonalBaseline", "SCHEDULE_RELATIVE_MEASURES", "empty_hours", "transform_expr",
+           "nb_signed_z"]
 
 #: Measures that are news only when high: a partial sync, a repeat of the sync before, a
 #: sync that comes late. Less of them (fewer partial syncs than usual, data that changed
 #: sooner than its runs of repeats last, a sync starting soon after a long one finished)
 #: is nothing wrong with the data: their residuals' low side is 0.
 ONE_SIDED_MEASURES = (*RARE_SYNC_EVENTS, "sync.freshness")
+#: Measures judged against the closer of their learned level and the sync before, paused
+#: or not: a connector whose schedule moved (hourly to every four hours) is late once, not
+#: on every sync until the model is retrained.
+SCHEDULE_RELATIVE_MEASURES = ("sync.freshness",)
 #: Residuals are clipped here only to keep them finite: calibration needs far tails.
 Z_CLIP = 1e4
 _TAIL_QUANTILE = 0.99
@@ -755,10 +760,8 @@ class SeasonalBaseline:
     def judged_against_reference(self) -> pl.Expr:
         """Rows a reference judges when asked (``against_reference`` in :meth:`residuals`):
         level-like measures with a reference value. Every other row's residual is the
-        same either way."""
-        level_like = pl.col("kind").is_in(["rate", "level", "log"]) & (
-            pl.col("measure") != "sync.freshness"  # a gap, already relative to the interval
-        )
+        same either way (:data:`SCHEDULE_RELATIVE_MEASURES` are judged so always)."""
+        level_like = pl.col("kind").is_in(["rate", "level", "log"])
         return level_like & pl.col("reference").is_not_null()
 
     def _added_columns(
@@ -885,7 +888,8 @@ class SeasonalBaseline:
             pl.col("expected").fill_null(pl.col("rate")).fill_null(pl.col("center")),
             ref_x.alias("_ref_x"),
         )
-        judge_ref = pl.col("_use_ref") & self.judged_against_reference()
+        always = pl.col("measure").is_in(list(SCHEDULE_RELATIVE_MEASURES))
+        judge_ref = (pl.col("_use_ref") | always) & self.judged_against_reference()
         # Two candidate comparisons: the learned level for this time of week, and the
         # reference sync (the difference of two syncs: sqrt(2) scales of noise).
         lazy = lazy.with_columns(
@@ -908,7 +912,7 @@ class SeasonalBaseline:
         closer = pl.lit(k == "connector_kind") | (pl.col("z_ref").abs() < pl.col("z_lvl").abs())
         variants = {"": judge_ref & closer}
         if "_use_ref_alt" in slim.columns:
-            alt_ref = pl.col("_use_ref_alt") & self.judged_against_reference() & closer
+            alt_ref = (pl.col("_use_ref_alt") | always) & self.judged_against_reference() & closer
             variants["_alt"] = alt_ref
             # The only rows whose residual the alternative changes.
             lazy = lazy.with_columns(

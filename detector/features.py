@@ -54,9 +54,6 @@ STATE_SCHEMA = {
 # What the measures derived from whole syncs carry of their sync.
 _SYNC_INFO = ("connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused")
 
-# A gap since the previous sync: it has no value of its own to carry to the next batch.
-_UNREFERENCED_MEASURES = ("sync.freshness",)
-
 
 def bucket_expr(ts: pl.Expr) -> pl.Expr:
     """Time-of-week bucket (0..167: the hour of the week) of a UTC datetime expression."""
@@ -310,7 +307,7 @@ def build_features(
             syncs.group_by("connector_id").agg(pl.col("connector_kind").first()),
             on="connector_id",
             how="inner",
-        ).filter(~pl.col("measure").is_in(_UNREFERENCED_MEASURES))
+        )
         state_rows = state_rows.with_columns(
             pl.lit(None, dtype=pl.UInt32).alias("row"),
             pl.lit(None, dtype=pl.String).alias("resource"),

@@ -4,8 +4,9 @@ A dead connector sends nothing to score, so no rule on a sync can notice it. Thi
 looks at the store instead: each connector's usual interval is the median gap between
 the starts of its last :data:`RECENT_SYNCS` stored syncs, and it is *overdue* when its
 last sync finished more than :data:`detector.rules.OVERDUE_FACTOR` intervals (and more
-than an hour past its due time) before the check, the same test the ``overdue_sync`` rule
-applies to a sync that does arrive.
+than an hour past its due time) before the check, the test the ``overdue_sync`` rule
+applies to a sync that does arrive (which also asks it to be late against the sync before:
+here the recent median follows a schedule that moved).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ __all__ = ["RULES", "rule_hits", "count_losses", "OVERDUE_FACTOR", "MIN_RECORDS"
            "MAX_SHARED_LOSS"]
 
 #: A sync is overdue when the data it replaces is this many usual intervals old (and at
-#: least an hour late), e.g. an hourly connector that skipped two syncs.
+#: least an hour late), e.g. an hourly connector that skipped two syncs, and this many
+#: times as old as the sync before's was (a schedule that moved is overdue once).
 OVERDUE_FACTOR = 3.0
 
 #: Rules on counts and fields need this many records at the reference sync to speak.
@@ -185,11 +186,22 @@ def rule_hits(
             (pl.col("reference") * 100).round(1),
         ).alias("detail"),
     )
+    # Late against the usual interval and against the sync before (whose freshness is the
+    # reference): a connector whose schedule moved from hourly to every four hours is
+    # overdue once, not on every sync until the model is retrained.
+    before = features.filter(pl.col("measure") == "sync.freshness").select(
+        "row", pl.col("reference").alias("_fresh_before")
+    )
     late = (
         syncs.join(intervals, on="connector_id", how="inner")
+        .join(before, on="row", how="left")
         .filter(
             (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("interval_s"))
             & (pl.col("fresh_gap_s") - pl.col("interval_s") > 3600.0)
+            & (
+                pl.col("_fresh_before").is_null()
+                | (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("_fresh_before"))
+            )
         )
         .select(
             "row",

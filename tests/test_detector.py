@@ -845,6 +845,47 @@ def test_the_first_good_sync_after_a_failed_one_is_not_judged_for_its_freshness(
     assert after not in out.reasons.filter(pl.col("metric") == "sync.freshness")["sync_id"]
 
 
+def _every_fourth_hour(records: list[dict]) -> list[dict]:
+    """Every fourth of hourly ``records``, each with the churn of the hours since the one
+    before (a schedule moved from hourly to every four hours)."""
+    out = []
+    for i in range(0, len(records), 4):
+        record = copy.deepcopy(records[i])
+        since = records[max(0, i - 3) : i + 1]
+        for resource, stats in record["resources"].items():
+            for key in ("added", "removed", "modified"):
+                stats[key] = sum(r["resources"][resource][key] for r in since)
+        out.append(record)
+    return out
+
+
+def test_a_schedule_moved_from_hourly_to_every_four_hours_is_overdue_once():
+    """After training, an hourly connector moves to every four hours. The first sync on
+    the new schedule is late (overdue, and its freshness a reason); the later ones are on
+    time for it and proceed, whether the connector stays paused (a batch) or a person
+    resumes it (one sync at a time, its values accepted)."""
+    rng = np.random.default_rng(6)
+    records = [make_record("okta-prod", i, rng=rng) for i in range(24 * 64)]
+    history, moved = records[: 24 * 60], _every_fourth_hour(records[24 * 60 :])
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    out = model.score(moved, state=state, facts=facts)
+    late = moved[1]["sync_id"]
+    assert out.rule_hits.select("sync_id", "rule").rows() == [(late, "overdue_sync")]
+    assert late in out.reasons.filter(pl.col("metric") == "sync.freshness")["sync_id"]
+    assert out.results.filter(pl.col("decision") == "pause")["sync_id"].to_list() == [late]
+
+    paused = []
+    for record in moved:  # one at a time, each pause resumed (see state.accept_current)
+        one = model.score([record], state=state, facts=facts)
+        state, facts = one.state, one.facts
+        if one.results["decision"].item() == "pause":
+            paused.append(record["sync_id"])
+            state = state.with_columns(pl.col("value").alias("ref_value"))
+            facts = facts.with_columns(pl.lit(False).alias("state_paused"))
+    assert paused == [late]
+
+
 def _shifted(timestamp: str, seconds: float) -> str:
     moved = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) + timedelta(seconds=seconds)
     return moved.strftime("%Y-%m-%dT%H:%M:%SZ")
