@@ -611,7 +611,10 @@ class FleetModel:
         # always.
         modes = [mode for mode in _MODES if "forest" + mode in oos]
         jobs = [(mode, oos.pop("forest" + mode), oos.pop("family" + mode)) for mode in modes]
-        fit_mode = functools.partial(self._fit_mode_calibrators, groups=oos["group"])
+        # A screening round fits the normal mode only: its threads go to that one mode.
+        fit_mode = functools.partial(
+            self._fit_mode_calibrators, groups=oos["group"], n_jobs=self.n_jobs // len(jobs)
+        )
         combined = _in_threads(fit_mode, jobs, self.n_jobs)[0]
         # In one order whichever thread finished first: the model file lists them so.
         self.calibrators_ = {
@@ -628,11 +631,12 @@ class FleetModel:
         return flagged[~too_many[connector[flagged]]]
 
     def _fit_mode_calibrators(
-        self, job: tuple[str, np.ndarray, _Families], *, groups
+        self, job: tuple[str, np.ndarray, _Families], *, groups, n_jobs: int = 1
     ) -> np.ndarray:
         """One mode's forest, family and combined calibrators (``job``: the mode, its
         held-out forest scores and family maxima), into ``calibrators_``; returns the
-        combined statistic they were fitted on."""
+        combined statistic they were fitted on (its family part ``n_jobs`` blocks at a
+        time, see :meth:`_Families.row_min`)."""
         mode, forest_s, fam = job
         n_groups, n_fam = len(self.groups_), len(self.families_)
         self.calibrators_["forest" + mode] = TailCalibrator().fit(
@@ -641,7 +645,7 @@ class FleetModel:
         self.calibrators_["family" + mode] = TailCalibrator(
             pool_shape=False, min_width=_FAMILY_MIN_WIDTH, min_tail=_FAMILY_MIN_TAIL
         ).fit(fam.values, fam.cols, n_groups=n_fam)
-        combined = self._combined_statistic(forest_s, fam, groups, mode)
+        combined = self._combined_statistic(forest_s, fam, groups, mode, n_jobs)
         # A breach that is a review (only transport moved) is no false *pause*: the
         # cutoff is set on the syncs that would pause, as the budget counts them.
         combined[fam.review] = 0.0
@@ -651,14 +655,14 @@ class FleetModel:
         return combined
 
     def _combined_statistic(
-        self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str
+        self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str, n_jobs: int = 1
     ) -> np.ndarray:
         """``-log10`` of the smallest of the forest's and the families' tail probabilities,
         from the sparse family maxima (in blocks of entries: fitting never makes a dense
         syncs x families matrix)."""
         p_forest = self.calibrators_["forest" + mode].tail_probability(forest_s, groups)
         p_family = fam.row_min(
-            lambda v, c: self._family_tail_probability(v, c, mode), len(groups)
+            lambda v, c: self._family_tail_probability(v, c, mode), len(groups), n_jobs
         )
         return -np.log10(np.clip(np.minimum(p_forest, p_family), 1e-300, 1.0))
 
@@ -1961,19 +1965,26 @@ class _Families:
         return _Families(self.rows + np.int32(n), self.cols, self.values, self.review)
 
     def row_min(
-        self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n_rows: int
+        self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n_rows: int, n_jobs: int = 1
     ) -> np.ndarray:
         """Each row's smallest ``fn(values, cols)`` over its entries (1 for a row without).
 
-        ``fn`` is applied elementwise, ``_CAL_BLOCK_ROWS`` entries at a time.
+        ``fn`` is applied elementwise, ``_CAL_BLOCK_ROWS`` entries at a time, ``n_jobs``
+        blocks at once in threads (``fn`` is numpy on whole blocks, outside the GIL); a
+        minimum is the same in any order.
         """
-        out = np.ones(n_rows)
-        for lo in range(0, len(self.values), _CAL_BLOCK_ROWS):
+
+        def block_min(lo: int) -> tuple[np.ndarray, np.ndarray]:
             rows = self.rows[lo : lo + _CAL_BLOCK_ROWS]
             p = fn(self.values[lo : lo + _CAL_BLOCK_ROWS], self.cols[lo : lo + _CAL_BLOCK_ROWS])
             starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-            first = rows[starts]  # a row cut by a block's end is met again in the next one
-            out[first] = np.minimum(out[first], np.minimum.reduceat(p, starts))
+            return rows[starts], np.minimum.reduceat(p, starts)
+
+        out = np.ones(n_rows)
+        blocks = list(range(0, len(self.values), _CAL_BLOCK_ROWS))
+        # A row cut by a block's end is met again in the next one.
+        for first, low in _in_threads(block_min, blocks, n_jobs):
+            out[first] = np.minimum(out[first], low)
         return out
 
 
