@@ -531,6 +531,33 @@ def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
     assert out["connector_paused"].to_list()[3:] == [True] * (len(okta) - 3)
 
 
+def _resumed(state: pl.DataFrame, facts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The state and facts after ``syncguard resume`` (see store.state.accept_current): the
+    latest values are the reference, and the connector is no longer paused."""
+    return (
+        state.with_columns(pl.col("value").alias("ref_value")),
+        facts.with_columns(pl.lit(False).alias("state_paused")),
+    )
+
+
+def test_a_level_shift_a_person_resumed_does_not_pause_again(fleet):
+    """A bulk change drops a third of the users for good: the first sync pauses; a person
+    resumes it (the new level accepted); the syncs after it proceed, one at a time."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:10]
+    for record in okta[2:]:
+        record["resources"]["user"]["count"] = record["resources"]["user"]["count"] * 2 // 3
+    decisions = []
+    for record in okta:
+        out = model.score([record], state=state, facts=facts)
+        state, facts = out.state, out.facts
+        decisions.append(out.results["decision"].item())
+        if decisions[-1] == "pause":
+            state, facts = _resumed(state, facts)
+    assert decisions[2] == "pause"
+    assert decisions[3:].count("pause") == 0
+
+
 def test_a_lone_custom_metric_pauses_on_a_spike_and_once_on_a_level_shift():
     """A single series, as a public benchmark would feed one: daily seasonality, noise
     and a slow trend are normal; a spike and a later level shift are each paused once."""
@@ -881,8 +908,7 @@ def test_a_schedule_moved_from_hourly_to_every_four_hours_is_overdue_once():
         state, facts = one.state, one.facts
         if one.results["decision"].item() == "pause":
             paused.append(record["sync_id"])
-            state = state.with_columns(pl.col("value").alias("ref_value"))
-            facts = facts.with_columns(pl.lit(False).alias("state_paused"))
+            state, facts = _resumed(state, facts)
     assert paused == [late]
 
 
