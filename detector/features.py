@@ -19,10 +19,12 @@ import polars as pl
 
 from detector.frame import (
     MAX_UNCHANGED_RUN,
+    RESOURCE_TYPES_MEASURE,
     UNCHANGED_MEASURE,
     UNEXPLAINED_STAT,
     is_stat,
     measure_kind_expr,
+    resource_type_bit,
     stat_suffix,
 )
 
@@ -109,6 +111,28 @@ def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:
         measure_kind_expr(pl.col("measure")).alias("kind"),
     )
     return out.select("row", "measure", "value", "resource", "kind")
+
+
+def _resource_types(measures: pl.DataFrame) -> pl.DataFrame:
+    """One :data:`~detector.frame.RESOURCE_TYPES_MEASURE` row per sync that reported a
+    resource count: the bit mask of its types (a failed sync reports none, and the sync
+    after it is then compared with the last one that did)."""
+    counts = measures.filter(
+        (pl.col("kind") == "count") & pl.col("resource").is_not_null()
+    ).select("row", "resource")
+    return (
+        counts.with_columns(resource_type_bit(counts["resource"]).alias("_bit"))
+        .unique(["row", "_bit"])
+        .group_by("row")
+        .agg(pl.lit(2, dtype=pl.Int64).pow(pl.col("_bit")).sum().cast(pl.Float64).alias("value"))
+        .select(
+            "row",
+            pl.lit(RESOURCE_TYPES_MEASURE).alias("measure"),
+            "value",
+            pl.lit(None, dtype=pl.String).alias("resource"),
+            measure_kind_expr(pl.lit(RESOURCE_TYPES_MEASURE)).alias("kind"),
+        )
+    )
 
 
 def _timing(syncs: pl.DataFrame, last_success: pl.DataFrame | None) -> pl.DataFrame:
@@ -293,7 +317,11 @@ def build_features(
     )
 
     rows = pl.concat(
-        [measures.select("row", "measure", "value", "resource", "kind"), _sync_measures(syncs)]
+        [
+            measures.select("row", "measure", "value", "resource", "kind"),
+            _sync_measures(syncs),
+            _resource_types(measures),
+        ]
     )
     info = syncs.select(
         "row", "connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused"

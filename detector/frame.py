@@ -15,6 +15,7 @@ The nested JSON is unpacked by polars (Rust), never by a per-record Python loop.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ __all__ = [
     "MAX_UNCHANGED_RUN",
     "UNCHANGED_MEASURE",
     "UNEXPLAINED_STAT",
+    "RESOURCE_TYPES_MEASURE",
+    "UNMODELLED_MEASURES",
+    "resource_type_bit",
     "stat_suffix",
     "is_stat",
     "measure_kind",
@@ -73,6 +77,29 @@ UNCHANGED_MEASURE = "sync.unchanged_syncs"
 #: custom metric) then sits at a constant, instead of a count that grows past anything its
 #: history saw. A day of hourly syncs; a stuck cache is flagged long before.
 MAX_UNCHANGED_RUN = 24
+
+#: The resource types a sync reported, as a bit mask (see :func:`resource_type_bits`):
+#: carried in the scoring state like any measure, so the ``resource_missing`` rule can ask
+#: whether a type missing now was there at the reference sync (a type dropped for good
+#: pauses once, like a count that falls to zero). No model sees it.
+RESOURCE_TYPES_MEASURE = "sync.resource_types"
+#: Measures the features carry for rules and state only: baselines and forests leave them.
+UNMODELLED_MEASURES = (RESOURCE_TYPES_MEASURE,)
+_TYPE_BITS = 52  # a float64 holds every integer below 2 ** 53 exactly
+
+
+def resource_type_bit(resource: pl.Series) -> pl.Expr:
+    """The bit of each name in column ``resource`` in :data:`RESOURCE_TYPES_MEASURE`'s
+    mask: its CRC-32 modulo 52, the same in every process and version (a saved state
+    outlives both), worked out once for each of the few distinct names of ``resource``
+    (the column's values). Two types sharing a bit only make the rule fire as it would
+    without the mask."""
+    names = resource.unique().drop_nulls()
+    if not len(names):
+        return pl.lit(None, dtype=pl.Int64)
+    bits = [zlib.crc32(name.encode()) % _TYPE_BITS for name in names.to_list()]
+    return pl.col("resource").replace_strict(names, bits, return_dtype=pl.Int64)
+
 
 #: Per-sync measures that are counts of events (one exposure per sync).
 _EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", UNCHANGED_MEASURE)

@@ -46,6 +46,7 @@ from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import (
     UNCHANGED_MEASURE,
+    UNMODELLED_MEASURES,
     in_sync_order,
     measures_frame,
     syncs_frame,
@@ -194,6 +195,7 @@ def _history_frames(
     leave_out: pl.Series | None = None,
     *,
     compact: bool = False,
+    modelled: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`prepare` then :func:`build_features` of a history, in parts of connectors.
 
@@ -209,7 +211,7 @@ def _history_frames(
     time in threads (see :func:`_in_threads`). ``leave_out``: sync ids left out of a
     frame history, a part at a time (no second copy of its record texts). ``compact``:
     the features' string keys as categoricals (see :func:`_compact_keys`), a part at a
-    time.
+    time. ``modelled``: the measures models see only (see :func:`_modelled`).
     """
 
     def kept(frame: pl.DataFrame) -> pl.DataFrame:
@@ -223,6 +225,7 @@ def _history_frames(
         if callable(part):  # a DecodedHistory's part, read in this thread
             part = part()
         syncs, features = build_features(*_prepare_history(kept(part)))
+        features = _modelled(features) if modelled else features
         return syncs, _compact_keys(features) if compact else features
 
     if isinstance(history, DecodedHistory):
@@ -253,6 +256,11 @@ def _prepare_history(
 # The long feature frame's string keys: a fleet's few thousand distinct values, repeated
 # on every (sync, measure) row (15 million at 1,000 connectors).
 _KEY_COLUMNS = ("connector_id", "connector_kind", "measure", "kind", "resource")
+
+
+def _modelled(features: pl.DataFrame) -> pl.DataFrame:
+    """``features`` less the measures kept for rules and state only."""
+    return features.filter(~pl.col("measure").is_in(UNMODELLED_MEASURES))
 
 
 def _compact_keys(features: pl.DataFrame) -> pl.DataFrame:
@@ -433,7 +441,11 @@ class FleetModel:
         # then freed as soon as it no longer needs them, not held here through the fit.
         decoded = [
             _history_frames(
-                history, self.n_jobs, leave_out=left_out if len(left_out) else None, compact=True
+                history,
+                self.n_jobs,
+                leave_out=left_out if len(left_out) else None,
+                compact=True,
+                modelled=True,
             )
         ]
         if decoded[0][0].height == 0:
@@ -450,7 +462,11 @@ class FleetModel:
             # after them are then measured against the last sync that stays.
             left_out = pl.concat([left_out, would_pause])
             del fit_data
-            decoded = [_history_frames(history, self.n_jobs, leave_out=left_out, compact=True)]
+            decoded = [
+                _history_frames(
+                    history, self.n_jobs, leave_out=left_out, compact=True, modelled=True
+                )
+            ]
             fit_data, would_pause = self._fit_calibration(
                 decoded, lambda _phase: None, screen=screening > 1
             )
@@ -1261,9 +1277,10 @@ class FleetModel:
             features = features.filter(pl.col("row").is_in(syncs["row"].implode()))
         ivals = intervals.select("connector_id", "interval_s")
         is_own = pl.col("connector_id").is_in(list(known))
-        own_rows = features.filter(is_own)
+        modelled = _modelled(features)
+        own_rows = modelled.filter(is_own)
         pooled_kinds = set(self.pooled_baseline_.series_["connector_kind"].unique())
-        cold_rows = features.filter(~is_own).with_columns(
+        cold_rows = modelled.filter(~is_own).with_columns(
             _pooled_group(pooled_kinds).alias("connector_kind")
         )
         resid = self.baseline_.residuals(own_rows, ivals)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.frame import UNCHANGED_MEASURE
+from detector.frame import RESOURCE_TYPES_MEASURE, UNCHANGED_MEASURE, resource_type_bit
 
 __all__ = ["RULES", "rule_hits", "count_losses", "OVERDUE_FACTOR", "MIN_RECORDS",
            "MIN_POPULATED", "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
@@ -280,10 +280,24 @@ def rule_hits(
             .select("row", "connector_id")
             .join(expected_resources, on="connector_id", how="inner")
         )
-        missing = want.join(reported, on=["row", "resource"], how="anti").select(
-            "row",
-            pl.lit("resource_missing").alias("rule"),
-            pl.format("{} is missing from the sync", pl.col("resource")).alias("detail"),
+        missing = want.join(reported, on=["row", "resource"], how="anti")
+        # Only a type its reference sync reported (the last one not paused, or while
+        # paused the one before): a type dropped for good pauses once, and a person who
+        # resumes accepts its absence (see RESOURCE_TYPES_MEASURE).
+        bit = resource_type_bit(missing["resource"])
+        types_before = pl.col("_types_before").cast(pl.Int64)
+        had_it = (types_before // pl.lit(2, dtype=pl.Int64).pow(bit)) % 2 == 1
+        before = features.filter(pl.col("measure") == RESOURCE_TYPES_MEASURE).select(
+            "row", pl.col("reference").alias("_types_before")
+        )
+        missing = (
+            missing.join(before, on="row", how="left")
+            .filter(pl.col("_types_before").is_null() | had_it)
+            .select(
+                "row",
+                pl.lit("resource_missing").alias("rule"),
+                pl.format("{} is missing from the sync", pl.col("resource")).alias("detail"),
+            )
         )
         parts.append(missing)
     return pl.concat(parts).unique(["row", "rule", "detail"], maintain_order=True)

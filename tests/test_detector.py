@@ -295,6 +295,7 @@ def test_duplicates_from_retry_loop_pause(fleet):
         (lambda r: r.update(error_class="auth", status="failed"), "auth_failure"),
         (lambda r: r["resources"]["user"].update(count=0), "count_to_zero"),
         (lambda r: r["resources"]["user"]["null_rates"].update(email=1.0), "field_entirely_null"),
+        (lambda r: r["resources"].pop("group"), "resource_missing"),
     ],
 )
 def test_rules_always_win(fleet, mutate, rule):
@@ -556,6 +557,33 @@ def test_a_level_shift_a_person_resumed_does_not_pause_again(fleet):
             state, facts = _resumed(state, facts)
     assert decisions[2] == "pause"
     assert decisions[3:].count("pause") == 0
+
+
+def test_a_resource_type_dropped_for_good_is_missing_once(fleet):
+    """A connector stops reporting its groups for good. The first sync without them is a
+    resource_missing pause; the later ones are not, whether the connector stays paused
+    (judged against the sync before, as a batch) or a person resumes it (its reference
+    then lacks the groups). Groups coming back and going again is missing again."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:10]
+    for record in okta[2:8]:
+        record["resources"].pop("group")
+    missing = [okta[2]["sync_id"], okta[8 + 1]["sync_id"]]
+    okta[9]["resources"].pop("group")
+
+    out = model.score(okta, state=state, facts=facts)
+    hits = out.rule_hits.filter(pl.col("rule") == "resource_missing")["sync_id"].to_list()
+    assert hits == missing
+    assert "sync.resource_types" not in model.columns_["measure"].to_list()
+
+    paused = []
+    for record in okta:
+        one = model.score([record], state=state, facts=facts)
+        state, facts = one.state, one.facts
+        if one.results["decision"].item() == "pause":
+            paused.append(record["sync_id"])
+            state, facts = _resumed(state, facts)
+    assert paused == missing
 
 
 def test_a_lone_custom_metric_pauses_on_a_spike_and_once_on_a_level_shift():

@@ -30,7 +30,7 @@ import polars as pl
 from scipy.special import pdtr, pdtrc
 
 from detector.features import build_features
-from detector.frame import is_stat
+from detector.frame import UNMODELLED_MEASURES, is_stat
 from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.model import (
     DecodedHistory,
@@ -296,7 +296,8 @@ def _fixed_thresholds(
     }
     # Elementary-style: trailing 14-day mean and standard deviation per measure.
     z = (
-        feats.join(syncs.select("row", "started_at"), on="row", how="left", suffix="_s")
+        feats.filter(~pl.col("measure").is_in(UNMODELLED_MEASURES))
+        .join(syncs.select("row", "started_at"), on="row", how="left", suffix="_s")
         .sort("connector_id", "measure", "started_at")
         .with_columns(
             pl.col("value")
