@@ -9,8 +9,9 @@ For each fleet size a simulated fleet (the simulator mixes 1 h to 24 h sync inte
 the table gives the mix) is written and ingested into a fresh home, outside the timing.
 Then one child process runs the whole pipeline, :func:`training.pipeline.train`: read
 the store, backtest (a fit on all but the last 14 days, scoring those 14 days), the
-final :meth:`FleetModel.fit` on all history, the MLflow run and the registration. The
-table shows
+final :meth:`FleetModel.fit` on all history, the MLflow run and the registration, with
+polars' allocator set as ``syncguard train`` sets it (:func:`training.allocator.tune_polars`).
+The table shows
 
 * ``fit s``: the final ``FleetModel.fit`` alone (from the pipeline's own timings);
 * ``backtest s``: the backtest fit plus scoring the held-out window;
@@ -128,6 +129,9 @@ class _Watch(threading.Thread):
 
 def _train(home: Path, labels_path: str, trees: int, jobs: int, limit: int) -> dict:
     """Run the pipeline once; report its timings and peak memory (in a child process)."""
+    from training import allocator
+
+    allocator.tune_polars()  # as `syncguard train` does, before polars is imported
     from training.pipeline import TrainConfig, train
 
     watch = _Watch(limit)

@@ -56,3 +56,51 @@ def test_freed_arrays_are_returned():
 def test_release_is_harmless_repeated():
     allocator.release()
     allocator.release()
+
+
+def _fresh(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter (polars not imported yet) and return its stdout."""
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"} | env
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environ,
+    )
+    return out.stdout.strip()
+
+
+def test_tune_polars_only_before_polars_and_never_over_the_callers_setting():
+    code = """
+        import os
+        from training import allocator
+        first = allocator.tune_polars()
+        import polars
+        conf = os.environ.get("_RJEM_MALLOC_CONF")
+        print(first, conf.split(",")[-2:] == allocator.POLARS_MALLOC_CONF.split(","),
+              allocator.tune_polars())
+    """
+    # polars puts its own defaults first: settings given later win.
+    assert _fresh(code) == "True True False"
+    assert _fresh(code, _RJEM_MALLOC_CONF="narenas:4") == "False False False"
+    late = "import polars, os\nfrom training import allocator\nprint(allocator.tune_polars())"
+    assert _fresh(late) == "False"
+
+
+def test_fitting_commands_tune_polars_before_importing_it():
+    code = """
+        import os, sys
+        import click
+        from detector.cli.main import cli
+        ctx = click.Context(cli)
+        before = "polars" in sys.modules
+        cli.get_command(ctx, "{name}")
+        conf = os.environ.get("_RJEM_MALLOC_CONF")
+        print(before, "polars" in sys.modules, conf.endswith("{ours}"))
+    """
+    ours = allocator.POLARS_MALLOC_CONF
+    assert _fresh(code.format(name="train", ours=ours)) == "False True True"
+    assert _fresh(code.format(name="score", ours=ours)) == "False True False"

@@ -22,7 +22,7 @@ from detector import __version__
 from detector.errors import EXIT_INTERNAL, SyncguardError
 from detector.home import DEFAULT_HOME, HOME_ENV, resolve_home
 
-__all__ = ["cli", "main", "COMMANDS", "RARE_GC_THRESHOLD", "QUICK_EXIT_COMMANDS"]
+__all__ = ["cli", "main", "COMMANDS", "FIT_COMMANDS", "RARE_GC_THRESHOLD", "QUICK_EXIT_COMMANDS"]
 
 COMMANDS: dict[str, str] = {
     name: f"detector.cli.{module}" for name, module in (
@@ -39,6 +39,10 @@ DEBUG_ENV = "SYNCGUARD_DEBUG"
 RARE_GC_THRESHOLD = 50_000
 """Container allocations between young-generation garbage collections in a syncguard
 process (CPython's default is 700)."""
+
+FIT_COMMANDS = frozenset({"train", "backtest", "demo"})
+"""Commands that fit models: polars' allocator is tuned for fitting before they import
+polars (:func:`training.allocator.tune_polars`)."""
 
 QUICK_EXIT_COMMANDS = frozenset({"score"})
 """Commands whose process ends without the interpreter's teardown (see :func:`main`): each
@@ -68,6 +72,10 @@ class SyncguardGroup(click.Group):
         module = COMMANDS.get(cmd_name)
         if module is None:
             return None
+        if cmd_name in FIT_COMMANDS:
+            from training import allocator  # no polars: its settings must come first
+
+            allocator.tune_polars()
         command: click.Command = importlib.import_module(module).command
         self.resolved = cmd_name
         return command
