@@ -68,6 +68,7 @@ _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
 _STD_SHARE = 0.3
 _MIN_SWING = 1.0  # hours get offsets where the swing within blocks is this many x a sync's noise
+_SWINGING_KINDS = ("level", "log")  # the measure kinds that get hour offsets at all
 _LOG_OFFSET = 1.0  # seconds, milliseconds or requests: a unit never matters at that size
 _CHUNK_ROWS = 1_000_000  # rows fitted or scored together: bounds a large fleet's memory
 _SMALL_RATE_N = 100  # records up to which null rates are judged as beta-binomial counts
@@ -530,7 +531,12 @@ class SeasonalBaseline:
         )
         hours = empty_hours(k)
         if self.method == "profile":
-            hour_stats = self._hour_stats(rows, blocks)
+            # Hours of the day move metrics, latency, durations; a resource's size or a
+            # field's null rate does not swing within four hours, and the level shifts
+            # of its history, spread unevenly over the hours, would pass for a swing.
+            hour_stats = self._hour_stats(
+                rows.filter(pl.col("kind").is_in(_SWINGING_KINDS)), blocks
+            )
             hours = self._hour_offsets(hour_stats, scales)
             if hours.height:
                 # The spread about the blocks holds the swing within them: the noise of an

@@ -1590,6 +1590,31 @@ def test_a_metric_that_swings_with_the_hour_of_the_day_is_judged_against_its_hou
     assert base.series_.filter(pl.col("measure") == "metric.value")["scale"][0] < 5.0
 
 
+def test_an_hour_with_one_odd_sync_gets_no_offset():
+    """Every four hours on the hour, but once a minute early, alone in its hour of the week,
+    and odd: a fifth of the records gone (a sync left out of training before it), the
+    metric 30 off. One sync is no swing within its block: neither the count nor the metric
+    gets an offset there (counts get none at all: a resource's size does not swing within
+    four hours), so next week's sync at that hour is judged against its block."""
+    t0 = datetime(2026, 1, 5, tzinfo=UTC)
+    n = 6 * 7 * 8  # eight weeks
+    odd = 6 * 7 * 3 + 2  # a Wednesday, 08:00 sync
+    records = [
+        make_record("app", i, kind="custom", api=...,
+                    start=t0 + timedelta(hours=4 * i, minutes=-1 if i == odd else 0),
+                    metrics={"value": 100.0 + (30.0 if i == odd else 0.0) + (i % 3)},
+                    resources={"item": {"count": 800 if i == odd else 1000 + (i % 3),
+                                        "added": 0, "removed": 0}})
+        for i in range(n)
+    ]
+    base, _ = _metric_baseline(records)
+    assert base.hours_.filter(pl.col("measure") == "item.count").height == 0
+    odd_hour = base.hours_.filter(
+        (pl.col("measure") == "metric.value") & (pl.col("bucket") == 2 * 24 + 7)
+    )
+    assert odd_hour.height == 0
+
+
 def test_a_metric_without_a_swing_within_its_blocks_keeps_its_blocks_exactly():
     """Noise alone gives no hour offsets: the profile and scale are the blocks' ones."""
     values = 100.0 + np.random.default_rng(1).normal(0.0, 1.0, 2 * 24 * 42)
