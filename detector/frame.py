@@ -78,7 +78,7 @@ UNCHANGED_MEASURE = "sync.unchanged_syncs"
 #: history saw. A day of hourly syncs; a stuck cache is flagged long before.
 MAX_UNCHANGED_RUN = 24
 
-#: The resource types a sync reported, as a bit mask (see :func:`resource_type_bits`):
+#: The resource types a sync reported, as a bit mask (see :func:`resource_type_bit`):
 #: carried in the scoring state like any measure, so the ``resource_missing`` rule can ask
 #: whether a type missing now was there at the reference sync (a type dropped for good
 #: pauses once, like a count that falls to zero). No model sees it.
@@ -88,13 +88,12 @@ UNMODELLED_MEASURES = (RESOURCE_TYPES_MEASURE,)
 _TYPE_BITS = 52  # a float64 holds every integer below 2 ** 53 exactly
 
 
-def resource_type_bit(resource: pl.Series) -> pl.Expr:
-    """The bit of each name in column ``resource`` in :data:`RESOURCE_TYPES_MEASURE`'s
-    mask: its CRC-32 modulo 52, the same in every process and version (a saved state
-    outlives both), worked out once for each of the few distinct names of ``resource``
-    (the column's values). Two types sharing a bit only make the rule fire as it would
-    without the mask."""
-    names = resource.unique().drop_nulls()
+def resource_type_bit(names: pl.Series) -> pl.Expr:
+    """The ``resource`` column's bit in :data:`RESOURCE_TYPES_MEASURE`'s mask, in a frame
+    whose types are among ``names``: the name's CRC-32 modulo 52, the same in every
+    process and version (a saved state outlives both), worked out once per distinct
+    name. Two types sharing a bit only make the rule fire as it would without the mask."""
+    names = names.unique().drop_nulls()
     if not len(names):
         return pl.lit(None, dtype=pl.Int64)
     bits = [zlib.crc32(name.encode()) % _TYPE_BITS for name in names.to_list()]
