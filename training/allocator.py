@@ -44,12 +44,13 @@ MMAP_THRESHOLD = 1 << 20
 TRIM_THRESHOLD = 16 << 20
 """Free bytes at the top of the main heap beyond which glibc returns them."""
 
-POLARS_MALLOC_CONF = "narenas:1,dirty_decay_ms:3000"
+POLARS_MALLOC_CONF = "narenas:1,dirty_decay_ms:1500"
 """polars' jemalloc settings for a fit, after polars' own (``dirty_decay_ms:500,
 muzzy_decay_ms:1000``, set by ``import polars``): one arena (a thread reuses what another
-freed) and freed pages kept 3 s instead of 0.5 s before they go back. At 1,000
-connectors a fit's page faults went from 31-35 to 20 million and its CPU time from
-515-527 s to 477 s, its peak from 3.63-3.66 to 3.74 GiB; 30 s made it 446 s but 4.21 GiB."""
+freed) and freed pages kept 1.5 s instead of 0.5 s before they go back. At 1,000
+connectors a training run's page faults went from 31-39 to 20 million and its CPU time
+from 515-527 s to 480 s, at the same peak (3.64 GiB). Kept 3 s: 466-477 s, but peaks of
+3.67-3.90 GiB; 30 s: 446 s and 4.21 GiB."""
 
 _JEMALLOC_ENV = "_RJEM_MALLOC_CONF"  # polars' jemalloc is built with the _rjem_ prefix
 
