@@ -113,8 +113,10 @@ def _upsert(conn: sqlite3.Connection, table: str, key: tuple[str, ...],
 
 def accept_current(conn: sqlite3.Connection, connector_id: str, *, now: str) -> None:
     """After a resume: the connector's latest values become its reference, and it is no
-    longer paused. Later syncs are judged against what the person accepted, so a level
-    shift that was resumed does not pause again."""
+    longer paused. Later syncs' counts (and freshness, and resource types) are judged
+    against what the person accepted, so a level shift in a count that was resumed does not
+    pause again; a null rate, metric or latency is still judged against its learned level
+    (see the README's open items)."""
     conn.execute("UPDATE scoring_state SET ref_value = value, updated_at = ? "
                  "WHERE connector_id = ?", (now, connector_id))
     conn.execute("UPDATE connector_facts SET paused = 0, updated_at = ? WHERE connector_id = ?",
