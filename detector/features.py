@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from detector.frame import (
+    ACCEPTED_MEASURE,
     MAX_UNCHANGED_RUN,
     RESOURCE_TYPES_MEASURE,
     UNCHANGED_MEASURE,
@@ -315,6 +316,15 @@ def build_features(
     syncs = syncs.with_columns(paused.alias("paused")).drop(
         [c for c in ("state_paused", "paused_seq") if c in syncs.columns]
     )
+    # Judged as paused: paused, or resumed by a person who accepted its values (a state
+    # row, see ACCEPTED_MEASURE); only ``paused`` holds propagation.
+    judged = pl.col("paused")
+    if state is not None and state.height:
+        accepted = state.filter(
+            (pl.col("measure") == ACCEPTED_MEASURE) & (pl.col("value") > 0)
+        )["connector_id"]
+        judged = judged | pl.col("connector_id").is_in(accepted.implode())
+    syncs = syncs.with_columns(judged.alias("judged_paused"))
 
     rows = pl.concat(
         [
@@ -324,7 +334,14 @@ def build_features(
         ]
     )
     info = syncs.select(
-        "row", "connector_id", "connector_kind", "started_at", "seq", "bucket", "gap_s", "paused"
+        "row",
+        "connector_id",
+        "connector_kind",
+        "started_at",
+        "seq",
+        "bucket",
+        "gap_s",
+        pl.col("judged_paused").alias("paused"),  # the features judge; syncs hold
     )
     rows = _beside_syncs(rows, info).with_columns(
         pl.lit(False).alias("is_state"), pl.lit(None, dtype=pl.Float64).alias("ref_value")

@@ -28,6 +28,7 @@ __all__ = [
     "UNCHANGED_MEASURE",
     "UNEXPLAINED_STAT",
     "RESOURCE_TYPES_MEASURE",
+    "ACCEPTED_MEASURE",
     "UNMODELLED_MEASURES",
     "resource_type_bit",
     "stat_suffix",
@@ -83,6 +84,11 @@ MAX_UNCHANGED_RUN = 24
 #: whether a type missing now was there at the reference sync (a type dropped for good
 #: pauses once, like a count that falls to zero). No model sees it.
 RESOURCE_TYPES_MEASURE = "sync.resource_types"
+#: A state row (value 1) that ``syncguard resume`` leaves for the connector: the values a
+#: person accepted are its reference from then on, and its syncs are judged as a paused
+#: connector's are (against the sync before as well as the learned level), without the
+#: hold, so an accepted shift in a null rate, a metric or latency does not pause again.
+ACCEPTED_MEASURE = "sync.accepted"
 #: Measures the features carry for rules and state only: baselines and forests leave them.
 UNMODELLED_MEASURES = (RESOURCE_TYPES_MEASURE,)
 _TYPE_BITS = 52  # a float64 holds every integer below 2 ** 53 exactly

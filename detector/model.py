@@ -1359,7 +1359,7 @@ class FleetModel:
         """Calibrated tail probability of each sync, per its connector's mode."""
         if not len(x):
             return np.zeros(0)
-        paused_rows = syncs.filter(pl.col("paused"))["row"].to_numpy()
+        paused_rows = syncs.filter(pl.col("judged_paused"))["row"].to_numpy()
         paused = np.isin(rows, paused_rows)
         p = np.empty(len(x))
         # Every number here is a sync's own (row by row the same whatever the block), so

@@ -22,6 +22,7 @@ from scoring_support import Fleet, ingest_history
 from detector.cli.main import cli
 from detector.cli.score import BLAS_THREADS_ENV
 from detector.events.native import validate
+from detector.frame import ACCEPTED_MEASURE
 from detector.home import Home
 from detector.store import Store
 
@@ -147,8 +148,12 @@ def test_resume_round_trip(paused: tuple[Home, str], fleet: Fleet) -> None:
             "AND ref_value IS NOT value", (connector,)).fetchone()
         facts = store.conn.execute("SELECT paused FROM connector_facts WHERE connector_id = ?",
                                    (connector,)).fetchone()
+        accepted = store.conn.execute(
+            "SELECT value FROM scoring_state WHERE connector_id = ? AND measure = ?",
+            (connector, ACCEPTED_MEASURE)).fetchone()
     assert row == ("ann", "bulk re-org, expected", 1)
     assert refs == (0,) and facts == (0,)  # the accepted values are the new reference
+    assert accepted == (1.0,)  # and the connector is judged as a paused one, unheld
     (entry,) = _audit(home, "resume")
     assert entry[:3] == ("ann", connector, "bulk re-org, expected")
     assert entry[3]["false_positive"] is True

@@ -23,6 +23,7 @@ from detector.explain import reasons_frame
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import (
+    ACCEPTED_MEASURE,
     MAX_UNCHANGED_RUN,
     RESOURCE_STATS,
     UNCHANGED_MEASURE,
@@ -534,9 +535,17 @@ def test_one_fault_one_pause_for_a_persistent_level_shift(fleet):
 
 def _resumed(state: pl.DataFrame, facts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The state and facts after ``syncguard resume`` (see store.state.accept_current): the
-    latest values are the reference, and the connector is no longer paused."""
+    latest values are the reference, the connector is marked accepted and no longer
+    paused."""
+    accepted = facts.select(
+        "connector_id",
+        pl.lit(ACCEPTED_MEASURE).alias("measure"),
+        pl.lit(1.0).alias("value"),
+        pl.lit(1.0).alias("ref_value"),
+    )
+    state = state.filter(pl.col("measure") != ACCEPTED_MEASURE)
     return (
-        state.with_columns(pl.col("value").alias("ref_value")),
+        pl.concat([state.with_columns(pl.col("value").alias("ref_value")), accepted]),
         facts.with_columns(pl.lit(False).alias("state_paused")),
     )
 
@@ -557,6 +566,37 @@ def test_a_level_shift_a_person_resumed_does_not_pause_again(fleet):
             state, facts = _resumed(state, facts)
     assert decisions[2] == "pause"
     assert decisions[3:].count("pause") == 0
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [
+        lambda r: r["resources"]["user"]["null_rates"].update(manager=0.6),
+        lambda r: r["resources"]["user"]["null_rates"].update(email=1.0),
+        lambda r: r["api"].update(latency_p50_ms=r["api"]["latency_p50_ms"] * 5),
+    ],
+    ids=["null-rate", "field-all-null", "latency"],
+)
+def test_any_shift_a_person_resumed_does_not_pause_again(fleet, shift):
+    """Not counts alone: a null rate, a field gone all null, latency. After the resume the
+    connector is judged as a paused one is (against the sync before as well as its level)
+    but not held: its syncs proceed and say it is not paused."""
+    model, _, test, state, facts = fleet
+    okta = [copy.deepcopy(r) for r in test if r["connector_id"].startswith("okta")][:10]
+    for record in okta[2:]:
+        shift(record)
+    decisions, held = [], []
+    for record in okta:
+        out = model.score([record], state=state, facts=facts)
+        state, facts = out.state, out.facts
+        decisions.append(out.results["decision"].item())
+        held.append(out.results["connector_paused"].item())
+        if decisions[-1] == "pause":
+            state, facts = _resumed(state, facts)
+    first = decisions.index("pause") if "pause" in decisions else None
+    assert first in (2, 3)
+    assert decisions[first + 1 :].count("pause") == 0
+    assert held[first + 1 :] == [False] * (len(okta) - first - 1)
 
 
 def test_a_resource_type_dropped_for_good_is_missing_once(fleet):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import polars as pl
 
 from detector.features import FACTS_SCHEMA, STATE_SCHEMA
+from detector.frame import ACCEPTED_MEASURE
 
 __all__ = ["FACTS_SCHEMA", "load_state", "save_state", "empty_facts", "accept_current",
            "connectors_with_state"]
@@ -113,11 +114,15 @@ def _upsert(conn: sqlite3.Connection, table: str, key: tuple[str, ...],
 
 def accept_current(conn: sqlite3.Connection, connector_id: str, *, now: str) -> None:
     """After a resume: the connector's latest values become its reference, and it is no
-    longer paused. Later syncs' counts (and freshness, and resource types) are judged
-    against what the person accepted, so a level shift in a count that was resumed does not
-    pause again; a null rate, metric or latency is still judged against its learned level
-    (see the README's open items)."""
+    longer paused. Its later syncs are judged as a paused connector's are (see
+    :data:`~detector.frame.ACCEPTED_MEASURE`), against what the person accepted as well as
+    the learned level, so a level shift that was resumed does not pause again."""
     conn.execute("UPDATE scoring_state SET ref_value = value, updated_at = ? "
                  "WHERE connector_id = ?", (now, connector_id))
+    conn.execute("INSERT INTO scoring_state (connector_id, measure, value, ref_value, "
+                 "model_version, updated_at) VALUES (?, ?, 1.0, 1.0, NULL, ?) "
+                 "ON CONFLICT (connector_id, measure) DO UPDATE SET value = 1.0, "
+                 "ref_value = 1.0, updated_at = excluded.updated_at",
+                 (connector_id, ACCEPTED_MEASURE, now))
     conn.execute("UPDATE connector_facts SET paused = 0, updated_at = ? WHERE connector_id = ?",
                  (now, connector_id))
