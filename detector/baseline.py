@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from detector.features import N_BUCKETS, block_expr, bucket_expr
-from detector.frame import RARE_SYNC_EVENTS, is_stat
+from detector.frame import FRESHNESS_MEASURE, RARE_SYNC_EVENTS, is_stat
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["SeasonalBaseline", "SCHEDULE_RELATIVE_MEASURES", "empty_hours", "transform_expr",
@@ -49,11 +49,11 @@ __all__ = ["SeasonalBaseline", "SCHEDULE_RELATIVE_MEASURES", "empty_hours", "tra
 #: sync that comes late. Less of them (fewer partial syncs than usual, data that changed
 #: sooner than its runs of repeats last, a sync starting soon after a long one finished)
 #: is nothing wrong with the data: their residuals' low side is 0.
-ONE_SIDED_MEASURES = (*RARE_SYNC_EVENTS, "sync.freshness")
+ONE_SIDED_MEASURES = (*RARE_SYNC_EVENTS, FRESHNESS_MEASURE)
 #: Measures judged against the closer of their learned level and the sync before, paused
 #: or not: a connector whose schedule moved (hourly to every four hours) is late once, not
 #: on every sync until the model is retrained.
-SCHEDULE_RELATIVE_MEASURES = ("sync.freshness",)
+SCHEDULE_RELATIVE_MEASURES = (FRESHNESS_MEASURE,)
 #: Residuals are clipped here only to keep them finite: calibration needs far tails.
 Z_CLIP = 1e4
 _TAIL_QUANTILE = 0.99

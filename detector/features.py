@@ -19,6 +19,7 @@ import polars as pl
 
 from detector.frame import (
     ACCEPTED_MEASURE,
+    FRESHNESS_MEASURE,
     MAX_UNCHANGED_RUN,
     RESOURCE_TYPES_MEASURE,
     UNCHANGED_MEASURE,
@@ -99,7 +100,7 @@ def _sync_measures(syncs: pl.DataFrame) -> pl.DataFrame:
     )
     after_failure = (pl.col("fresh_gap_s") >= pl.col("gap_s")).fill_null(False)
     fresh = usable.filter(pl.col("fresh_gap_s").is_not_null() & ~after_failure).select(
-        "row", pl.lit("sync.freshness").alias("measure"), pl.col("fresh_gap_s").alias("value")
+        "row", pl.lit(FRESHNESS_MEASURE).alias("measure"), pl.col("fresh_gap_s").alias("value")
     )
     # The connector's own word that the data is incomplete: an event, rare for most.
     partial = usable.select(
@@ -267,6 +268,7 @@ def build_features(
     state: pl.DataFrame | None = None,
     connector_facts: pl.DataFrame | None = None,
     paused_from_seq: pl.DataFrame | None = None,
+    rule_measures: bool = True,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Attach references, exposures, buckets and modes to every (sync, measure) row.
 
@@ -286,14 +288,21 @@ def build_features(
     paused_from_seq : pl.DataFrame, optional
         ``connector_id, paused_seq``: from this position within the batch on (0-based), the
         connector is paused; a paused connector is judged against the sync just before.
+    rule_measures : bool, default=True
+        Also the measures kept for rules and the state only
+        (:data:`~detector.frame.UNMODELLED_MEASURES`); fitting, where only models read
+        the features, leaves them out.
 
     Returns
     -------
     syncs : pl.DataFrame
-        The syncs with ``seq``, ``bucket``, ``gap_s``, ``fresh_gap_s`` and ``paused``.
+        The syncs with ``seq``, ``bucket``, ``gap_s``, ``fresh_gap_s``, ``paused`` (holds
+        propagation) and ``judged_paused`` (paused, or resumed with its values accepted:
+        judged as a paused connector's syncs are).
     features : pl.DataFrame
         One row per (sync, measure): ``row, connector_id, connector_kind, measure, kind,
-        resource, value, reference, exposure, bucket, gap_s, paused``.
+        resource, value, reference, exposure, bucket, gap_s, paused`` (``paused``: as
+        judged, the syncs' ``judged_paused``).
     """
     if "row" not in syncs.columns:
         syncs = syncs.with_row_index("row")
@@ -330,7 +339,7 @@ def build_features(
         [
             measures.select("row", "measure", "value", "resource", "kind"),
             _sync_measures(syncs),
-            _resource_types(measures),
+            *([_resource_types(measures)] if rule_measures else []),
         ]
     )
     info = syncs.select(

@@ -26,6 +26,7 @@ __all__ = [
     "RARE_SYNC_EVENTS",
     "MAX_UNCHANGED_RUN",
     "UNCHANGED_MEASURE",
+    "FRESHNESS_MEASURE",
     "UNEXPLAINED_STAT",
     "RESOURCE_TYPES_MEASURE",
     "ACCEPTED_MEASURE",
@@ -69,6 +70,10 @@ _SYNC_COLUMNS = {
 #: Above this many (sync x measure) cells, measures_frame unpivots one connector kind at a
 #: time (training on a large fleet); below it, all at once (scoring chunks).
 _ONE_UNPIVOT_CELLS = 3_000_000
+
+#: The start of a sync less the finish of the last successful one: how old the data it
+#: replaces is.
+FRESHNESS_MEASURE = "sync.freshness"
 
 #: Syncs in a row, up to and including this one, that returned exactly the data of the sync
 #: before: every count, duplicate count and null rate unchanged and no churn reported. A
@@ -134,7 +139,7 @@ def measure_kind(measure: str) -> str:
         return "events"
     if measure.startswith("api."):
         return "log"
-    if measure == "sync.duration_s" or measure == "sync.freshness":
+    if measure == "sync.duration_s" or measure == FRESHNESS_MEASURE:
         return "log"
     if ".null_rate." in measure:
         return "rate"
@@ -150,7 +155,7 @@ def measure_kind_expr(measure: pl.Expr) -> pl.Expr:
         .when(measure.is_in(list(_EVENT_MEASURES)))
         .then(pl.lit("events"))
         .when(
-            measure.str.starts_with("api.") | measure.is_in(["sync.duration_s", "sync.freshness"])
+            measure.str.starts_with("api.") | measure.is_in(["sync.duration_s", FRESHNESS_MEASURE])
         )
         .then(pl.lit("log"))
         .when(measure.str.contains(".null_rate.", literal=True))

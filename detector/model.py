@@ -211,7 +211,8 @@ def _history_frames(
     time in threads (see :func:`_in_threads`). ``leave_out``: sync ids left out of a
     frame history, a part at a time (no second copy of its record texts). ``compact``:
     the features' string keys as categoricals (see :func:`_compact_keys`), a part at a
-    time. ``modelled``: the measures models see only (see :func:`_modelled`).
+    time. ``modelled``: the measures models see only (``build_features``' ``rule_measures``
+    off).
     """
 
     def kept(frame: pl.DataFrame) -> pl.DataFrame:
@@ -224,8 +225,9 @@ def _history_frames(
     ) -> tuple[pl.DataFrame, ...]:
         if callable(part):  # a DecodedHistory's part, read in this thread
             part = part()
-        syncs, features = build_features(*_prepare_history(kept(part)))
-        features = _modelled(features) if modelled else features
+        syncs, features = build_features(
+            *_prepare_history(kept(part)), rule_measures=not modelled
+        )
         return syncs, _compact_keys(features) if compact else features
 
     if isinstance(history, DecodedHistory):

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.frame import RESOURCE_TYPES_MEASURE, UNCHANGED_MEASURE, resource_type_bit
+from detector.frame import (
+    FRESHNESS_MEASURE,
+    RESOURCE_TYPES_MEASURE,
+    UNCHANGED_MEASURE,
+    resource_type_bit,
+)
 
 __all__ = ["RULES", "rule_hits", "count_losses", "OVERDUE_FACTOR", "MIN_RECORDS",
            "MIN_POPULATED", "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
@@ -78,6 +83,13 @@ RULES = {
 
 def _fmt(x: pl.Expr) -> pl.Expr:
     return x.cast(pl.Int64).cast(pl.String)
+
+
+def _reference_of(features: pl.DataFrame, measure: str, name: str) -> pl.DataFrame:
+    """``row`` and, as ``name``, the reference sync's value of a per-sync ``measure``."""
+    return features.filter(pl.col("measure") == measure).select(
+        "row", pl.col("reference").alias(name)
+    )
 
 
 def _rarely_seen(
@@ -189,12 +201,9 @@ def rule_hits(
     # Late against the usual interval and against the sync before (whose freshness is the
     # reference): a connector whose schedule moved from hourly to every four hours is
     # overdue once, not on every sync until the model is retrained.
-    before = features.filter(pl.col("measure") == "sync.freshness").select(
-        "row", pl.col("reference").alias("_fresh_before")
-    )
     late = (
         syncs.join(intervals, on="connector_id", how="inner")
-        .join(before, on="row", how="left")
+        .join(_reference_of(features, FRESHNESS_MEASURE, "_fresh_before"), on="row", how="left")
         .filter(
             (pl.col("fresh_gap_s") > OVERDUE_FACTOR * pl.col("interval_s"))
             & (pl.col("fresh_gap_s") - pl.col("interval_s") > 3600.0)
@@ -287,9 +296,7 @@ def rule_hits(
         bit = resource_type_bit(missing["resource"])
         types_before = pl.col("_types_before").cast(pl.Int64)
         had_it = (types_before // pl.lit(2, dtype=pl.Int64).pow(bit)) % 2 == 1
-        before = features.filter(pl.col("measure") == RESOURCE_TYPES_MEASURE).select(
-            "row", pl.col("reference").alias("_types_before")
-        )
+        before = _reference_of(features, RESOURCE_TYPES_MEASURE, "_types_before")
         missing = (
             missing.join(before, on="row", how="left")
             .filter(pl.col("_types_before").is_null() | had_it)

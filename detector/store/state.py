@@ -119,10 +119,8 @@ def accept_current(conn: sqlite3.Connection, connector_id: str, *, now: str) -> 
     the learned level, so a level shift that was resumed does not pause again."""
     conn.execute("UPDATE scoring_state SET ref_value = value, updated_at = ? "
                  "WHERE connector_id = ?", (now, connector_id))
-    conn.execute("INSERT INTO scoring_state (connector_id, measure, value, ref_value, "
-                 "model_version, updated_at) VALUES (?, ?, 1.0, 1.0, NULL, ?) "
-                 "ON CONFLICT (connector_id, measure) DO UPDATE SET value = 1.0, "
-                 "ref_value = 1.0, updated_at = excluded.updated_at",
-                 (connector_id, ACCEPTED_MEASURE, now))
+    _upsert(conn, "scoring_state", ("connector_id", "measure"), pl.DataFrame({
+        "connector_id": [connector_id], "measure": [ACCEPTED_MEASURE], "value": [1.0],
+        "ref_value": [1.0], "updated_at": [now]}))
     conn.execute("UPDATE connector_facts SET paused = 0, updated_at = ? WHERE connector_id = ?",
                  (now, connector_id))
