@@ -35,11 +35,11 @@ from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's par
 from detector.model import (
     DecodedHistory,
     FleetModel,
-    _in_threads,
     _next_state,
     connector_parts,
     prepare,
 )
+from detector.parallel import _in_threads
 
 __all__ = [
     "BacktestReport",
