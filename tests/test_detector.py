@@ -34,14 +34,13 @@ from detector.frame import (
     measures_frame,
     to_struct_frame,
 )
+from detector.history import connector_parts, prepare
 from detector.model import (
     FleetModel,
     _Families,
     _family_weights,
     _review_only,
     _tail_families,
-    connector_parts,
-    prepare,
     tail_family_expr,
 )
 from detector.modelfile import load_model_dir, save_model_dir
@@ -433,7 +432,7 @@ def test_measures_frame_is_the_same_unpivoted_at_once_or_kind_by_kind(fleet, mon
 
 
 def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monkeypatch):
-    import detector.model as model_module
+    import detector.history as history_module
 
     _, history, _, _, _ = fleet
     # A store history frame: the record texts beside their columns, kinds interleaved.
@@ -446,20 +445,20 @@ def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monk
     )
     by_connector = stored.sort("connector_id", maintain_order=True)  # as the store lists them
     assert by_connector["connector_kind"].n_unique() > 2
-    monkeypatch.setattr(model_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
+    monkeypatch.setattr(history_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
     # One pass over the syncs in sync order; the interleaved frame takes that one pass.
     one_pass = build_features(*prepare(in_sync_order(to_struct_frame(stored))))
     for frame, n_jobs in ((by_connector, 1), (by_connector, 2), (stored, 1)):
-        got_frames = model_module._history_frames(frame, n_jobs)
+        got_frames = history_module._history_frames(frame, n_jobs)
         for got, want in zip(got_frames, one_pass, strict=True):
             pl.testing.assert_frame_equal(got, want)
     # Compact (as fitting keeps them): the features' string keys as categoricals, whose
     # strings are those of one pass.
-    syncs, features = model_module._history_frames(by_connector, 2, compact=True)
+    syncs, features = history_module._history_frames(by_connector, 2, compact=True)
     pl.testing.assert_frame_equal(syncs, one_pass[0])
     assert features.schema["measure"] == pl.Categorical
     assert features.estimated_size() < 0.8 * one_pass[1].estimated_size()
-    pl.testing.assert_frame_equal(model_module._as_strings(features), one_pass[1])
+    pl.testing.assert_frame_equal(history_module._as_strings(features), one_pass[1])
 
 
 def test_a_fitted_model_does_not_depend_on_the_order_of_its_history(fleet):

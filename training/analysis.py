@@ -26,8 +26,9 @@ import numpy as np
 import polars as pl
 
 from detector.features import build_features
+from detector.history import prepare
 from detector.home import Home, resolve_home
-from detector.model import FleetModel, prepare
+from detector.model import FleetModel
 from detector.policy import CRITICALITIES
 from detector.store import Store
 from training import dataset

@@ -31,14 +31,9 @@ from scipy.special import pdtr, pdtrc
 
 from detector.features import build_features
 from detector.frame import UNMODELLED_MEASURES, is_stat
-from detector.model import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
-from detector.model import (
-    DecodedHistory,
-    FleetModel,
-    _next_state,
-    connector_parts,
-    prepare,
-)
+from detector.history import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
+from detector.history import DecodedHistory, connector_parts, prepare
+from detector.model import FleetModel, _next_state
 from detector.parallel import _in_threads
 
 __all__ = [

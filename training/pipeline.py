@@ -46,8 +46,9 @@ import polars as pl
 
 from detector.errors import ModelError, UsageError
 from detector.frame import to_struct_frame
+from detector.history import DecodedHistory
 from detector.home import Home, resolve_home
-from detector.model import DecodedHistory, FleetModel
+from detector.model import FleetModel
 from detector.modelfile import save_model_dir
 from detector.policy import load_policy
 from detector.store import Store
