@@ -8,6 +8,7 @@ import polars.testing
 import pytest
 from conftest import with_fleet_copy
 
+import detector.families as families_module
 import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
@@ -168,7 +169,7 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
         for field in ("rows", "cols", "values"):
             np.testing.assert_array_equal(getattr(parts[key], field), getattr(expected, field))
         # The combined statistic's family minimum, from the sparse entries in small blocks.
-        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 777)
+        monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", 777)
         fn = lambda v, c: np.exp(-v) / (1.0 + c)  # noqa: E731
         p = np.ones_like(dense)
         p[dense > 0] = fn(dense[dense > 0], np.nonzero(dense > 0)[1])
@@ -251,16 +252,16 @@ def test_combined_statistic_in_blocks_of_entries_is_that_of_one_pass(
 ) -> None:
     model = _Compared(n_estimators=20).fit(history)
     oos = model.compared_[0]
-    monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 999)
+    monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", 999)
     for mode in model_module._MODES:
         fam, grp = oos["family" + mode], oos["group"]
         dense = _dense(fam, len(grp), len(model.families_))
         in_blocks = model._combined_statistic(oos["forest" + mode], fam, grp, mode)
-        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", len(fam.values) + 1)
+        monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", len(fam.values) + 1)
         from_dense = model._combined_statistic(
             oos["forest" + mode], model_module._Families.of(dense), grp, mode
         )
-        monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 999)
+        monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", 999)
         np.testing.assert_array_equal(in_blocks, from_dense)
 
 
@@ -268,7 +269,7 @@ def test_calibrators_fitted_in_blocks_are_those_fitted_at_once(
     history: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at_once = FleetModel(n_estimators=20).fit(history).to_arrays()
-    monkeypatch.setattr(model_module, "_CAL_BLOCK_ROWS", 1_000)
+    monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", 1_000)
     blocks = FleetModel(n_estimators=20).fit(history).to_arrays()
     calibrators = [name for name in at_once[0] if name.startswith("calibration/")]
     assert len(calibrators) >= 6

@@ -20,6 +20,7 @@ from detector.errors import UsageError
 from detector.events.native import event_id, validate
 from detector.events.scored import scored_events
 from detector.explain import reasons_frame
+from detector.families import _Families, _family_weights, _tail_families, tail_family_expr
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import (
@@ -35,14 +36,7 @@ from detector.frame import (
     to_struct_frame,
 )
 from detector.history import connector_parts, prepare
-from detector.model import (
-    FleetModel,
-    _Families,
-    _family_weights,
-    _review_only,
-    _tail_families,
-    tail_family_expr,
-)
+from detector.model import FleetModel, _review_only
 from detector.modelfile import load_model_dir, save_model_dir
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, STORM_Z, review_only
