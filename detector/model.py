@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -51,6 +50,14 @@ from detector.families import (
 from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import UNCHANGED_MEASURE, UNMODELLED_MEASURES, to_struct_frame
+from detector.groups import (
+    _IN_FLEET_SAMPLE,
+    _IN_KIND_SAMPLE,
+    POOLED_ALL,
+    _layouts,
+    _pooled_group,
+    _pooled_sample,
+)
 from detector.history import DecodedHistory, _as_strings, _history_frames, prepare
 from detector.parallel import _in_threads
 from detector.policy import Policy, load_policy
@@ -60,14 +67,12 @@ from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult"]
 
-POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
 _MODES = ("", "_paused")  # scored against the learned level, or against the sync before
 _STAGES = ("forest", "family", "combined")
 _CALIBRATORS = tuple(stage + mode for mode in _MODES for stage in _STAGES)
 _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
-_MIN_SERIES_SHARE = 0.5
 _MIN_RESOURCE_SHARE = 0.95
 _XFIT_CHUNK_ROWS = 500_000  # feature rows of the connectors cross-fitted together
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
@@ -1436,16 +1441,6 @@ def _text_codes(key: str, text: np.ndarray) -> dict[str, np.ndarray]:
     return {f"{key}{_DISTINCT}": distinct, f"{key}{_CODES}": codes.reshape(-1).astype(smallest)}
 
 
-def _pooled_group(kinds: Iterable[str]) -> pl.Expr:
-    """The pooled model that judges a connector without a model of its own: its kind's
-    when ``kinds`` has one, else the fleet's (``"*"``)."""
-    return (
-        pl.when(pl.col("connector_kind").is_in(list(kinds)))
-        .then(pl.col("connector_kind"))
-        .otherwise(pl.lit(POOLED_ALL))
-    )
-
-
 def _review_only(resid: pl.DataFrame) -> pl.DataFrame:
     """``row, review_only`` of each sync with a residual that moved (see :mod:`review`)."""
     moved = resid.filter(pl.col("z").abs() >= OUTLYING_Z)
@@ -1698,34 +1693,6 @@ def _connector_shards(wide: pl.DataFrame, n_jobs: int) -> list[pl.Series] | None
     return [pl.Series("connector_id", m, dtype=pl.String) for m in members]
 
 
-_IN_KIND_SAMPLE = pl.col("_pool") >= 1
-_IN_FLEET_SAMPLE = pl.col("_pool") == 2
-
-
-def _pooled_sample(intervals: pl.DataFrame, n_max: int | None) -> pl.DataFrame:
-    """``connector_id, pool``: 2 for the connectors the fleet's pooled model is fitted on
-    (and their kind's), 1 for those only their kind's is, 0 for neither.
-
-    A group of at most ``n_max`` connectors (or any, with ``None``) keeps them all; a
-    larger one the ``n_max`` with the smallest BLAKE2b hash of their id: the same
-    connectors whatever the order, the machine or the polars version. The fleet's sample
-    is then within its connectors' kinds' samples (its smallest hashes are their kinds'
-    smallest too), so the kinds' rows hold every pooled row.
-    """
-    ids = intervals["connector_id"].to_list()
-    # One hash per connector (not per row): a fleet has thousands at most.
-    digest = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest()) for i in ids]
-    ranked = intervals.select("connector_id", "connector_kind").with_columns(
-        pl.Series("_hash", digest, dtype=pl.UInt64)
-    )
-    limit = n_max if n_max is not None else ranked.height
-    in_kind = pl.col("_hash").rank("ordinal").over("connector_kind") <= limit
-    in_fleet = pl.col("_hash").rank("ordinal") <= limit
-    return ranked.select(
-        "connector_id", (in_kind.cast(pl.UInt8) + in_fleet.cast(pl.UInt8)).alias("pool")
-    )
-
-
 def _stacked(pieces: list[tuple]) -> tuple:
     """Group matrices of consecutive slices of syncs as one: arrays stacked, the sparse
     family maxima renumbered on (``None`` stays ``None``)."""
@@ -1746,71 +1713,6 @@ def _merged_baseline(
     groups) as one."""
     return SeasonalBaseline.concat(
         [b for p, b in zip(parts, bases, strict=True) if p.key == key and b is not None]
-    )
-
-
-def _layouts(
-    features: pl.DataFrame, syncs: pl.DataFrame, own: pl.DataFrame, sample: pl.DataFrame
-) -> pl.DataFrame:
-    """Every model group's :func:`_layout`: the connectors with a model of their own
-    (``own``), then the pooled groups sorted (each kind's sample of connectors, and the
-    fleet's ``"*"``; ``sample``: ``connector_id, connector_kind, _pool``, see
-    :func:`_pooled_sample`).
-
-    The long frame is counted once, per connector and measure: a sync is one connector's,
-    so a pooled group's syncs that report a measure are the sum over its connectors.
-    Counted from the pooled rows themselves, each group set copied its sampled rows (most
-    of a large fleet's frame, the fit's largest temporary) and grouped them again.
-    """
-    keys = ["connector_id", "measure"]
-    # A sync reports a measure once: in (row, measure) order (as build_features gives
-    # them) without a repeated pair, counting rows counts syncs, and a plain count takes
-    # next to no memory where counting distinct rows per group held 2 GiB at 1,000
-    # connectors.
-    row, measure = pl.col("row"), pl.col("measure")
-    ascending = (row > row.shift()) | ((row == row.shift()) & (measure > measure.shift()))
-    if features.select(ascending.fill_null(True).all()).item():
-        present = features.group_by(keys).len("k")
-    else:
-        present = features.group_by(keys).agg(pl.col("row").n_unique().alias("k"))
-    present = _as_strings(present)
-    usable = (
-        syncs.filter(pl.col("status") != "failed")
-        .select("connector_id")
-        .join(sample, on="connector_id", how="left")
-    )
-    own_ids = own["connector_id"].implode()
-    per_connector = _layout(
-        present.filter(pl.col("connector_id").is_in(own_ids)), usable, "connector_id"
-    )
-    pooled = present.join(sample, on="connector_id")
-    fleet = pl.lit(POOLED_ALL).alias("connector_kind")
-    pooled_layout = pl.concat(
-        [
-            _layout(
-                pooled.filter(_IN_KIND_SAMPLE), usable.filter(_IN_KIND_SAMPLE), "connector_kind"
-            ),
-            _layout(
-                pooled.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
-                usable.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
-                "connector_kind",
-            ),
-        ]
-    ).sort("group", "measure")
-    return pl.concat([per_connector, pooled_layout])
-
-
-def _layout(present: pl.DataFrame, usable: pl.DataFrame, key: str) -> pl.DataFrame:
-    """Measures present in at least half of a group's usable syncs, numbered as vector
-    columns. ``present``: ``key, measure, k`` (syncs reporting the measure, in parts of a
-    group); ``usable``: ``key``, one row per sync that did not fail."""
-    n = usable.group_by(key).agg(pl.len().alias("n"))
-    present = present.group_by(key, "measure").agg(pl.col("k").sum())
-    kept = present.join(n, on=key).filter(pl.col("k") >= _MIN_SERIES_SHARE * pl.col("n"))
-    return (
-        kept.sort(key, "measure")
-        .with_columns(pl.int_range(pl.len()).over(key).alias("col"))
-        .select(pl.col(key).alias("group"), "measure", "col")
     )
 
 

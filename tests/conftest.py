@@ -161,7 +161,7 @@ def with_fleet_copy(frame: pl.DataFrame) -> pl.DataFrame:
     """One pass's rows for the pooled models: each kind, plus every row again under kind
     ``"*"`` (fitting never makes this frame; tests compare its parts against it). With a
     ``_pool`` column (fitting's sample of connectors), the kinds' and the fleet's samples."""
-    from detector.model import POOLED_ALL
+    from detector.groups import POOLED_ALL
 
     kinds, fleet = frame, frame
     if "_pool" in frame.columns:

@@ -9,6 +9,7 @@ import pytest
 from conftest import with_fleet_copy
 
 import detector.families as families_module
+import detector.groups as groups_module
 import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
@@ -199,7 +200,7 @@ def test_layouts_counted_per_connector_are_those_of_each_groups_rows(
         present = rows.group_by(key, "measure").agg(pl.col("row").n_unique().alias("k"))
         return (
             present.join(n, on=key)
-            .filter(pl.col("k") >= model_module._MIN_SERIES_SHARE * pl.col("n"))
+            .filter(pl.col("k") >= groups_module._MIN_SERIES_SHARE * pl.col("n"))
             .sort(key, "measure")
             .with_columns(pl.int_range(pl.len()).over(key).alias("col"))
             .select(pl.col(key).alias("group"), "measure", "col")
