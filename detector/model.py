@@ -52,11 +52,18 @@ from detector.features import FACTS_SCHEMA, STATE_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import UNCHANGED_MEASURE, UNMODELLED_MEASURES, to_struct_frame
 from detector.groups import _layouts, _pooled_group, _pooled_sample
-from detector.history import DecodedHistory, _as_strings, _history_frames, prepare
+from detector.habits import (
+    _LARGEST_LOSSES_SCHEMA,
+    _expected_resources,
+    _intervals,
+    _largest_losses,
+    _score_intervals,
+)
+from detector.history import DecodedHistory, _history_frames, prepare
 from detector.parallel import _in_threads
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, review_only
-from detector.rules import count_losses, rule_hits
+from detector.rules import rule_hits
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult"]
@@ -67,7 +74,6 @@ _CALIBRATORS = tuple(stage + mode for mode in _MODES for stage in _STAGES)
 _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
-_MIN_RESOURCE_SHARE = 0.95
 _XFIT_CHUNK_ROWS = 500_000  # feature rows of the connectors cross-fitted together
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
 # Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
@@ -1469,74 +1475,6 @@ def _merge_passes(first: dict, second: dict) -> dict:
                              how="diagonal_relaxed")
     out["features"] = first["features"].select(_NEXT_STATE_COLUMNS)
     return out
-
-
-def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
-    return (
-        syncs.group_by("connector_id")
-        .agg(
-            pl.col("connector_kind").first(),
-            pl.col("gap_s").drop_nulls().median().fill_null(86400.0).alias("interval_s"),
-            pl.len().alias("n_syncs"),
-        )
-        .sort("connector_id")
-    )
-
-
-def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
-    """Fitted intervals, or for connectors never seen, the batch's own median gap (else 1 day)."""
-    seen = fitted.select("connector_id", "interval_s")
-    batch = syncs.group_by("connector_id").agg(
-        pl.col("gap_s").drop_nulls().median().alias("_batch_interval")
-    )
-    return batch.join(seen, on="connector_id", how="left").select(
-        "connector_id",
-        pl.coalesce("interval_s", "_batch_interval", pl.lit(86400.0)).alias("interval_s"),
-    )
-
-
-def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
-    ok = (
-        syncs.filter(pl.col("status") != "failed")
-        .group_by("connector_id")
-        .agg(pl.len().alias("n_ok"))
-    )
-    seen = _as_strings(
-        features.select("connector_id", "resource", "kind")
-        .filter(pl.col("kind") == "count")
-        .group_by("connector_id", "resource")
-        .agg(pl.len().alias("n_seen"))
-    )
-    return (
-        seen.join(ok, on="connector_id")
-        .filter((pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10))
-        .select("connector_id", "resource")
-        .sort("connector_id", "resource")
-    )
-
-
-_LARGEST_LOSSES_SCHEMA = {
-    "connector_id": pl.String,
-    "resource": pl.String,
-    "largest_loss": pl.Float64,
-}
-
-
-def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
-    """Per connector with a model of its own and resource type: the largest share of its
-    records lost in one sync in history (0 when it never shrank)."""
-    # Only the columns and rows it reads are copied: filtered by connector alone, the
-    # whole frame was copied, every column of every history row.
-    counts = features.select("connector_id", "resource", "kind", "value", "reference").filter(
-        (pl.col("kind") == "count") & pl.col("connector_id").is_in(own["connector_id"].implode())
-    )
-    return (
-        count_losses(counts)
-        .group_by("connector_id", "resource")
-        .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
-        .cast(_LARGEST_LOSSES_SCHEMA)
-        .sort("connector_id", "resource")
-    )
 
 
 class _FitData(NamedTuple):

@@ -10,6 +10,7 @@ from conftest import with_fleet_copy
 
 import detector.families as families_module
 import detector.groups as groups_module
+import detector.history as history_module
 import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
@@ -91,7 +92,7 @@ class _Compared(FleetModel):
 
     def _cross_fit_scores(self, per_connector, features, ivals, group_index):
         # The one pass on string keys (fitting keeps the long frames' as categoricals).
-        strings = tuple(map(model_module._as_strings, (per_connector, features)))
+        strings = tuple(map(history_module._as_strings, (per_connector, features)))
         self.inputs_ = (*strings, ivals, group_index)
         oos = super()._cross_fit_scores(per_connector, features, ivals, group_index)
         self.compared_ = (

@@ -1,0 +1,86 @@
+"""A connector's habits learned from history, beside its models: its usual interval
+between syncs, the resource types it always reports, and the largest share of a type's
+records it lost in one sync.
+
+Decisions read the interval (a budget per day is a rate per sync); rules read the rest
+(a type gone missing, a loss beyond any in history).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from detector.history import _as_strings
+from detector.rules import count_losses
+
+_MIN_RESOURCE_SHARE = 0.95
+
+
+def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
+    """``connector_id, connector_kind, interval_s, n_syncs``: each connector's median gap
+    between syncs (a day without one) and its number of syncs."""
+    return (
+        syncs.group_by("connector_id")
+        .agg(
+            pl.col("connector_kind").first(),
+            pl.col("gap_s").drop_nulls().median().fill_null(86400.0).alias("interval_s"),
+            pl.len().alias("n_syncs"),
+        )
+        .sort("connector_id")
+    )
+
+
+def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
+    """Fitted intervals, or for connectors never seen, the batch's own median gap (else 1 day)."""
+    seen = fitted.select("connector_id", "interval_s")
+    batch = syncs.group_by("connector_id").agg(
+        pl.col("gap_s").drop_nulls().median().alias("_batch_interval")
+    )
+    return batch.join(seen, on="connector_id", how="left").select(
+        "connector_id",
+        pl.coalesce("interval_s", "_batch_interval", pl.lit(86400.0)).alias("interval_s"),
+    )
+
+
+def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    ok = (
+        syncs.filter(pl.col("status") != "failed")
+        .group_by("connector_id")
+        .agg(pl.len().alias("n_ok"))
+    )
+    seen = _as_strings(
+        features.select("connector_id", "resource", "kind")
+        .filter(pl.col("kind") == "count")
+        .group_by("connector_id", "resource")
+        .agg(pl.len().alias("n_seen"))
+    )
+    return (
+        seen.join(ok, on="connector_id")
+        .filter((pl.col("n_seen") >= _MIN_RESOURCE_SHARE * pl.col("n_ok")) & (pl.col("n_ok") >= 10))
+        .select("connector_id", "resource")
+        .sort("connector_id", "resource")
+    )
+
+
+_LARGEST_LOSSES_SCHEMA = {
+    "connector_id": pl.String,
+    "resource": pl.String,
+    "largest_loss": pl.Float64,
+}
+
+
+def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
+    """Per connector with a model of its own and resource type: the largest share of its
+    records lost in one sync in history (0 when it never shrank)."""
+    # Only the columns and rows it reads are copied: filtered by connector alone, the
+    # whole frame was copied, every column of every history row.
+    counts = features.select("connector_id", "resource", "kind", "value", "reference").filter(
+        (pl.col("kind") == "count") & pl.col("connector_id").is_in(own["connector_id"].implode())
+    )
+    return (
+        count_losses(counts)
+        .group_by("connector_id", "resource")
+        .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
+        .cast(_LARGEST_LOSSES_SCHEMA)
+        .sort("connector_id", "resource")
+    )
