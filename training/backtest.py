@@ -33,7 +33,8 @@ from detector.features import build_features
 from detector.frame import UNMODELLED_MEASURES, is_stat
 from detector.history import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.history import DecodedHistory, connector_parts, prepare
-from detector.model import FleetModel, _next_state
+from detector.model import FleetModel
+from detector.next_state import _next_state
 from detector.parallel import _in_threads
 
 __all__ = [
