@@ -51,6 +51,7 @@ from detector.families import (
 from detector.features import FACTS_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import UNCHANGED_MEASURE, UNMODELLED_MEASURES, to_struct_frame
+from detector.frame_arrays import frame_from_arrays, frames_to_arrays
 from detector.groups import _layouts, _pooled_group, _pooled_sample
 from detector.habits import (
     _LARGEST_LOSSES_SCHEMA,
@@ -1299,7 +1300,6 @@ class FleetModel:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Everything fitted as plain arrays plus a JSON-able config (no pickle)."""
         self._check_fitted()
-        arrays: dict[str, np.ndarray] = {}
         frames = {
             "intervals": self.intervals_,
             "columns": self.columns_,
@@ -1312,16 +1312,7 @@ class FleetModel:
             "baseline.hours": self.baseline_.hours_,
             "pooled.hours": self.pooled_baseline_.hours_,
         }
-        schemas = {}
-        for name, frame in frames.items():
-            schemas[name] = {c: str(t) for c, t in frame.schema.items()}
-            for col in frame.columns:
-                values = frame[col].to_numpy()
-                if values.dtype == object:
-                    arrays.update(_text_codes(f"{name}/{col}",
-                                              frame[col].fill_null("").to_numpy().astype(str)))
-                else:
-                    arrays[f"{name}/{col}"] = values
+        arrays, schemas = frames_to_arrays(frames)
         arrays.update({f"forest/{k}": v for k, v in self.forest_.arrays_.items()})
         for key, cal in self.calibrators_.items():
             arrays.update(cal.to_arrays(f"calibration/{key}/"))
@@ -1362,33 +1353,7 @@ class FleetModel:
             # Files written before screening were fitted on all of their history.
             screen_history=config.get("screen_history", False),
         )
-
-        def column(key: str) -> pl.Series | np.ndarray:
-            if f"{key}{_CODES}" in arrays:  # text as codes into its distinct values
-                distinct = pl.Series(arrays[f"{key}{_DISTINCT}"].tolist(), dtype=pl.String)
-                return distinct.gather(arrays[f"{key}{_CODES}"])
-            values = arrays[key]  # a model file written before text was coded
-            # Fixed-width numpy text goes through a list: polars reads numpy's "<U" arrays
-            # several times slower, and model loading is part of every cold score.
-            return pl.Series(values.tolist(), dtype=pl.String) if values.dtype.kind == "U" \
-                else values
-
-        def frame(name: str, older: pl.DataFrame | None = None) -> pl.DataFrame:
-            """Frame ``name``; ``older``: what it is in a file written before it existed."""
-            if older is not None and name not in config["frames"]:
-                return older
-            schema = config["frames"][name]
-            out = pl.DataFrame({c: column(f"{name}/{c}") for c in schema})
-            casts = {}
-            for c, t in schema.items():
-                if t.startswith("String"):
-                    casts[c] = pl.String
-                elif t in ("Int16", "Int32", "Int64", "UInt32", "Float64", "Boolean"):
-                    casts[c] = getattr(pl, t)
-            # numpy holds a missing float as NaN; a fitted model holds nulls (no NaN), and
-            # scoring fills nulls: a NaN would pass through as a value.
-            return out.cast(casts).with_columns(pl.col(pl.Float64).fill_nan(None))
-
+        frame = functools.partial(frame_from_arrays, arrays, config["frames"])
         model.intervals_ = frame("intervals")
         model.columns_ = frame("columns")
         model.expected_resources_ = frame("expected_resources")
@@ -1426,21 +1391,6 @@ class FleetModel:
 
 
 # ---------------------------------------------------------------- helpers
-_DISTINCT, _CODES = "@distinct", "@codes"
-
-
-def _text_codes(key: str, text: np.ndarray) -> dict[str, np.ndarray]:
-    """A text column as its sorted distinct values and each row's code into them.
-
-    A model's text columns are keys (connector, measure, kind) repeated over thousands of
-    rows: as fixed-width text they were over half of a model file's bytes, inflated and
-    turned into Python strings at every cold score; coded they are a few kilobytes.
-    """
-    distinct, codes = np.unique(text, return_inverse=True)
-    smallest = np.min_scalar_type(max(len(distinct) - 1, 0))
-    return {f"{key}{_DISTINCT}": distinct, f"{key}{_CODES}": codes.reshape(-1).astype(smallest)}
-
-
 def _review_only(resid: pl.DataFrame) -> pl.DataFrame:
     """``row, review_only`` of each sync with a residual that moved (see :mod:`review`)."""
     moved = resid.filter(pl.col("z").abs() >= OUTLYING_Z)
