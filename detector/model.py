@@ -62,7 +62,7 @@ from detector.habits import (
 )
 from detector.history import DecodedHistory, _history_frames, prepare
 from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
-from detector.parallel import _in_threads
+from detector.parallel import _connector_shards, _in_threads
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, review_only
 from detector.rules import rule_hits
@@ -78,13 +78,6 @@ _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-e
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _XFIT_CHUNK_ROWS = 500_000  # feature rows of the connectors cross-fitted together
 _SCORE_BLOCK_ROWS = 1024  # syncs per block of the forest walk and calibration when scoring
-# Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
-# shards cost ~10 % more CPU (each pays polars' fixed costs; the threads queue for the
-# GIL), which a second core repays only on large batches. Measured on 2 cores (model
-# only, median of 7, load 6-10): 3,157 syncs 0.50 s one thread vs 0.59 s in shards,
-# 5,901: 0.72 vs 0.81, 7,511: 1.56 vs 1.58, 12,152: 3.64 vs 3.18 (idle, end to end:
-# 3,087 0.85 vs 0.95 s, 12,152 2.87 vs 2.80 s).
-_SHARD_MIN_SYNCS = 8_000
 _OOS_KEYS = ("forest", "group", "row", "forest_paused")
 # Screening rounds: a fit on history with its grossest faults left out judges the rest
 # more sharply, and a second round finds about as many faults again as the first.
@@ -943,9 +936,9 @@ class FleetModel:
             From :meth:`initial_state` or a previous :class:`ScoreResult`; without them,
             each connector's first sync has no reference (its changes are not judged).
         n_jobs : int, default=1
-            Threads: a batch of at least :data:`_SHARD_MIN_SYNCS` syncs of several
-            connectors is scored in up to ``n_jobs`` shards of whole connectors at once
-            (see :meth:`_score_shards`); the result is the one-pass result.
+            Threads: a batch of at least :data:`detector.parallel._SHARD_MIN_SYNCS` syncs
+            of several connectors is scored in up to ``n_jobs`` shards of whole connectors
+            at once (see :meth:`_score_shards`); the result is the one-pass result.
         """
         self._check_fitted()
         wide = to_struct_frame(records)
@@ -1434,28 +1427,4 @@ class _FitData(NamedTuple):
     pooled: pl.DataFrame
     ivals: pl.DataFrame
     group_index: dict[str, int]
-
-
-def _connector_shards(wide: pl.DataFrame, n_jobs: int) -> list[pl.Series] | None:
-    """The connector ids of each of up to ``n_jobs`` shards of a batch to score, with
-    about as many syncs in each (largest connector first into the lightest shard); None
-    when the batch is scored in one pass: one job, fewer than :data:`_SHARD_MIN_SYNCS`
-    syncs (a thread and the merge would cost more than they save), one connector, or a
-    sync_id given twice (shards are merged back by sync_id)."""
-    if n_jobs <= 1 or wide.height < _SHARD_MIN_SYNCS or "connector_id" not in wide.columns:
-        return None
-    ids = wide["connector_id"]
-    if ids.null_count() or wide["sync_id"].is_duplicated().any():
-        return None
-    sizes = ids.value_counts(name="n").sort("n", "connector_id", descending=[True, False])
-    n_shards = min(n_jobs, sizes.height)
-    if n_shards <= 1:
-        return None
-    load = np.zeros(n_shards, dtype=np.int64)
-    members: list[list[str]] = [[] for _ in range(n_shards)]
-    for cid, n in sizes.iter_rows():  # one step per connector, not per sync
-        k = int(np.argmin(load))
-        members[k].append(cid)
-        load[k] += n
-    return [pl.Series("connector_id", m, dtype=pl.String) for m in members]
 

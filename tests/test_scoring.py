@@ -451,8 +451,9 @@ def test_sharded_scoring_is_the_one_pass_result(fleet: Fleet, n_jobs: int,
     order (shuffled, not time order), the second pass after new pauses, reasons, rule
     hits, and the state of a connector with no sync in the batch passed on."""
     from detector import model as model_module
+    from detector import parallel
 
-    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    monkeypatch.setattr(parallel, "_SHARD_MIN_SYNCS", 2)
     calls: list[int] = []
     real = model_module.FleetModel._score_batch
 
@@ -478,14 +479,15 @@ def test_sharded_scoring_is_the_one_pass_result(fleet: Fleet, n_jobs: int,
 def test_one_pass_below_the_shard_size(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     """A small batch (a single sync from a cold process) is not split."""
     from detector import model as model_module
+    from detector import parallel
 
     wide = model_module.to_struct_frame(fleet.test)
-    assert model_module._connector_shards(wide, 2) is None  # 301 syncs < 1,000
-    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
-    assert model_module._connector_shards(wide, 1) is None
+    assert parallel._connector_shards(wide, 2) is None  # 301 syncs < 1,000
+    monkeypatch.setattr(parallel, "_SHARD_MIN_SYNCS", 2)
+    assert parallel._connector_shards(wide, 1) is None
     one = wide.filter(pl.col("connector_id") == wide["connector_id"][0])
-    assert model_module._connector_shards(one, 2) is None  # one connector
-    shards = model_module._connector_shards(wide, 2)
+    assert parallel._connector_shards(one, 2) is None  # one connector
+    shards = parallel._connector_shards(wide, 2)
     assert shards is not None and len(shards) == 2
     assert sorted(pl.concat(shards).to_list()) == sorted(set(wide["connector_id"]))
 
@@ -493,11 +495,10 @@ def test_one_pass_below_the_shard_size(fleet: Fleet, monkeypatch: pytest.MonkeyP
 def test_sharded_service_run_is_the_one_thread_run(scoring_home: Home, fleet: Fleet, tmp_path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Events and every table the run writes are the same with the model's shards."""
-    from detector import model as model_module
-    from detector import scoring
+    from detector import parallel, scoring
 
     monkeypatch.setattr(scoring, "_now", lambda: "2026-06-22T00:00:00.000Z")
-    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    monkeypatch.setattr(parallel, "_SHARD_MIN_SYNCS", 2)
     other = Home(tmp_path / "copy")
     shutil.copytree(scoring_home.root, other.root)
     monkeypatch.setattr(scoring, "SCORE_JOBS", 2)
@@ -516,8 +517,9 @@ def test_crash_in_a_shard_loses_nothing_and_a_rerun_finishes(
     """The process dying while one shard of a chunk is scored (the other shard done)
     commits nothing of that chunk; a rerun scores the rest, each sync once."""
     from detector import model as model_module
+    from detector import parallel
 
-    monkeypatch.setattr(model_module, "_SHARD_MIN_SYNCS", 2)
+    monkeypatch.setattr(parallel, "_SHARD_MIN_SYNCS", 2)
     real = model_module.FleetModel._score_batch
     left = [6]  # chunks 1-2 score 2 shards each, chunk 3 dies in its second shard
 
