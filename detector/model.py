@@ -23,6 +23,13 @@ references and times still come from every sync before them).
 ``score`` is ``-log10(tail_probability)``, so it is comparable across connectors and
 does not saturate; ``cutoff`` is ``-log10(alpha)`` where ``alpha`` is the per-sync
 false-pause rate the connector's budget allows.
+
+The pieces the model composes live in modules of their own: history -> frames by parts
+(:mod:`detector.history`), tail families (:mod:`detector.families`), model groups and
+their layouts (:mod:`detector.groups`), cross-fitting parts (:mod:`detector.crossfit`),
+connectors' habits from history (:mod:`detector.habits`), the state a batch leaves
+(:mod:`detector.next_state`), threads (:mod:`detector.parallel`) and the frames of a
+model file as arrays (:mod:`detector.frame_arrays`).
 """
 
 from __future__ import annotations
