@@ -27,14 +27,14 @@ false-pause rate the connector's budget allows.
 The pieces the model composes live in modules of their own: history -> frames by parts
 (:mod:`detector.history`), tail families (:mod:`detector.families`), model groups and
 their layouts (:mod:`detector.groups`), cross-fitting parts (:mod:`detector.crossfit`),
-connectors' habits from history (:mod:`detector.habits`), the state a batch leaves
+connectors' habits from history (:mod:`detector.habits`), the scatter of residuals into
+matrices (:mod:`detector.matrices`), the state a batch leaves
 (:mod:`detector.next_state`), threads (:mod:`detector.parallel`) and the frames of a
 model file as arrays (:mod:`detector.frame_arrays`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -52,7 +52,6 @@ from detector.families import (
     _family_index,
     _family_weights,
     _sign,
-    _size_decade,
     _tail_families,
 )
 from detector.features import FACTS_SCHEMA, build_features
@@ -68,6 +67,7 @@ from detector.habits import (
     _score_intervals,
 )
 from detector.history import DecodedHistory, _history_frames, prepare
+from detector.matrices import _scatter
 from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
 from detector.parallel import _connector_shards, _in_threads
 from detector.policy import Policy, load_policy
@@ -80,7 +80,6 @@ __all__ = ["FleetModel", "ScoreResult"]
 _MODES = ("", "_paused")  # scored against the learned level, or against the sync before
 _STAGES = ("forest", "family", "combined")
 _CALIBRATORS = tuple(stage + mode for mode in _MODES for stage in _STAGES)
-_FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
 _FAMILY_MIN_WIDTH = 0.05  # in scales: family bodies are often a spike of near-equal values
 _FAMILY_MIN_TAIL = 100  # exceedances for a family tail fully its own
 _XFIT_CHUNK_ROWS = 500_000  # feature rows of the connectors cross-fitted together
@@ -820,78 +819,16 @@ class FleetModel:
     def _matrix(
         self, resid: pl.DataFrame, width: int, families: str = "dense"
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-        """Scatter long residual rows into per-sync matrices.
-
-        Returns the forest inputs (syncs x width, per the group's layout, clipped; float32,
-        the precision the forest splits on), the row ids, the group index, and each
-        family's largest residual (syncs x families; 0 where the family has no residual in
-        the direction it names). Syncs come ordered by group index, then row. With
-        ``families="sparse"`` the family maxima are the same entries as
-        :class:`_Families` (fitting keeps them so: a dense matrix is mostly zeros, and
-        its pages cost more than the scatter), with ``"none"`` they are not made.
-
-        String keys are turned into integer codes once per distinct value (groups and
-        measures are few); the scatter itself is numpy indexing.
-        """
-        measures = pl.concat([resid["measure"].unique(), self.columns_["measure"]]).unique().sort()
-        m_codes = pl.Series(np.arange(len(measures), dtype=np.int64))
-        g_codes = pl.Series(np.arange(len(self.groups_), dtype=np.int64))
-
-        def codes(frame: pl.DataFrame) -> pl.DataFrame:
-            return frame.with_columns(
-                pl.col("group").replace_strict(self.groups_, g_codes, default=None).alias("g"),
-                pl.col("measure").replace_strict(measures, m_codes).alias("m"),
-            )
-
-        coded = codes(
-            resid.select("row", "group", "measure", "z", "z_tail", _size_decade().alias("decade"))
-        ).drop_nulls("g")
-        layout = codes(self.columns_).drop_nulls("g")
-        # Dense lookups: vector column of (group, measure), family of each measure.
-        col_of = np.full((len(self.groups_), len(measures)), -1, dtype=np.int32)
-        col_of[layout["g"].to_numpy(), layout["m"].to_numpy()] = layout["col"].to_numpy()
-        fam_of = self._family_lookup(measures)
-
-        # Per-row temporaries are as long as the residual frame (30 rows a sync, twice
-        # for the pooled models): small integer types, each freed once used.
-        row = coded["row"].to_numpy()
-        g = coded["g"].to_numpy().astype(np.int32)
-        m = coded["m"].to_numpy().astype(np.int32)
-        n_rows = int(row.max()) + 1 if len(row) else 1
-        key = g.astype(np.int64) * n_rows + row
-        del row
-        # A sync's residual rows arrive together: number the runs of equal keys, then
-        # the distinct keys among the runs (about one per sync, not one per measure).
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        keys, run = np.unique(key[starts], return_inverse=True)
-        del key
-        i = np.repeat(run.astype(np.int32), np.diff(np.r_[starts, len(g)]))
-        z = coded["z"].to_numpy()
-        x = np.zeros((len(keys), width), dtype=np.float32)
-        col = col_of[g, m]
-        sel = col >= 0
-        x[i[sel], col[sel]] = np.clip(z[sel], -_FOREST_Z_CLIP, _FOREST_Z_CLIP)
-        del col, g
-        if families == "none":
-            return x, keys % n_rows, keys // n_rows, None
-        u = fam_of[m, coded["decade"].to_numpy().astype(np.int8)]
-        sel = u >= 0
-        # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as _sign).
-        j = 2 * u[sel] + (z[sel] < 0)
-        values = np.abs(coded["z_tail"].to_numpy()[sel])
-        if families == "sparse":
-            f = _Families.maxima(i[sel], j, values, len(self.families_))
-            moved = np.abs(z) >= OUTLYING_Z
-            names = np.char.add(
-                measures.to_numpy().astype(str)[m[moved]], _sign(z[moved])
-            )
-            f = dataclasses.replace(
-                f, review=review_only(i[moved], names, len(keys), z[moved])
-            )
-        else:
-            f = np.zeros((len(keys), len(self.families_)))
-            np.maximum.at(f, (i[sel], j), values)
-        return x, keys % n_rows, keys // n_rows, f
+        """:func:`_scatter` of long residual rows by this model's layout and families."""
+        return _scatter(
+            resid,
+            width,
+            self.columns_,
+            self.groups_,
+            self._family_lookup,
+            len(self.families_),
+            families,
+        )
 
     # ================================================================ score
     def _check_fitted(self) -> None:
