@@ -21,8 +21,10 @@ from detector.frame import (
     ACCEPTED_MEASURE,
     FRESHNESS_MEASURE,
     MAX_UNCHANGED_RUN,
+    REPEAT_MEASURES,
     RESOURCE_TYPES_MEASURE,
     UNCHANGED_MEASURE,
+    UNCHANGED_WITH_METRICS_MEASURE,
     UNEXPLAINED_STAT,
     is_stat,
     measure_kind_expr,
@@ -178,7 +180,8 @@ def _unexplained_changes(reported: pl.DataFrame) -> pl.DataFrame:
     and removed, where the sync before reported the count: by how many records the count
     moved beyond what the connector's own churn says, ``|count - previous - added +
     removed|``. A retry loop's duplicates raise a count with nothing added; records lost
-    without being reported removed lower it. ``reported`` as for :func:`_unchanged_runs`.
+    without being reported removed lower it. ``reported``: the resource rows of
+    :func:`_unchanged_runs`' frame.
     """
     stat = {s: is_stat(s) for s in ("count", "added", "removed")}
     parts = (
@@ -204,14 +207,16 @@ def _unexplained_changes(reported: pl.DataFrame) -> pl.DataFrame:
 
 
 def _unchanged_runs(reported: pl.DataFrame, state: pl.DataFrame | None) -> pl.DataFrame:
-    """One :data:`~detector.frame.UNCHANGED_MEASURE` row per sync that reports resources.
+    """The runs of repeated data: one :data:`~detector.frame.UNCHANGED_MEASURE` row per
+    sync that reports resources, and one :data:`~detector.frame.UNCHANGED_WITH_METRICS_MEASURE`
+    row per such sync that reports metrics too.
 
-    ``reported`` holds the batch's (sync, measure) rows of resource types with
-    ``_prev_value``, the series' value at the sync before (the state's row for the first
-    sync of a batch). A sync repeats the one
-    before when all its counts, duplicate counts and null rates equal their previous values
-    and its churn is zero; the run length then carries on from the state's, up to
-    :data:`~detector.frame.MAX_UNCHANGED_RUN`.
+    ``reported`` holds the batch's (sync, measure) rows of resource types and custom
+    metrics with ``_prev_value``, the series' value at the sync before (the state's row for
+    the first sync of a batch). A sync repeats the one before when all its counts,
+    duplicate counts and null rates (and, for the second run, its metrics) equal their
+    previous values and its churn is zero; each run's length then carries on from the
+    state's, up to :data:`~detector.frame.MAX_UNCHANGED_RUN`.
     """
     churn = (pl.col("kind") == "events") & ~is_stat("duplicates")
     same = (
@@ -220,24 +225,40 @@ def _unchanged_runs(reported: pl.DataFrame, state: pl.DataFrame | None) -> pl.Da
         .otherwise(pl.col("value") == pl.col("_prev_value"))
         .fill_null(False)  # a type, stat or field the sync before did not report: news
     )
-    syncs = reported.group_by("row").agg(
-        same.all().alias("_same"), *(pl.col(c).first() for c in _SYNC_INFO)
+    is_resource = pl.col("resource").is_not_null()
+    syncs = (
+        reported.group_by("row")
+        .agg(
+            same.filter(is_resource).all().alias(UNCHANGED_MEASURE),
+            same.all().alias(UNCHANGED_WITH_METRICS_MEASURE),
+            is_resource.any().alias("_resources"),
+            (~is_resource).any().alias("_metrics"),
+            *(pl.col(c).first() for c in _SYNC_INFO),
+        )
+        .filter(pl.col("_resources"))  # a sync of metrics alone has no data to repeat
+        .unpivot(
+            on=list(REPEAT_MEASURES),
+            index=["row", "_metrics", *_SYNC_INFO],
+            variable_name="measure",
+            value_name="_same",
+        )
+        .filter((pl.col("measure") == UNCHANGED_MEASURE) | pl.col("_metrics"))
     )
     start = pl.lit(0.0)
     if state is not None and state.height:
-        carried = state.filter(pl.col("measure") == UNCHANGED_MEASURE).select(
-            "connector_id", pl.col("value").alias("_start")
+        carried = state.filter(pl.col("measure").is_in(list(REPEAT_MEASURES))).select(
+            "connector_id", "measure", pl.col("value").alias("_start")
         )
-        syncs = syncs.join(carried, on="connector_id", how="left")
+        syncs = syncs.join(carried, on=["connector_id", "measure"], how="left")
         start = pl.col("_start").fill_null(0.0)
     # Runs begin at each sync that changed something; before the batch's first such sync
     # the run is the state's, carried on.
-    run = (~pl.col("_same")).cast(pl.Int64).cum_sum().over("connector_id", order_by="seq")
+    series = ("connector_id", "measure")
+    run = (~pl.col("_same")).cast(pl.Int64).cum_sum().over(*series, order_by="seq")
     syncs = syncs.with_columns(run.alias("_run"))
-    position = pl.col("seq").rank("ordinal").over("connector_id", "_run") - 1
+    position = pl.col("seq").rank("ordinal").over(*series, "_run") - 1
     length = pl.when(pl.col("_run") == 0).then(start + position + 1).otherwise(position)
     return syncs.with_columns(
-        pl.lit(UNCHANGED_MEASURE).alias("measure"),
         length.clip(upper_bound=MAX_UNCHANGED_RUN).cast(pl.Float64).alias("value"),
         pl.lit(None, dtype=pl.String).alias("resource"),
         pl.lit("events").alias("kind"),
@@ -388,8 +409,14 @@ def build_features(
         .drop("_i", "_prev")
     )
     # Measures derived from each sync's resource rows as a whole (filtered once for both).
-    reported = rows.filter(~pl.col("is_state") & pl.col("resource").is_not_null())
-    derived = [_unchanged_runs(reported, state), _unexplained_changes(reported)]
+    reported = rows.filter(
+        ~pl.col("is_state")
+        & (pl.col("resource").is_not_null() | pl.col("measure").str.starts_with("metric."))
+    )
+    derived = [
+        _unchanged_runs(reported, state),
+        _unexplained_changes(reported.filter(pl.col("resource").is_not_null())),
+    ]
     del reported
     prev_value = pl.col("_prev_value")
     prev_ref = pl.col("_prev_ref_value")

@@ -26,6 +26,8 @@ __all__ = [
     "RARE_SYNC_EVENTS",
     "MAX_UNCHANGED_RUN",
     "UNCHANGED_MEASURE",
+    "UNCHANGED_WITH_METRICS_MEASURE",
+    "REPEAT_MEASURES",
     "FRESHNESS_MEASURE",
     "UNEXPLAINED_STAT",
     "RESOURCE_TYPES_MEASURE",
@@ -79,6 +81,13 @@ FRESHNESS_MEASURE = "sync.freshness"
 #: before: every count, duplicate count and null rate unchanged and no churn reported. A
 #: stuck cache or a stale snapshot repeats itself; a live source rarely does for long.
 UNCHANGED_MEASURE = "sync.unchanged_syncs"
+#: The same run where the sync's custom metrics repeated too (syncs with metrics only). A
+#: stale snapshot repeats the metrics it derives from its data; a quiet app whose count
+#: often stands still repeats its resources alone on many syncs, its metrics seldom. Live
+#: metrics (active sessions) move on while the data is stale: the run above stays for them.
+UNCHANGED_WITH_METRICS_MEASURE = "sync.unchanged_syncs_with_metrics"
+#: Every run of repeated data, the resources' first.
+REPEAT_MEASURES = (UNCHANGED_MEASURE, UNCHANGED_WITH_METRICS_MEASURE)
 #: Runs are counted up to here: a source that never changes (a static resource beside a
 #: custom metric) then sits at a constant, instead of a count that grows past anything its
 #: history saw. A day of hourly syncs; a stuck cache is flagged long before.
@@ -112,11 +121,11 @@ def resource_type_bit(names: pl.Series) -> pl.Expr:
 
 
 #: Per-sync measures that are counts of events (one exposure per sync).
-_EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", UNCHANGED_MEASURE)
+_EVENT_MEASURES = ("api.errors", "api.retries", "sync.partial", *REPEAT_MEASURES)
 
 #: Per-sync events a healthy connector may never show in its history (see the baseline's
 #: floor for their expected count).
-RARE_SYNC_EVENTS = ("sync.partial", UNCHANGED_MEASURE)
+RARE_SYNC_EVENTS = ("sync.partial", *REPEAT_MEASURES)
 
 
 def stat_suffix(stat: str) -> str:

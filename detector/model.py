@@ -56,7 +56,7 @@ from detector.families import (
 )
 from detector.features import FACTS_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
-from detector.frame import UNCHANGED_MEASURE, UNMODELLED_MEASURES, to_struct_frame
+from detector.frame import UNMODELLED_MEASURES, to_struct_frame
 from detector.frame_arrays import frame_from_arrays, frames_to_arrays
 from detector.groups import _layouts, _pooled_group, _pooled_sample
 from detector.habits import (
@@ -72,7 +72,7 @@ from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
 from detector.parallel import _connector_shards, _in_threads
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, review_only
-from detector.rules import rule_hits
+from detector.rules import REPEAT_RATES, rule_hits
 from detector.special import ufuncs as _ufuncs
 
 __all__ = ["FleetModel", "ScoreResult"]
@@ -1067,8 +1067,11 @@ class FleetModel:
 
     def _rare_event_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
         """Each connector's learned rates of ``partial`` syncs and of repeated data (its
-        kind's when cold): ``connector_id, partial_rate, repeat_rate``."""
-        measures = {"partial_rate": "sync.partial", "repeat_rate": UNCHANGED_MEASURE}
+        kind's when cold): ``connector_id, partial_rate`` and the columns of
+        :data:`~detector.rules.REPEAT_RATES`."""
+        measures = {"partial_rate": "sync.partial"} | {
+            column: measure for measure, column in REPEAT_RATES.items()
+        }
 
         def rates(base: SeasonalBaseline) -> pl.DataFrame:
             out = base.series_.select(base.key).unique()

@@ -12,13 +12,16 @@ import polars as pl
 
 from detector.frame import (
     FRESHNESS_MEASURE,
+    REPEAT_MEASURES,
     RESOURCE_TYPES_MEASURE,
     UNCHANGED_MEASURE,
+    UNCHANGED_WITH_METRICS_MEASURE,
     resource_type_bit,
 )
 
 __all__ = ["RULES", "rule_hits", "count_losses", "OVERDUE_FACTOR", "MIN_RECORDS",
-           "MIN_POPULATED", "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "MIN_LOSS_SHARE",
+           "MIN_POPULATED", "MAX_PARTIAL_RATE", "MIN_REPEATS", "MAX_REPEAT_RATE", "REPEAT_RATES",
+           "MIN_LOSS_SHARE",
            "LOSS_FACTOR", "MIN_LOSS_RECORDS", "PAGE_MULTIPLE", "MIN_PAGE_LOSS_SHARE",
            "MAX_SHARED_LOSS"]
 
@@ -63,6 +66,11 @@ MIN_REPEATS = 2
 #: Connectors whose history repeats itself more often than this (repeated syncs per sync)
 #: have their runs judged by the model (a quiet app may not change for days).
 MAX_REPEAT_RATE = 0.01
+#: The column of ``rare_event_rates`` that holds each run's learned rate of repeats.
+REPEAT_RATES = {
+    UNCHANGED_MEASURE: "repeat_rate",
+    UNCHANGED_WITH_METRICS_MEASURE: "metrics_repeat_rate",
+}
 
 RULES = {
     "sync_failed": "the connector reported the sync as failed",
@@ -99,6 +107,43 @@ def _rarely_seen(
     the event low enough for a rule), as rule hits."""
     return hits.join(rare, on="connector_id", how="inner").select(
         "row", pl.lit(rule).alias("rule"), detail.alias("detail")
+    )
+
+
+def _repeat_hits(features: pl.DataFrame, rare_event_rates: pl.DataFrame) -> pl.DataFrame:
+    """``repeated_snapshot`` hits: a run of repeated data (:data:`REPEAT_MEASURES`) of
+    ``MIN_REPEATS`` or more on a connector that rarely repeats itself so. One hit per
+    sync, the resources' run first where both runs speak."""
+    rates = rare_event_rates.unpivot(
+        on=list(REPEAT_RATES.values()),
+        index="connector_id",
+        variable_name="measure",
+        value_name="_rate",
+    ).select(
+        "connector_id",
+        pl.col("measure").replace_strict(list(REPEAT_RATES.values()), list(REPEAT_RATES)),
+        pl.col("_rate").alias("repeat_rate"),
+    )
+    with_metrics = pl.col("measure") == UNCHANGED_WITH_METRICS_MEASURE
+    return (
+        features.filter(
+            pl.col("measure").is_in(list(REPEAT_MEASURES)) & (pl.col("value") >= MIN_REPEATS)
+        )
+        .join(rates.filter(pl.col("repeat_rate") < MAX_REPEAT_RATE), on=["connector_id", "measure"])
+        .sort("row", with_metrics)
+        .unique("row", keep="first", maintain_order=True)
+        .select(
+            "row",
+            pl.lit("repeated_snapshot").alias("rule"),
+            pl.format(
+                "the data of the sync before returned unchanged {} syncs in a row (no count, "
+                "null rate or duplicate moved{}, no churn); this connector repeats itself so "
+                "on {}% of syncs",
+                _fmt(pl.col("value")),
+                pl.when(with_metrics).then(pl.lit(", nor any metric")).otherwise(pl.lit("")),
+                (pl.col("repeat_rate") * 100).round(2),
+            ).alias("detail"),
+        )
     )
 
 
@@ -148,8 +193,9 @@ def rule_hits(
     expected_resources : pl.DataFrame, optional
         ``connector_id, resource`` the connector always reported in history.
     rare_event_rates : pl.DataFrame, optional
-        ``connector_id, partial_rate, repeat_rate``: how often the connector said
-        ``partial``, and repeated its previous data, per sync in history.
+        ``connector_id, partial_rate`` and the columns of :data:`REPEAT_RATES`: how often
+        the connector said ``partial``, and repeated its previous data (its resources;
+        with its metrics), per sync in history.
     largest_losses : pl.DataFrame, optional
         ``connector_id, resource, largest_loss``: the largest share of a resource type's
         records the connector lost in one sync in history.
@@ -253,22 +299,7 @@ def rule_hits(
                 ),
             )
         )
-        parts.append(
-            _rarely_seen(
-                features.filter(
-                    (pl.col("measure") == UNCHANGED_MEASURE) & (pl.col("value") >= MIN_REPEATS)
-                ),
-                rare_event_rates.filter(pl.col("repeat_rate") < MAX_REPEAT_RATE),
-                "repeated_snapshot",
-                pl.format(
-                    "the data of the sync before returned unchanged {} syncs in a row (no "
-                    "count, null rate or duplicate moved, no churn); this connector repeats "
-                    "itself on {}% of syncs",
-                    _fmt(pl.col("value")),
-                    (pl.col("repeat_rate") * 100).round(2),
-                ),
-            )
-        )
+        parts.append(_repeat_hits(features, rare_event_rates))
     if largest_losses is not None and largest_losses.height:
         share = pl.col("loss")
         parts.append(

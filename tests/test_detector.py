@@ -26,8 +26,10 @@ from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import (
     ACCEPTED_MEASURE,
     MAX_UNCHANGED_RUN,
+    REPEAT_MEASURES,
     RESOURCE_STATS,
     UNCHANGED_MEASURE,
+    UNCHANGED_WITH_METRICS_MEASURE,
     UNEXPLAINED_STAT,
     in_sync_order,
     is_stat,
@@ -882,6 +884,47 @@ def test_a_source_that_never_changes_is_not_paused_for_its_ever_longer_run():
     np.testing.assert_allclose(
         pl.concat([first.results, second.results])["score"], whole.results["score"], rtol=1e-9
     )
+
+
+def _count_only_feed(n: int, seed: int = 5) -> list[dict]:
+    """Hourly syncs of an export that reports one count and no churn, nulls or API figures,
+    beside a metric that moves a little on every sync. The count stands still on half of
+    them (nobody joined or left), so a repeated count alone is no news."""
+    rng = np.random.default_rng(seed)
+    counts = 300 + np.cumsum(rng.choice([-1, 0, 0, 1], n))
+    ratios = np.round(0.85 + rng.normal(0.0, 0.005, n), 4)
+    return [
+        make_record("export-1", i, kind="export", api=..., resources={"account": {
+            "count": int(counts[i])}}, metrics={"mfa_ratio": float(ratios[i])})
+        for i in range(n)
+    ]
+
+
+def test_a_stale_export_repeats_its_metrics_too_and_is_paused():
+    """A feed whose count often stands still repeats itself, by its resources alone, on
+    about half its syncs; its metric seldom repeats. A stale snapshot returns both: two
+    such syncs in a row are the repeated_snapshot rule, batch and one at a time alike. A
+    sync whose count stood still while its metric moved extends the resources' run only."""
+    records = _count_only_feed(24 * 70)
+    history, test = records[: 24 * 60], records[24 * 60 :]
+    for k in (100, 101):
+        test[k]["resources"] = copy.deepcopy(test[99]["resources"])
+        test[k]["metrics"] = dict(test[99]["metrics"])
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    whole = model.score(test, state=state, facts=facts)
+    hits = whole.rule_hits.filter(pl.col("rule") == "repeated_snapshot")
+    assert hits["sync_id"].to_list() == [test[101]["sync_id"]]
+    decisions = whole.results["decision"].to_list()
+    assert decisions[101] == "pause"
+    assert "pause" not in decisions[:100], decisions.index("pause")
+    before = model.score(test[:95], state=state, facts=facts)
+    single = _scored_one_at_a_time(model, test[95:103], before.state, before.facts)
+    np.testing.assert_allclose(single["score"], whole.results["score"][95:103], rtol=1e-9)
+    still = next(i for i in range(1, 99) if test[i]["resources"] == test[i - 1]["resources"])
+    runs = dict(model.score(test[: still + 1], state=state, facts=facts).state.filter(
+        pl.col("measure").is_in(REPEAT_MEASURES)).select("measure", "value").iter_rows())
+    assert runs == {UNCHANGED_MEASURE: 1.0, UNCHANGED_WITH_METRICS_MEASURE: 0.0}
 
 
 def test_a_static_app_gaining_an_account_is_not_paused_for_ending_its_run_of_repeats():
