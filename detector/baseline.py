@@ -60,9 +60,10 @@ _TAIL_QUANTILE = 0.99
 _GAUSS_TAIL_Z = 2.576  # the 99th percentile of |z| for a Gaussian series
 _SHRINK = 4.0  # pseudo-observations pulling a bucket towards the series median
 _MIN_EVENT_MEAN = 0.05
-# A connector that has not said "partial" (or repeated its last data) in its history:
-# about one sync in a thousand.
-_MIN_RARE_SYNC_EVENT_MEAN = 1e-3
+# A connector that has not said "partial", repeated its last data or reported duplicates
+# in its history: about one sync in a thousand. Churn is life and keeps the floor above;
+# these are fault signatures that many healthy connectors never show.
+_MIN_RARE_EVENT_MEAN = 1e-3
 _MIN_DISPERSION = 0.02
 _MAX_DISPERSION = 20.0
 _SCALE_FLOOR = {"count": 2e-4, "rate": 0.05, "log": 0.05, "level": 1e-9, "events": 0.0}
@@ -903,8 +904,8 @@ class SeasonalBaseline:
             *_judged(pl.col("_ref_x"), pl.col("scale") * math.sqrt(2.0), "_ref"),
             pl.max_horizontal(
                 pl.col("expected") * pl.col("exposure_eff"),
-                pl.when(pl.col("measure").is_in(list(RARE_SYNC_EVENTS)))
-                .then(pl.lit(_MIN_RARE_SYNC_EVENT_MEAN))
+                pl.when(pl.col("measure").is_in(list(RARE_SYNC_EVENTS)) | is_stat("duplicates"))
+                .then(pl.lit(_MIN_RARE_EVENT_MEAN))
                 .otherwise(pl.lit(_MIN_EVENT_MEAN)),
             ).alias("mu"),
         )

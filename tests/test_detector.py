@@ -1771,3 +1771,26 @@ def test_a_model_file_from_before_rare_null_counts_judges_null_rates_as_it_was_f
     pl.testing.assert_frame_equal(
         older.score(test[:60], state=state, facts=facts).results, logit_only
     )
+
+
+def test_duplicates_where_history_had_none_are_a_rare_event(fleet):
+    """A connector that never reported a duplicate of a resource type: one now is about a
+    one-in-a-thousand sync, like a first ``partial`` status, not the one in twenty that
+    the floor for churn (which is life) would make it. Where history had duplicates,
+    their learned rate judges."""
+    from detector.baseline import SeasonalBaseline
+    from detector.habits import _intervals
+
+    _, history, _, _, _ = fleet
+    syncs, features = build_features(*prepare(history))
+    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    baseline = SeasonalBaseline().fit(features, ivals)
+    duplicates = features.filter(pl.col("measure").str.ends_with(".duplicates"))
+    had = duplicates.group_by("connector_id", "measure").agg(
+        (pl.col("value") > 0).any().alias("had_duplicates"))
+    one = baseline.residuals(duplicates.with_columns(pl.lit(1.0).alias("value")), ivals)
+    z = one.join(had, on=["connector_id", "measure"]).group_by("had_duplicates").agg(
+        pl.col("z").min().alias("least"), pl.col("z").max().alias("most"))
+    by_history = {row["had_duplicates"]: row for row in z.iter_rows(named=True)}
+    assert by_history[False]["least"] > 3.0  # mid-p z of one event where ~1e-3 expected
+    assert by_history[True]["most"] < by_history[False]["least"]
