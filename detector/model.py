@@ -1054,7 +1054,7 @@ class FleetModel:
             intervals=ivals,
             expected_resources=self.expected_resources_,
             largest_losses=self.largest_losses_,
-            rare_event_rates=self._rare_event_rates(syncs),
+            rare_event_rates=self._rare_event_rates(syncs, ivals),
         )
         decided = self._decide(syncs, scored, hits, intervals, known)
         return {
@@ -1065,10 +1065,11 @@ class FleetModel:
             "decided": decided,
         }
 
-    def _rare_event_rates(self, syncs: pl.DataFrame) -> pl.DataFrame:
+    def _rare_event_rates(self, syncs: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
         """Each connector's learned rates of ``partial`` syncs and of repeated data (its
-        kind's when cold): ``connector_id, partial_rate`` and the columns of
-        :data:`~detector.rules.REPEAT_RATES`."""
+        kind's when cold), and the per-sync false-pause rate its budget allows:
+        ``connector_id, partial_rate, alpha`` and the columns of
+        :data:`~detector.rules.REPEAT_RATES`. ``intervals``: ``connector_id, interval_s``."""
         measures = {"partial_rate": "sync.partial"} | {
             column: measure for measure, column in REPEAT_RATES.items()
         }
@@ -1083,12 +1084,15 @@ class FleetModel:
             return out
 
         conn = syncs.select("connector_id", "connector_kind").unique()
+        budgets = self._budgets(conn.join(intervals, on="connector_id", how="left"))
         return (
             conn.join(rates(self.baseline_), on="connector_id", how="left")
             .join(rates(self.pooled_baseline_), on="connector_kind", how="left", suffix="_kind")
+            .join(budgets.select("connector_id", "alpha"), on="connector_id", how="left")
             .select(
                 "connector_id",
                 *(pl.coalesce(name, f"{name}_kind").alias(name) for name in measures),
+                "alpha",
             )
         )
 

@@ -34,7 +34,8 @@ OVERDUE_FACTOR = 3.0
 MIN_RECORDS = 5
 #: Records expected to carry a field before all-null on it is a rule hit (exp(-20) ~ 2e-9).
 MIN_POPULATED = 20
-#: Connectors that report ``partial`` on more syncs than this have it judged by the model.
+#: Connectors that report ``partial`` on more syncs than this, or than their budget's
+#: false-pause rate allows (the rule alone would spend more), have it judged by the model.
 MAX_PARTIAL_RATE = 0.01
 #: A resource type losing at least this share of its records in one sync ("the count
 #: halved", the fixed safeguard products ship) ...
@@ -193,9 +194,10 @@ def rule_hits(
     expected_resources : pl.DataFrame, optional
         ``connector_id, resource`` the connector always reported in history.
     rare_event_rates : pl.DataFrame, optional
-        ``connector_id, partial_rate`` and the columns of :data:`REPEAT_RATES`: how often
-        the connector said ``partial``, and repeated its previous data (its resources;
-        with its metrics), per sync in history.
+        ``connector_id, partial_rate, alpha`` and the columns of :data:`REPEAT_RATES`:
+        how often the connector said ``partial``, and repeated its previous data (its
+        resources; with its metrics), per sync in history, and its budget's per-sync
+        false-pause rate.
     largest_losses : pl.DataFrame, optional
         ``connector_id, resource, largest_loss``: the largest share of a resource type's
         records the connector lost in one sync in history.
@@ -290,7 +292,10 @@ def rule_hits(
         parts.append(
             _rarely_seen(
                 syncs.filter(pl.col("status") == "partial"),
-                rare_event_rates.filter(pl.col("partial_rate") < MAX_PARTIAL_RATE),
+                rare_event_rates.filter(
+                    (pl.col("partial_rate") < MAX_PARTIAL_RATE)
+                    & (pl.col("partial_rate") <= pl.col("alpha"))
+                ),
                 "partial_sync",
                 pl.format(
                     "status partial (error_class {}); this connector's usual partial rate {}%",

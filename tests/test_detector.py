@@ -1277,6 +1277,34 @@ def test_connector_reporting_partial_data_pauses(fleet):
     assert "partial_sync" in out.rule_hits["rule"].to_list()
 
 
+def test_partial_now_and_then_beyond_the_budget_is_left_to_the_model_never_seen_is_a_rule():
+    """An hourly connector that said ``partial`` on 3 of 1,440 syncs in history (0.2 %,
+    under MAX_PARTIAL_RATE) would spend about 18 false pauses a year on the rule alone,
+    where its budget allows one: its partial syncs are judged by the model. One that never
+    said so has the rule."""
+    rng = np.random.default_rng(5)
+    said = {100, 700, 1300, 24 * 62, 24 * 66}
+    records = [
+        make_record(connector_id, i, kind="flaky", rng=rng,
+                    **({"status": "partial", "error_class": "rate_limit"}
+                       if i in said and (connector_id == "flaky-app" or i >= 24 * 60) else {}))
+        for i in range(24 * 70) for connector_id in ("flaky-app", "steady-app")
+    ]
+    history = [r for r in records if int(r["sync_id"].split(":")[1]) < 24 * 60]
+    test = [r for r in records if int(r["sync_id"].split(":")[1]) >= 24 * 60]
+    model = FleetModel(n_estimators=30).fit(history)
+    state, facts = model.initial_state(history)
+    rates = model._rare_event_rates(
+        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")),
+        model.intervals_.select("connector_id", "interval_s")).sort("connector_id")
+    assert rates["partial_rate"][0] == pytest.approx(3 / 1440, rel=0.3)
+    assert rates["partial_rate"][0] < MAX_PARTIAL_RATE
+    assert rates["alpha"][0] < rates["partial_rate"][0]
+    out = model.score(test, state=state, facts=facts)
+    hits = out.rule_hits.filter(pl.col("rule") == "partial_sync")["sync_id"].to_list()
+    assert sorted(hits) == [f"steady-app:{i}" for i in sorted(said) if i >= 24 * 60]
+
+
 def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model():
     """Partial on 1 sync in 60 of its history (above MAX_PARTIAL_RATE, below the share of
     syncs the rates' winsorising leaves out): its partial rate is learned, so the next
@@ -1291,7 +1319,8 @@ def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model()
     model = FleetModel(n_estimators=30).fit(history)
     state, facts = model.initial_state(history)
     rates = model._rare_event_rates(
-        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")))
+        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")),
+        model.intervals_.select("connector_id", "interval_s"))
     assert rates["partial_rate"][0] == pytest.approx(1 / 60, rel=0.25)
     assert rates["partial_rate"][0] >= MAX_PARTIAL_RATE
     out = model.score(test, state=state, facts=facts)
