@@ -1,6 +1,6 @@
 """A connector's habits learned from history, beside its models: its usual interval
 between syncs, the resource types it always reports, and the largest share of a type's
-records it lost in one sync.
+records it lost in one sync (and how often it lost a sharp share).
 
 Decisions read the interval (a budget per day is a rate per sync); rules read the rest
 (a type gone missing, a loss beyond any in history).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from detector.history import _as_strings
-from detector.rules import count_losses
+from detector.rules import MIN_PAGE_LOSS_SHARE, count_losses
 
 _MIN_RESOURCE_SHARE = 0.95
 
@@ -66,12 +66,14 @@ _LARGEST_LOSSES_SCHEMA = {
     "connector_id": pl.String,
     "resource": pl.String,
     "largest_loss": pl.Float64,
+    "sharp_loss_rate": pl.Float64,
 }
 
 
 def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     """Per connector with a model of its own and resource type: the largest share of its
-    records lost in one sync in history (0 when it never shrank)."""
+    records lost in one sync in history (0 when it never shrank), and the share of its
+    syncs that lost ``MIN_PAGE_LOSS_SHARE`` or more (``truncated_listing`` reads it)."""
     # Only the columns and rows it reads are copied: filtered by connector alone, the
     # whole frame was copied, every column of every history row.
     counts = features.select("connector_id", "resource", "kind", "value", "reference").filter(
@@ -80,7 +82,10 @@ def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     return (
         count_losses(counts)
         .group_by("connector_id", "resource")
-        .agg(pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"))
+        .agg(
+            pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"),
+            (pl.col("loss") >= MIN_PAGE_LOSS_SHARE).mean().alias("sharp_loss_rate"),
+        )
         .cast(_LARGEST_LOSSES_SCHEMA)
         .sort("connector_id", "resource")
     )

@@ -1305,6 +1305,11 @@ class FleetModel:
         model.largest_losses_ = frame(
             "largest_losses", older=pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
         )
+        if "sharp_loss_rate" not in model.largest_losses_.columns:
+            # Files written before it: truncated_listing speaks for every type, as then.
+            model.largest_losses_ = model.largest_losses_.with_columns(
+                pl.lit(None, dtype=pl.Float64).alias("sharp_loss_rate")
+            )
         # Files written before were calibrated on the logit scale above 100 records.
         logit_records = config.get("min_logit_records", 0.0)
         base = SeasonalBaseline(

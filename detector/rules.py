@@ -55,7 +55,9 @@ MIN_LOSS_RECORDS = 3
 #: chance about one such loss in a hundred lands there, so the loss must be the type's
 #: own: no other type of the sync (not itself on whole pages) lost ``MAX_SHARED_LOSS`` or
 #: more (a team leaving takes its users and their grants: the model judges that). On
-#: simulated fleets: 1 normal sync in 180,000, and every truncation (94 of 94).
+#: simulated fleets: 1 normal sync in 180,000, and every truncation (94 of 94). A type
+#: that loses that much often in normal life (a count swinging over the day) would land
+#: there by chance more often than its budget allows; the model judges its losses.
 PAGE_MULTIPLE = 100
 MIN_PAGE_LOSS_SHARE = 0.05
 MAX_SHARED_LOSS = 0.025
@@ -145,6 +147,27 @@ def _repeat_hits(features: pl.DataFrame, rare_event_rates: pl.DataFrame) -> pl.D
                 (pl.col("repeat_rate") * 100).round(2),
             ).alias("detail"),
         )
+    )
+
+
+def _seldom_sharp(
+    losses: pl.DataFrame, largest_losses: pl.DataFrame | None, rates: pl.DataFrame | None
+) -> pl.DataFrame:
+    """``losses`` of types whose sharp losses in history (``sharp_loss_rate``: the share of
+    syncs losing ``MIN_PAGE_LOSS_SHARE`` or more) land on whole pages by chance no more
+    often than the connector's budget allows (``alpha``, from ``rates``). Types without
+    such history keep the rule."""
+    if largest_losses is None or rates is None or "sharp_loss_rate" not in largest_losses.columns:
+        return losses
+    chance = pl.col("sharp_loss_rate") / PAGE_MULTIPLE
+    return (
+        losses.join(
+            largest_losses.select("connector_id", "resource", "sharp_loss_rate"),
+            on=["connector_id", "resource"],
+            how="left",
+        )
+        .join(rates.select("connector_id", "alpha"), on="connector_id", how="left")
+        .filter(chance.is_null() | pl.col("alpha").is_null() | (chance <= pl.col("alpha")))
     )
 
 
@@ -279,6 +302,7 @@ def rule_hits(
         losses.filter(on_pages & (pl.col("loss") >= MIN_PAGE_LOSS_SHARE))
         .join(shared, on="row", how="left")
         .filter(pl.col("_shared_loss") < MAX_SHARED_LOSS)
+        .pipe(_seldom_sharp, largest_losses, rare_event_rates)
     ).pipe(
         _loss_hits,
         "truncated_listing",

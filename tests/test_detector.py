@@ -1455,6 +1455,32 @@ def test_a_loss_landing_on_whole_pages_is_a_truncated_listing(count, reference, 
 
 
 @pytest.mark.parametrize(
+    ("sharp_loss_rate", "hit"),
+    [
+        (None, True),  # no history of the type (a cold connector): the rule speaks
+        (0.002, True),  # 1 sync in 500 lost 5 %: by chance on whole pages 1 in 50,000
+        (0.25, False),  # a count swinging over the day: 1 in 400, past its budget
+    ],
+)
+def test_a_type_that_often_loses_much_has_its_whole_pages_judged_by_the_model(
+    sharp_loss_rate, hit
+):
+    """A loss of 5 % or more lands on whole pages by chance about once in PAGE_MULTIPLE.
+    Where the type loses that much on a quarter of its syncs, the rule would spend 250
+    times the budget of an hourly connector (1.1e-4 a sync) on chance alone."""
+    losses = pl.DataFrame(
+        {"connector_id": ["c"], "resource": ["user"], "largest_loss": [0.1],
+         "sharp_loss_rate": [sharp_loss_rate]},
+        schema_overrides={"sharp_loss_rate": pl.Float64},
+    )
+    rates = pl.DataFrame({"connector_id": ["c"], "partial_rate": [0.0], "alpha": [1.1e-4],
+                          "repeat_rate": [0.0], "metrics_repeat_rate": [0.0]})
+    hits = _one_row_rule_hits("user.count", "count", 200.0, 240.0, 240.0, 200.0,
+                              largest_losses=losses, rare_event_rates=rates)
+    assert ("truncated_listing" in hits["rule"].to_list()) is hit
+
+
+@pytest.mark.parametrize(
     ("users", "hit"),
     [
         (175, True),  # the users stayed: only the grants' listing came back short
@@ -1488,6 +1514,7 @@ def test_a_fitted_model_knows_each_connectors_largest_loss_and_keeps_it_in_its_f
     model, history, test, state, facts = fleet
     losses = model.largest_losses_
     assert losses.height and losses["largest_loss"].is_between(0.0, 1.0).all()
+    assert losses["sharp_loss_rate"].is_between(0.0, 1.0).all()
     okta = next(r for r in test if r["connector_id"].startswith("okta"))
     largest = losses.filter(
         (pl.col("connector_id") == okta["connector_id"]) & (pl.col("resource") == "user")
@@ -1503,6 +1530,15 @@ def test_a_fitted_model_knows_each_connectors_largest_loss_and_keeps_it_in_its_f
     assert "loss_beyond_history" in _score_one(fleet, record).rule_hits["rule"].to_list()
     out = again.score([record], state=state, facts=facts)
     assert "loss_beyond_history" in out.rule_hits["rule"].to_list()
+    pl.testing.assert_frame_equal(again.largest_losses_, losses, check_column_order=False)
+    # A file written before the share of sharp losses: it loads with none (rule as then).
+    before_sharp = copy.deepcopy(config)
+    del before_sharp["frames"]["largest_losses"]["sharp_loss_rate"]
+    older = FleetModel.from_arrays(
+        {k: v for k, v in arrays.items() if k != "largest_losses/sharp_loss_rate"},
+        before_sharp,
+    )
+    assert older.largest_losses_["sharp_loss_rate"].null_count() == losses.height
     # A file written before the rule existed has no such table: it loads, the rule is silent.
     del config["frames"]["largest_losses"]
     older = FleetModel.from_arrays(
