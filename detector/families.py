@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from detector.history import _as_strings
-from detector.parallel import _in_threads
+from detector.parallel import in_threads
 
 __all__ = ["tail_family_expr"]
 
@@ -303,6 +303,6 @@ class _Families:
         out = np.ones(n_rows)
         blocks = list(range(0, len(self.values), _CAL_BLOCK_ROWS))
         # A row cut by a block's end is met again in the next one.
-        for first, low in _in_threads(block_min, blocks, n_jobs):
+        for first, low in in_threads(block_min, blocks, n_jobs):
             out[first] = np.minimum(out[first], low)
         return out

@@ -17,7 +17,7 @@ import polars as pl
 
 from detector.features import build_features
 from detector.frame import in_sync_order, measures_frame, syncs_frame, to_struct_frame
-from detector.parallel import _in_threads
+from detector.parallel import in_threads
 
 __all__ = ["DecodedHistory", "connector_parts", "prepare"]
 
@@ -87,7 +87,7 @@ class DecodedHistory:
     @classmethod
     def decode(cls, history: pl.DataFrame, n_jobs: int = 1) -> DecodedHistory:
         """Decode a store history frame (``record`` JSON texts), a part per thread."""
-        decoded = _in_threads(
+        decoded = in_threads(
             lambda part: in_sync_order(to_struct_frame(part)), _connector_slices(history), n_jobs
         )
         return cls([part for part in decoded if part.height])
@@ -139,7 +139,7 @@ def _history_frames(
     :func:`_connector_slices`) or a :class:`DecodedHistory`'s parts, rows numbered on
     across parts; otherwise one pass. Either way the syncs are numbered in sync order
     (see :func:`in_sync_order`), whatever order they came in. Parts go ``n_jobs`` at a
-    time in threads (see :func:`_in_threads`). ``leave_out``: sync ids left out of a
+    time in threads (see :func:`in_threads`). ``leave_out``: sync ids left out of a
     frame history, a part at a time (no second copy of its record texts). ``compact``:
     the features' string keys as categoricals (see :func:`_compact_keys`), a part at a
     time. ``modelled``: the measures models see only (``build_features``' ``rule_measures``
@@ -167,7 +167,7 @@ def _history_frames(
         pieces = [history]
     if len(pieces) == 1:
         return frames(pieces[0])
-    parts = _in_threads(frames, pieces, n_jobs)
+    parts = in_threads(frames, pieces, n_jobs)
     # Rows numbered on from the syncs the parts before kept.
     firsts = np.r_[0, np.cumsum([part[0].height for part in parts])[:-1]]
     renumbered = [

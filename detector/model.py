@@ -69,7 +69,7 @@ from detector.habits import (
 from detector.history import DecodedHistory, _history_frames, prepare
 from detector.matrices import _scatter
 from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
-from detector.parallel import _connector_shards, _in_threads
+from detector.parallel import connector_shards, in_threads
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, review_only
 from detector.rules import REPEAT_RATES, rule_hits
@@ -452,7 +452,7 @@ class FleetModel:
         fit_mode = functools.partial(
             self._fit_mode_calibrators, groups=oos["group"], n_jobs=self.n_jobs // len(jobs)
         )
-        combined = _in_threads(fit_mode, jobs, self.n_jobs)[0]
+        combined = in_threads(fit_mode, jobs, self.n_jobs)[0]
         # In one order whichever thread finished first: the model file lists them so.
         self.calibrators_ = {
             key: self.calibrators_[key] for key in _CALIBRATORS if key in self.calibrators_
@@ -581,7 +581,7 @@ class FleetModel:
             )
             held: list[dict[str, Any] | None] = [None] * len(group_index)
             jobs = list(zip(parts, bases, strict=True))
-            for part_scores in _in_threads(held_out, jobs, self.n_jobs, pooled_parts):
+            for part_scores in in_threads(held_out, jobs, self.n_jobs, pooled_parts):
                 for g, group_scores in part_scores:
                     held[g] = group_scores
             # In group order, as the calibrators' inputs always were.
@@ -664,7 +664,7 @@ class FleetModel:
 
         bases: list[SeasonalBaseline | None] = []
         # One pooled group at a time (see _one_heavy_at_a_time): the fit's peak of memory.
-        for base, mats in _in_threads(fitted, parts, self.n_jobs, [p.pooled for p in parts]):
+        for base, mats in in_threads(fitted, parts, self.n_jobs, [p.pooled for p in parts]):
             for g, x in mats:
                 inputs[g] = x
             bases.append(base)
@@ -886,7 +886,7 @@ class FleetModel:
         """
         self._check_fitted()
         wide = to_struct_frame(records)
-        shards = _connector_shards(wide, n_jobs)
+        shards = connector_shards(wide, n_jobs)
         if shards is not None:
             return self._score_shards(wide, shards, state, facts, n_jobs)
         return self._score_batch(wide, state, facts)
@@ -928,7 +928,7 @@ class FleetModel:
             rows = wide.filter(pl.Series(where == k))
             return self._score_batch(rows, part(state, k), part(facts, k))
 
-        parts = _in_threads(score_one, list(range(len(shards))), n_jobs)
+        parts = in_threads(score_one, list(range(len(shards))), n_jobs)
         # Input position of each shard's rows, shard after shard: the merged frames are
         # sorted on it (stable), which interleaves the shards back into input order.
         positions = pl.DataFrame(

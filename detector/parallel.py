@@ -1,7 +1,7 @@
 """Independent parts of a job run in threads, results in the parts' order.
 
 Fitting's parts (history parts, cross-fitting parts, forests, calibration blocks) and a
-large score batch's shards of connectors (:func:`_connector_shards`) spend their time in
+large score batch's shards of connectors (:func:`connector_shards`) spend their time in
 polars and numpy, which run outside the GIL, so threads use the machine's other cores;
 the results are those of the plain loop.
 """
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+__all__ = ["connector_shards", "in_threads"]
+
 # Fewest syncs a batch is scored in shards of connectors for (FleetModel.score n_jobs):
 # shards cost ~10 % more CPU (each pays polars' fixed costs; the threads queue for the
 # GIL), which a second core repays only on large batches. Measured on 2 cores (model
@@ -25,7 +27,7 @@ import polars as pl
 _SHARD_MIN_SYNCS = 8_000
 
 
-def _in_threads(
+def in_threads(
     fn: Callable[[Any], Any], items: list, n_jobs: int, heavy: list[bool] | None = None
 ) -> list:
     """``[fn(item) for item in items]``, up to ``n_jobs`` items at a time in threads.
@@ -48,7 +50,7 @@ def _in_threads(
 def _one_heavy_at_a_time(
     fn: Callable[[Any], Any], items: list, n_jobs: int, heavy: list[bool]
 ) -> list:
-    """:func:`_in_threads` with at most one ``heavy`` item running at any time: a thread
+    """:func:`in_threads` with at most one ``heavy`` item running at any time: a thread
     takes the next heavy item when none runs, else the next other one.
 
     Cross-fitting's pooled groups (every sampled sync of a kind, up to twice a chunk of
@@ -101,7 +103,7 @@ def _one_heavy_at_a_time(
     return results
 
 
-def _connector_shards(wide: pl.DataFrame, n_jobs: int) -> list[pl.Series] | None:
+def connector_shards(wide: pl.DataFrame, n_jobs: int) -> list[pl.Series] | None:
     """The connector ids of each of up to ``n_jobs`` shards of a batch to score, with
     about as many syncs in each (largest connector first into the lightest shard); None
     when the batch is scored in one pass: one job, fewer than :data:`_SHARD_MIN_SYNCS`

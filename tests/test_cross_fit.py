@@ -15,6 +15,7 @@ import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
 from detector.model import FleetModel
+from detector.parallel import in_threads
 from training.simulator import simulate_fleet
 
 
@@ -336,7 +337,7 @@ def test_heavy_items_run_one_at_a_time_and_results_keep_their_order() -> None:
             running["heavy"] -= heavy[i]
         return i * i
 
-    assert model_module._in_threads(work, list(range(12)), 2, heavy) == [
+    assert in_threads(work, list(range(12)), 2, heavy) == [
         i * i for i in range(12)
     ]
     assert running["most_heavy"] == 1 and running["both"] == 2
@@ -347,4 +348,4 @@ def test_heavy_items_run_one_at_a_time_and_results_keep_their_order() -> None:
         return i
 
     with pytest.raises(RuntimeError, match="part 5"):
-        model_module._in_threads(fails, list(range(12)), 2, heavy)
+        in_threads(fails, list(range(12)), 2, heavy)

@@ -482,12 +482,12 @@ def test_one_pass_below_the_shard_size(fleet: Fleet, monkeypatch: pytest.MonkeyP
     from detector import parallel
 
     wide = model_module.to_struct_frame(fleet.test)
-    assert parallel._connector_shards(wide, 2) is None  # 301 syncs < 1,000
+    assert parallel.connector_shards(wide, 2) is None  # 301 syncs < 1,000
     monkeypatch.setattr(parallel, "_SHARD_MIN_SYNCS", 2)
-    assert parallel._connector_shards(wide, 1) is None
+    assert parallel.connector_shards(wide, 1) is None
     one = wide.filter(pl.col("connector_id") == wide["connector_id"][0])
-    assert parallel._connector_shards(one, 2) is None  # one connector
-    shards = parallel._connector_shards(wide, 2)
+    assert parallel.connector_shards(one, 2) is None  # one connector
+    shards = parallel.connector_shards(wide, 2)
     assert shards is not None and len(shards) == 2
     assert sorted(pl.concat(shards).to_list()) == sorted(set(wide["connector_id"]))
 

@@ -35,7 +35,7 @@ from detector.history import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's p
 from detector.history import DecodedHistory, connector_parts, prepare
 from detector.model import FleetModel
 from detector.next_state import _next_state
-from detector.parallel import _in_threads
+from detector.parallel import in_threads
 
 __all__ = [
     "BacktestReport",
@@ -202,7 +202,7 @@ def _safeguards_and_state(
         ]
     baselines: dict[str, list[pl.DataFrame]] = {}
     states, facts = [], []
-    for part_rules, state, fact in _in_threads(_part_safeguards_and_state, parts, n_jobs):
+    for part_rules, state, fact in in_threads(_part_safeguards_and_state, parts, n_jobs):
         for name, decisions in part_rules.items():
             baselines.setdefault(name, []).append(decisions)
         states.append(state)
