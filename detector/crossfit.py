@@ -15,7 +15,7 @@ import polars as pl
 from detector.baseline import SeasonalBaseline
 from detector.families import _Families
 from detector.groups import _IN_FLEET_SAMPLE, _IN_KIND_SAMPLE, POOLED_ALL
-from detector.history import _as_strings
+from detector.history import as_strings
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,16 @@ class _XfitPart:
                 # Each connector's later half of syncs (rows numbered in time order) is fold 1.
                 seq = pl.col("row").rank("dense").over("connector_id")
                 mine = mine.filter((seq * 2 > seq.max().over("connector_id")) == fold)
-            return _as_strings(mine)
+            return as_strings(mine)
         # Pooled: hold out whole connectors, the way a cold start meets the model.
         side = pl.lit(True) if fold is None else self._pooled_side(fold)
         if self.groups == (POOLED_ALL,):
             every = self.source.filter(side & _IN_FLEET_SAMPLE)
-            return _as_strings(every.drop("_pool")).with_columns(
+            return as_strings(every.drop("_pool")).with_columns(
                 pl.lit(POOLED_ALL).alias("connector_kind")
             )
         mine = side & _IN_KIND_SAMPLE & (pl.col("connector_kind") == self.groups[0])
-        return _as_strings(self.source.filter(mine).drop("_pool"))
+        return as_strings(self.source.filter(mine).drop("_pool"))
 
     def _pooled_side(self, fold: bool) -> pl.Expr:
         """Rows of the connectors on side ``fold``: the side of a connector is a hash of its

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from detector.history import _as_strings
+from detector.history import as_strings
 from detector.parallel import in_threads
 
 __all__ = ["tail_family_expr"]
@@ -161,7 +161,7 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     # Grouped on plain columns, the decade as one byte: a computed key held twice the
     # memory (4 GiB at 1,000 connectors). The order of the groups matters not: sums,
     # distinct counts and a sorted list come out.
-    distinct = _as_strings(
+    distinct = as_strings(
         features.select("connector_id", "measure", _size_decade().cast(pl.Int8).alias("decade"))
         .group_by("connector_id", "measure", "decade")
         .len("rows")

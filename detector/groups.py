@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from detector.history import _as_strings
+from detector.history import as_strings
 
 __all__ = ["POOLED_ALL"]
 
@@ -88,7 +88,7 @@ def _layouts(
         present = features.group_by(keys).len("k")
     else:
         present = features.group_by(keys).agg(pl.col("row").n_unique().alias("k"))
-    present = _as_strings(present)
+    present = as_strings(present)
     usable = (
         syncs.filter(pl.col("status") != "failed")
         .select("connector_id")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from detector.history import _as_strings
+from detector.history import as_strings
 from detector.rules import MIN_PAGE_LOSS_SHARE, count_losses
 
 _MIN_RESOURCE_SHARE = 0.95
@@ -48,7 +48,7 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
         .group_by("connector_id")
         .agg(pl.len().alias("n_ok"))
     )
-    seen = _as_strings(
+    seen = as_strings(
         features.select("connector_id", "resource", "kind")
         .filter(pl.col("kind") == "count")
         .group_by("connector_id", "resource")

@@ -19,10 +19,17 @@ from detector.features import build_features
 from detector.frame import in_sync_order, measures_frame, syncs_frame, to_struct_frame
 from detector.parallel import in_threads
 
-__all__ = ["DecodedHistory", "connector_parts", "prepare"]
+__all__ = [
+    "HISTORY_CHUNK_SYNCS",
+    "DecodedHistory",
+    "as_strings",
+    "connector_parts",
+    "history_frames",
+    "prepare",
+]
 
 
-_HISTORY_CHUNK_SYNCS = 20_000  # syncs of the connectors decoded and featured together
+HISTORY_CHUNK_SYNCS = 20_000  # syncs of the connectors decoded and featured together
 
 
 def prepare(
@@ -50,14 +57,14 @@ def connector_parts(frame: pl.DataFrame, rows: int) -> pl.DataFrame:
 
 def _connector_slices(history: pl.DataFrame) -> list[pl.DataFrame]:
     """A store history frame as runs of whole connectors of about
-    ``_HISTORY_CHUNK_SYNCS`` syncs (see :func:`connector_parts`): slices, no copies. One
+    ``HISTORY_CHUNK_SYNCS`` syncs (see :func:`connector_parts`): slices, no copies. One
     run when the frame is small, or not in connector order."""
     ids = history["connector_id"] if "connector_id" in history.columns else None
-    if history.height <= _HISTORY_CHUNK_SYNCS or ids is None:
+    if history.height <= HISTORY_CHUNK_SYNCS or ids is None:
         return [history]
     if ids.null_count() or not ids.is_sorted():
         return [history]
-    starts = connector_parts(history, _HISTORY_CHUNK_SYNCS).unique(
+    starts = connector_parts(history, HISTORY_CHUNK_SYNCS).unique(
         "part", keep="first", maintain_order=True
     )["start"]
     bounds = np.r_[starts.to_numpy(), history.height]
@@ -120,7 +127,7 @@ class DecodedHistory:
         return len(self.sync_ids)
 
 
-def _history_frames(
+def history_frames(
     history: Iterable[Mapping[str, Any]] | pl.DataFrame | DecodedHistory,
     n_jobs: int = 1,
     leave_out: pl.Series | None = None,
@@ -193,11 +200,11 @@ def _compact_keys(features: pl.DataFrame) -> pl.DataFrame:
     """``features`` with its string keys as categoricals: 4 bytes a row each instead of a
     16-byte view plus, for ids and measures longer than 12 bytes, their bytes again. The
     fit holds the whole history's frame; what reads it a part at a time gets strings
-    back (:func:`_as_strings`), so everything it computes is as from strings (and
+    back (:func:`as_strings`), so everything it computes is as from strings (and
     categoricals order, compare and group by their strings)."""
     return features.with_columns(pl.col(c).cast(pl.Categorical) for c in _KEY_COLUMNS)
 
 
-def _as_strings(frame: pl.DataFrame) -> pl.DataFrame:
+def as_strings(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with its categorical columns as strings again (see :func:`_compact_keys`)."""
     return frame.with_columns(pl.col(pl.Categorical).cast(pl.String))

@@ -66,7 +66,7 @@ from detector.habits import (
     _largest_losses,
     _score_intervals,
 )
-from detector.history import DecodedHistory, _history_frames, prepare
+from detector.history import DecodedHistory, history_frames, prepare
 from detector.matrices import _scatter
 from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
 from detector.parallel import connector_shards, in_threads
@@ -261,7 +261,7 @@ class FleetModel:
         # Handed over in a list (taken out by _fit_calibration): the decoded frames are
         # then freed as soon as it no longer needs them, not held here through the fit.
         decoded = [
-            _history_frames(
+            history_frames(
                 history,
                 self.n_jobs,
                 leave_out=left_out if len(left_out) else None,
@@ -284,7 +284,7 @@ class FleetModel:
             left_out = pl.concat([left_out, would_pause])
             del fit_data
             decoded = [
-                _history_frames(
+                history_frames(
                     history, self.n_jobs, leave_out=left_out, compact=True, modelled=True
                 )
             ]

@@ -93,7 +93,7 @@ class _Compared(FleetModel):
 
     def _cross_fit_scores(self, per_connector, features, ivals, group_index):
         # The one pass on string keys (fitting keeps the long frames' as categoricals).
-        strings = tuple(map(history_module._as_strings, (per_connector, features)))
+        strings = tuple(map(history_module.as_strings, (per_connector, features)))
         self.inputs_ = (*strings, ivals, group_index)
         oos = super()._cross_fit_scores(per_connector, features, ivals, group_index)
         self.compared_ = (
@@ -193,7 +193,7 @@ def test_layouts_counted_per_connector_are_those_of_each_groups_rows(
         screen_history=False,
     ).fit(history)
     per_connector, pooled, _, _ = model.inputs_
-    syncs = model_module._history_frames(history)[0].join(
+    syncs = history_module.history_frames(history)[0].join(
         pooled.select("connector_id", "_pool").unique(), on="connector_id"
     )
 
@@ -223,7 +223,7 @@ def test_layouts_count_syncs_whatever_the_row_order(history: list[dict]) -> None
     """Rows out of (row, measure) order, some of them three times: still syncs counted,
     not rows. A measure in 30 % of a connector's syncs stays out of its layout (its
     rows counted, 90 %, would put it in)."""
-    syncs, features = model_module._history_frames(history)
+    syncs, features = history_module.history_frames(history)
     intervals = model_module._intervals(syncs)
     sample = (
         model_module._pooled_sample(intervals, 2)

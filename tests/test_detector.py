@@ -441,20 +441,20 @@ def test_history_frames_in_parts_of_connectors_are_those_of_one_pass(fleet, monk
     )
     by_connector = stored.sort("connector_id", maintain_order=True)  # as the store lists them
     assert by_connector["connector_kind"].n_unique() > 2
-    monkeypatch.setattr(history_module, "_HISTORY_CHUNK_SYNCS", stored.height // 5)
+    monkeypatch.setattr(history_module, "HISTORY_CHUNK_SYNCS", stored.height // 5)
     # One pass over the syncs in sync order; the interleaved frame takes that one pass.
     one_pass = build_features(*prepare(in_sync_order(to_struct_frame(stored))))
     for frame, n_jobs in ((by_connector, 1), (by_connector, 2), (stored, 1)):
-        got_frames = history_module._history_frames(frame, n_jobs)
+        got_frames = history_module.history_frames(frame, n_jobs)
         for got, want in zip(got_frames, one_pass, strict=True):
             pl.testing.assert_frame_equal(got, want)
     # Compact (as fitting keeps them): the features' string keys as categoricals, whose
     # strings are those of one pass.
-    syncs, features = history_module._history_frames(by_connector, 2, compact=True)
+    syncs, features = history_module.history_frames(by_connector, 2, compact=True)
     pl.testing.assert_frame_equal(syncs, one_pass[0])
     assert features.schema["measure"] == pl.Categorical
     assert features.estimated_size() < 0.8 * one_pass[1].estimated_size()
-    pl.testing.assert_frame_equal(history_module._as_strings(features), one_pass[1])
+    pl.testing.assert_frame_equal(history_module.as_strings(features), one_pass[1])
 
 
 def test_a_fitted_model_does_not_depend_on_the_order_of_its_history(fleet):

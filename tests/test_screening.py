@@ -120,11 +120,11 @@ def test_history_left_out_part_by_part_is_the_history_without_those_syncs(
     history, _, model = unlabelled
     out = set(model.screened_out_)
     frame = in_sync_order(to_struct_frame(history))
-    monkeypatch.setattr(history_module, "_HISTORY_CHUNK_SYNCS", 200)
-    parts = history_module._history_frames(
+    monkeypatch.setattr(history_module, "HISTORY_CHUNK_SYNCS", 200)
+    parts = history_module.history_frames(
         frame, leave_out=pl.Series("sync_id", sorted(out), dtype=pl.String)
     )
-    one_pass = history_module._history_frames([r for r in history if r["sync_id"] not in out])
+    one_pass = history_module.history_frames([r for r in history if r["sync_id"] not in out])
     assert parts[0].height == len(history) - len(out)
     for got, expected in zip(parts, one_pass, strict=True):
         polars.testing.assert_frame_equal(got, expected)
@@ -151,12 +151,12 @@ def test_decoded_history_kept_in_part_gives_the_frames_of_those_syncs_texts(
             "record": [json.dumps(r) for r in history],
         }
     ).sort("connector_id", "started_at")
-    monkeypatch.setattr(history_module, "_HISTORY_CHUNK_SYNCS", 200)
+    monkeypatch.setattr(history_module, "HISTORY_CHUNK_SYNCS", 200)
     decoded = history_module.DecodedHistory.decode(texts, n_jobs=2)
     assert len(decoded.parts) > 2
     before = decoded.keep(texts.filter(pl.col("started_at") < "2026-06-15")["sync_id"])
-    got = history_module._history_frames(before, n_jobs=2, leave_out=out)
-    expected = history_module._history_frames(
+    got = history_module.history_frames(before, n_jobs=2, leave_out=out)
+    expected = history_module.history_frames(
         [r for r in history if r["started_at"] < "2026-06-15" and r["sync_id"] not in set(out)]
     )
     assert 0 < got[0].height < len(history) - len(out)

@@ -31,7 +31,7 @@ from scipy.special import pdtr, pdtrc
 
 from detector.features import build_features
 from detector.frame import UNMODELLED_MEASURES, is_stat
-from detector.history import _HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
+from detector.history import HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.history import DecodedHistory, connector_parts, prepare
 from detector.model import FleetModel
 from detector.next_state import _next_state
