@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from detector.baseline import SeasonalBaseline
-from detector.families import _Families
+from detector.families import Families
 from detector.groups import _IN_FLEET_SAMPLE, _IN_KIND_SAMPLE, POOLED_ALL
 from detector.history import as_strings
 
@@ -142,7 +142,7 @@ def _stacked(pieces: list[tuple]) -> tuple:
     fam = [p[2] for p in pieces]
     if fam[0] is not None:
         starts = np.cumsum([0] + [len(m) for m in x[:-1]])
-        fam = _Families.concat([f.shifted(int(n)) for f, n in zip(fam, starts, strict=True)])
+        fam = Families.concat([f.shifted(int(n)) for f, n in zip(fam, starts, strict=True)])
     else:
         fam = None
     return np.concatenate(x), np.concatenate([p[1] for p in pieces]), fam

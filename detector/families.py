@@ -3,7 +3,7 @@
 A residual's tail is the most specific of its measure's candidates that has data enough
 (resource type and size decade, type, size, or the plain family: ``count-``,
 ``api.errors+``, ``null_rate+``...); a sync's largest residual in each family is what the
-family calibrators judge, held sparse (:class:`_Families`) since most syncs have
+family calibrators judge, held sparse (:class:`Families`) since most syncs have
 residuals in a few families only.
 """
 
@@ -19,7 +19,15 @@ import polars as pl
 from detector.history import as_strings
 from detector.parallel import in_threads
 
-__all__ = ["tail_family_expr"]
+__all__ = [
+    "Families",
+    "family_index",
+    "family_weights",
+    "residual_sign",
+    "size_decade",
+    "tail_families",
+    "tail_family_expr",
+]
 
 
 _TAIL_MIN_ROWS = 2000  # about 100 tail exceedances a side (see TailCalibrator)
@@ -47,17 +55,17 @@ def _resource_prefix(measure: pl.Expr) -> pl.Expr:
 def _size_suffix(decade: pl.Expr | None = None) -> pl.Expr:
     """``@2`` for a resource of 100-999 records (its larger side of the change); null else.
 
-    ``decade``: the row's :func:`_size_decade`, when already computed.
+    ``decade``: the row's :func:`size_decade`, when already computed.
 
     Small apps move in bursts (a team of 12 leaves a 37-seat app at once) that are 10
     to 30 residual scales out; in a directory of 50,000 that never happens in normal
     life, so a 3 % loss there is damning. Tails per size decade keep the two apart.
     """
-    decade = _size_decade() if decade is None else decade
+    decade = size_decade() if decade is None else decade
     return pl.when(decade > 0).then(pl.concat_str(pl.lit("@"), decade.cast(pl.String)))
 
 
-def _size_decade() -> pl.Expr:
+def size_decade() -> pl.Expr:
     """1 (< 100 records) to ``_MAX_DECADE`` (>= 10,000) for resource measures; 0 otherwise."""
     size = pl.max_horizontal(pl.col("exposure"), pl.col("current_size"))
     decade = size.clip(lower_bound=1.0).log10().floor().clip(1, _MAX_DECADE).cast(pl.Int64)
@@ -69,11 +77,11 @@ def _tail_keys(measure: pl.Expr, z: pl.Expr, decade: pl.Expr | None = None) -> l
 
     ``user.count@4-`` (type and size), ``user.count-`` (type), ``count@4-`` (size) and
     ``count-`` (family). Needs ``exposure`` and ``current_size`` columns, or ``decade``
-    (the :func:`_size_decade` they give). A custom metric's type is its name
+    (the :func:`size_decade` they give). A custom metric's type is its name
     (``metric.mfa_ratio-``): metrics share nothing but the word, and one that swings with
     office hours would otherwise give a ratio that never moves a tail as heavy as its own.
     """
-    base, sign, size = _family_base(measure), _sign(z), _size_suffix(decade)
+    base, sign, size = _family_base(measure), residual_sign(z), _size_suffix(decade)
     typed = (
         pl.when(measure.str.starts_with("metric."))
         .then(measure)
@@ -102,7 +110,7 @@ def _family_base(measure: pl.Expr) -> pl.Expr:
     )
 
 
-def _sign(z: pl.Expr | np.ndarray) -> pl.Expr | np.ndarray:
+def residual_sign(z: pl.Expr | np.ndarray) -> pl.Expr | np.ndarray:
     """ "+" where a residual is at or above its level, else "-": the sign in tail family
     names and in the moved measures the review test reads, of polars or numpy residuals."""
     if isinstance(z, np.ndarray):
@@ -121,7 +129,7 @@ def tail_family_expr(measure: pl.Expr, z: pl.Expr, families: list[str]) -> pl.Ex
     return expr.otherwise(family).alias("family")
 
 
-def _family_index(measures: pl.Series, families: list[str]) -> np.ndarray:
+def family_index(measures: pl.Series, families: list[str]) -> np.ndarray:
     """Unsigned tail family index of each (measure, size decade): ``len(measures) x
     (_MAX_DECADE + 1)``, -1 where the pair has no family among ``families``."""
     decades = np.arange(_MAX_DECADE + 1)
@@ -149,7 +157,7 @@ def _family_index(measures: pl.Series, families: list[str]) -> np.ndarray:
     )
 
 
-def _tail_families(features: pl.DataFrame) -> list[str]:
+def tail_families(features: pl.DataFrame) -> list[str]:
     """Signed tails to fit: every family, plus the more specific tails with data enough.
 
     Residuals go to the most specific tail (type and size, type, size) that has
@@ -162,7 +170,7 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
     # memory (4 GiB at 1,000 connectors). The order of the groups matters not: sums,
     # distinct counts and a sorted list come out.
     distinct = as_strings(
-        features.select("connector_id", "measure", _size_decade().cast(pl.Int8).alias("decade"))
+        features.select("connector_id", "measure", size_decade().cast(pl.Int8).alias("decade"))
         .group_by("connector_id", "measure", "decade")
         .len("rows")
     )
@@ -197,7 +205,7 @@ def _tail_families(features: pl.DataFrame) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray:
+def family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray:
     """Weight of each tail family in a sync's smallest tail probability (a weighted
     Bonferroni: a family's probability is divided by its weight).
 
@@ -215,7 +223,7 @@ def _family_weights(families: tuple[str, ...], loss_weight: float) -> np.ndarray
 
 
 @dataclass(frozen=True)
-class _Families:
+class Families:
     """The positive family maxima of held-out syncs (syncs x families), row by row.
 
     Dense, they would take 8 bytes per sync and family although most syncs have
@@ -232,14 +240,14 @@ class _Families:
     review: np.ndarray | None = None
 
     @classmethod
-    def of(cls, fam: np.ndarray) -> _Families:
+    def of(cls, fam: np.ndarray) -> Families:
         rows, cols = np.nonzero(fam > 0)
         return cls(rows.astype(np.int32), cols.astype(np.int32), fam[rows, cols])
 
     @classmethod
     def maxima(
         cls, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_cols: int
-    ) -> _Families:
+    ) -> Families:
         """The entries ``of`` the dense matrix ``np.maximum.at(zeros, (rows, cols),
         values)`` gives (``values`` >= 0), without making that matrix."""
         cell = rows.astype(np.int64) * n_cols + cols
@@ -251,25 +259,25 @@ class _Families:
         cell = cell[starts[kept]]
         return cls((cell // n_cols).astype(np.int32), (cell % n_cols).astype(np.int32), top[kept])
 
-    def __getitem__(self, syncs: slice) -> _Families:
+    def __getitem__(self, syncs: slice) -> Families:
         """The entries of syncs ``start:stop``, numbered from 0 (as a dense matrix's rows)."""
         lo, hi = np.searchsorted(self.rows, [syncs.start, syncs.stop])
-        return _Families(
+        return Families(
             self.rows[lo:hi] - np.int32(syncs.start),
             self.cols[lo:hi],
             self.values[lo:hi],
             None if self.review is None else self.review[syncs],
         )
 
-    def where(self, mine: np.ndarray) -> _Families:
+    def where(self, mine: np.ndarray) -> Families:
         """The entries of the rows where ``mine`` (bool per row) is true, renumbered from
         0 in order: what :meth:`of` gives of the dense matrix's ``fam[mine]``."""
         keep = mine[self.rows]
         number = np.cumsum(mine, dtype=np.int32) - np.int32(1)
-        return _Families(number[self.rows[keep]], self.cols[keep], self.values[keep])
+        return Families(number[self.rows[keep]], self.cols[keep], self.values[keep])
 
     @classmethod
-    def concat(cls, parts: list[_Families]) -> _Families:
+    def concat(cls, parts: list[Families]) -> Families:
         if not parts:
             return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
         reviews = [p.review for p in parts]
@@ -280,9 +288,9 @@ class _Families:
             None if any(r is None for r in reviews) else np.concatenate(reviews),
         )
 
-    def shifted(self, n: int) -> _Families:
+    def shifted(self, n: int) -> Families:
         """The same entries for syncs numbered from ``n``."""
-        return _Families(self.rows + np.int32(n), self.cols, self.values, self.review)
+        return Families(self.rows + np.int32(n), self.cols, self.values, self.review)
 
     def row_min(
         self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], n_rows: int, n_jobs: int = 1

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from detector.families import _Families, _sign, _size_decade
+from detector.families import Families, residual_sign, size_decade
 from detector.review import OUTLYING_Z, review_only
 
 _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
@@ -36,7 +36,7 @@ def _scatter(
     family's largest residual (syncs x families; 0 where the family has no residual in
     the direction it names). Syncs come ordered by group index, then row. With
     ``families="sparse"`` the family maxima are the same entries as
-    :class:`_Families` (fitting keeps them so: a dense matrix is mostly zeros, and
+    :class:`Families` (fitting keeps them so: a dense matrix is mostly zeros, and
     its pages cost more than the scatter), with ``"none"`` they are not made.
 
     String keys are turned into integer codes once per distinct value (groups and
@@ -53,7 +53,7 @@ def _scatter(
         )
 
     coded = codes(
-        resid.select("row", "group", "measure", "z", "z_tail", _size_decade().alias("decade"))
+        resid.select("row", "group", "measure", "z", "z_tail", size_decade().alias("decade"))
     ).drop_nulls("g")
     layout = codes(columns).drop_nulls("g")
     # Dense lookups: vector column of (group, measure), family of each measure.
@@ -85,13 +85,13 @@ def _scatter(
         return x, keys % n_rows, keys // n_rows, None
     u = fam_of[m, coded["decade"].to_numpy().astype(np.int8)]
     sel = u >= 0
-    # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as _sign).
+    # Family "<name>+" is 2u, "<name>-" is 2u + 1 (the sign of z, as residual_sign).
     j = 2 * u[sel] + (z[sel] < 0)
     values = np.abs(coded["z_tail"].to_numpy()[sel])
     if families == "sparse":
-        f = _Families.maxima(i[sel], j, values, n_families)
+        f = Families.maxima(i[sel], j, values, n_families)
         moved = np.abs(z) >= OUTLYING_Z
-        names = np.char.add(measures.to_numpy().astype(str)[m[moved]], _sign(z[moved]))
+        names = np.char.add(measures.to_numpy().astype(str)[m[moved]], residual_sign(z[moved]))
         f = dataclasses.replace(f, review=review_only(i[moved], names, len(keys), z[moved]))
     else:
         f = np.zeros((len(keys), n_families))

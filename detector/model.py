@@ -48,11 +48,11 @@ from detector.calibration import TailCalibrator
 from detector.crossfit import _merged_baseline, _stacked, _xfit_parts, _XfitPart
 from detector.explain import REASON_Z, reasons_frame, with_reasons
 from detector.families import (
-    _Families,
-    _family_index,
-    _family_weights,
-    _sign,
-    _tail_families,
+    Families,
+    family_index,
+    family_weights,
+    residual_sign,
+    tail_families,
 )
 from detector.features import FACTS_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
@@ -151,7 +151,7 @@ class FleetModel:
     loss_weight : float, default=2.0
         Weight of the families of records lost (a count falling, removals rising)
         against 1 for every other family in a sync's smallest tail probability (see
-        :func:`_family_weights`); 1 weighs all alike.
+        :func:`family_weights`); 1 weighs all alike.
     policy : Policy, optional
         Connector policy; the built-in default when omitted.
     pooled_max_connectors : int or None, default=64
@@ -365,7 +365,7 @@ class FleetModel:
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
         self.groups_ = groups
-        self.families_ = _tail_families(features)
+        self.families_ = tail_families(features)
         group_index = {g: i for i, g in enumerate(groups)}
         ivals = self.intervals_.select("connector_id", "interval_s")
 
@@ -468,12 +468,12 @@ class FleetModel:
         return flagged[~too_many[connector[flagged]]]
 
     def _fit_mode_calibrators(
-        self, job: tuple[str, np.ndarray, _Families], *, groups, n_jobs: int = 1
+        self, job: tuple[str, np.ndarray, Families], *, groups, n_jobs: int = 1
     ) -> np.ndarray:
         """One mode's forest, family and combined calibrators (``job``: the mode, its
         held-out forest scores and family maxima), into ``calibrators_``; returns the
         combined statistic they were fitted on (its family part ``n_jobs`` blocks at a
-        time, see :meth:`_Families.row_min`)."""
+        time, see :meth:`Families.row_min`)."""
         mode, forest_s, fam = job
         n_groups, n_fam = len(self.groups_), len(self.families_)
         self.calibrators_["forest" + mode] = TailCalibrator().fit(
@@ -492,7 +492,7 @@ class FleetModel:
         return combined
 
     def _combined_statistic(
-        self, forest_s: np.ndarray, fam: _Families, groups: np.ndarray, mode: str, n_jobs: int = 1
+        self, forest_s: np.ndarray, fam: Families, groups: np.ndarray, mode: str, n_jobs: int = 1
     ) -> np.ndarray:
         """``-log10`` of the smallest of the forest's and the families' tail probabilities,
         from the sparse family maxima (in blocks of entries: fitting never makes a dense
@@ -507,7 +507,7 @@ class FleetModel:
         self, values: np.ndarray, cols: np.ndarray, mode: str
     ) -> np.ndarray:
         """Tail probability of each family maximum ``values`` under its family ``cols``,
-        over the family's weight (:func:`_family_weights`)."""
+        over the family's weight (:func:`family_weights`)."""
         # Never lighter than the residual's own Gaussian tail: a family pooled over
         # series that rarely see an event (roles added, say) would otherwise call a
         # count of 2 where this connector often has 1 a one-in-a-million sync.
@@ -515,7 +515,7 @@ class FleetModel:
             self.calibrators_["family" + mode].tail_probability(values, cols),
             _ufuncs.ndtr(-values),
         )
-        weights = _family_weights(tuple(self.families_), self.loss_weight)
+        weights = family_weights(tuple(self.families_), self.loss_weight)
         return np.minimum(p / weights[cols], 1.0)
 
     def _cross_fit_scores(
@@ -547,7 +547,7 @@ class FleetModel:
         its random streams, and with them the scores, are those of one pass.
 
         Returns ``forest``, ``group`` and ``forest_paused`` per held-out sync, and
-        ``family`` / ``family_paused``: the family maxima as :class:`_Families` (most
+        ``family`` / ``family_paused``: the family maxima as :class:`Families` (most
         syncs have a residual in few of the families); the ``_paused`` ones only when
         ``modes`` (of :data:`_MODES`) holds that mode.
         """
@@ -555,7 +555,7 @@ class FleetModel:
         pooled_parts = [part.pooled for part in parts]
         keys = [k for k in _OOS_KEYS if not k.endswith(_MODES[1]) or _MODES[1] in modes]
         scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        families: dict[str, list[_Families]] = {"family" + mode: [] for mode in modes}
+        families: dict[str, list[Families]] = {"family" + mode: [] for mode in modes}
         n_done = 0
         for fold in (False, True):
             fit_x, bases = self._forest_inputs(parts, fold, ivals, group_index)
@@ -599,7 +599,7 @@ class FleetModel:
         oos: dict[str, Any] = {
             k: np.concatenate(v) if v else np.zeros(0) for k, v in scores.items()
         }
-        return oos | {k: _Families.concat(v) for k, v in families.items()}
+        return oos | {k: Families.concat(v) for k, v in families.items()}
 
     def _held_out_scores(
         self,
@@ -620,7 +620,7 @@ class FleetModel:
             return []
         normal, as_paused = self._held_out_matrices(
             part, base, part.rows(not fold), ivals, group_index, paused=paused
-        )  # family maxima already sparse (_Families)
+        )  # family maxima already sparse (Families)
         out = []
         for i, (g, (m, rows, f)) in enumerate(normal):
             if len(m) == 0 or not fitted[g]:
@@ -680,7 +680,7 @@ class FleetModel:
         *,
         whole: bool = False,
         families: str = "sparse",
-    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, _Families | None]]]:
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, Families | None]]]:
         """``(group index, group matrices)`` of each group of a part, from its ``rows``
         (``whole``: in one pass); rows that carry ``z`` and ``z_tail`` are residuals.
         ``families`` as in :meth:`_group_matrices` ("sparse" or "none")."""
@@ -749,7 +749,7 @@ class FleetModel:
         resid: pl.DataFrame,
         group_index: dict[str, int],
         families: str = "sparse",
-    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, _Families | None]]]:
+    ) -> list[tuple[int, tuple[np.ndarray, np.ndarray, Families | None]]]:
         """``(group index, group matrices)`` of each group of a part, from its residuals."""
         empty = resid.head(0)
         own, pooled = (empty, resid) if part.pooled else (resid, empty)
@@ -765,10 +765,10 @@ class FleetModel:
         families: str = "dense",
     ) -> list[tuple[np.ndarray, np.ndarray, Any]]:
         """Per model group, in group order: forest inputs, row ids and family maxima
-        (``families``: "dense" syncs x families, "sparse" :class:`_Families`, "none")."""
+        (``families``: "dense" syncs x families, "sparse" :class:`Families`, "none")."""
         width = int(self.columns_["col"].max()) + 1
         n_fam = len(self.families_)
-        no_fam = {"dense": np.zeros((0, n_fam)), "sparse": _Families.concat([]), "none": None}
+        no_fam = {"dense": np.zeros((0, n_fam)), "sparse": Families.concat([]), "none": None}
         out = [
             (np.zeros((0, width), np.float32), np.zeros(0, dtype=np.int64), no_fam[families])
             for _ in group_index
@@ -811,7 +811,7 @@ class FleetModel:
         # clear() may come between a check and a second read.
         lookup = cache.get(key)
         if lookup is None:
-            lookup = _family_index(measures, self.families_)
+            lookup = family_index(measures, self.families_)
             cache.clear()  # one entry is what a batch reuses: keep memory flat
             cache[key] = lookup
         return lookup
@@ -1033,10 +1033,10 @@ class FleetModel:
         if parts:
             x, rows, groups = (np.concatenate([p[k] for p in parts]) for k in range(3))
             offsets = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
-            fam = _Families.concat([p[3].shifted(n) for p, n in zip(parts, offsets, strict=True)])
+            fam = Families.concat([p[3].shifted(n) for p, n in zip(parts, offsets, strict=True)])
         else:
             x, rows, groups = np.zeros((0, width)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-            fam = _Families.concat([])
+            fam = Families.concat([])
         p = self._tail_probability(x, fam, rows, groups, syncs)
         scored = pl.DataFrame(
             {"row": rows.astype(np.uint32), "tail_probability": p, "group_index": groups}
@@ -1344,7 +1344,7 @@ def _review_only(resid: pl.DataFrame) -> pl.DataFrame:
     """``row, review_only`` of each sync with a residual that moved (see :mod:`review`)."""
     moved = resid.filter(pl.col("z").abs() >= OUTLYING_Z)
     rows, codes = np.unique(moved["row"].to_numpy(), return_inverse=True)
-    names = pl.concat_str(pl.col("measure"), _sign(pl.col("z")))
+    names = pl.concat_str(pl.col("measure"), residual_sign(pl.col("z")))
     flags = review_only(
         codes, moved.select(names)[:, 0].to_numpy(), len(rows), moved["z"].to_numpy()
     )

@@ -168,7 +168,7 @@ def test_cross_fitting_in_parts_gives_the_one_pass_scores(
     for key in ("family", "family_paused"):
         dense = _dense(parts[key], len(parts["group"]), len(model.families_))
         np.testing.assert_array_equal(dense, one_pass[key], err_msg=key)
-        expected = model_module._Families.of(one_pass[key])
+        expected = families_module.Families.of(one_pass[key])
         for field in ("rows", "cols", "values"):
             np.testing.assert_array_equal(getattr(parts[key], field), getattr(expected, field))
         # The combined statistic's family minimum, from the sparse entries in small blocks.
@@ -262,7 +262,7 @@ def test_combined_statistic_in_blocks_of_entries_is_that_of_one_pass(
         in_blocks = model._combined_statistic(oos["forest" + mode], fam, grp, mode)
         monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", len(fam.values) + 1)
         from_dense = model._combined_statistic(
-            oos["forest" + mode], model_module._Families.of(dense), grp, mode
+            oos["forest" + mode], families_module.Families.of(dense), grp, mode
         )
         monkeypatch.setattr(families_module, "_CAL_BLOCK_ROWS", 999)
         np.testing.assert_array_equal(in_blocks, from_dense)

@@ -20,7 +20,7 @@ from detector.errors import UsageError
 from detector.events.native import event_id, validate
 from detector.events.scored import scored_events
 from detector.explain import reasons_frame
-from detector.families import _Families, _family_weights, _tail_families, tail_family_expr
+from detector.families import Families, family_weights, tail_families, tail_family_expr
 from detector.features import build_features
 from detector.forest import ArrayIsolationForest, average_path_length
 from detector.frame import (
@@ -717,11 +717,11 @@ def test_retried_api_errors_with_data_in_line_are_a_review_an_unstable_api_a_pau
 def test_families_of_records_lost_weigh_more_in_a_syncs_smallest_tail_probability():
     families = ("user.count@1-", "count-", "user.count@2+", "grant.removed+", "removed-",
                 "api.requests-", "null_rate+", "user.added+")
-    weights = _family_weights(families, 2.0)
+    weights = family_weights(families, 2.0)
     assert weights.tolist() == [2.0, 2.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
     # A custom metric named like a loss is a metric.
-    assert _family_weights(("metric.count-", "metric.removed+"), 2.0).tolist() == [1.0, 1.0]
-    assert set(_family_weights(families, 1.0)) == {1.0}
+    assert family_weights(("metric.count-", "metric.removed+"), 2.0).tolist() == [1.0, 1.0]
+    assert set(family_weights(families, 1.0)) == {1.0}
 
 
 def test_review_only_when_nothing_but_transport_moved_short_of_an_unstable_api():
@@ -1225,7 +1225,7 @@ def test_tails_per_resource_type_and_size_only_with_data_enough():
         pl.when(no_size).then(None).otherwise(pl.col("exposure")).alias("exposure"),
         pl.when(no_size).then(None).otherwise(pl.col("current_size")).alias("current_size"),
     )
-    families = set(_tail_families(features))
+    families = set(tail_families(features))
     assert {"user.count@4+", "user.count@4-"} <= families
     assert {"count@2+", "count-", "api.requests+"} <= families  # 3,500 rows of size 500
     assert {"metric.mfa_ratio+", "metric.mfa_ratio-", "metric+", "metric-"} <= families
@@ -1263,7 +1263,7 @@ def test_a_family_tail_is_never_lighter_than_the_residuals_gaussian_tail(fleet):
     assert raw.min() < 1e-4  # the spiky families this guards against exist in the fleet
     forest_s = np.full(n_fam, -1e9)  # nothing from the forest
     stat = model._combined_statistic(
-        forest_s, _Families.of(np.eye(n_fam) * 3.0), np.zeros(n_fam, int), ""
+        forest_s, Families.of(np.eye(n_fam) * 3.0), np.zeros(n_fam, int), ""
     )
     assert stat.max() <= -np.log10(0.5 * math.erfc(3.0 / math.sqrt(2.0))) + 1e-9
     assert stat.min() > 0.0
@@ -1582,9 +1582,9 @@ def test_sparse_family_rows_are_the_dense_matrix_rows():
     values = np.where(rng.random(9000) < 0.1, 0.0, rng.exponential(size=9000))
     dense = np.zeros((n, n_fam))
     np.maximum.at(dense, (cells // n_fam, cells % n_fam), values)
-    sparse = _Families.maxima(cells // n_fam, cells % n_fam, values, n_fam)
+    sparse = Families.maxima(cells // n_fam, cells % n_fam, values, n_fam)
     mine = rng.random(1024) < 0.7
-    got, want = sparse[slice(1024, 2048)].where(mine), _Families.of(dense[1024:2048][mine])
+    got, want = sparse[slice(1024, 2048)].where(mine), Families.of(dense[1024:2048][mine])
     assert len(want.rows) > 1000
     for name in ("rows", "cols", "values"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
