@@ -14,7 +14,7 @@ import polars as pl
 
 from detector.baseline import SeasonalBaseline
 from detector.families import Families
-from detector.groups import _IN_FLEET_SAMPLE, _IN_KIND_SAMPLE, POOLED_ALL
+from detector.groups import IN_FLEET_SAMPLE, IN_KIND_SAMPLE, POOLED_ALL
 from detector.history import as_strings
 
 
@@ -57,11 +57,11 @@ class _XfitPart:
         # Pooled: hold out whole connectors, the way a cold start meets the model.
         side = pl.lit(True) if fold is None else self._pooled_side(fold)
         if self.groups == (POOLED_ALL,):
-            every = self.source.filter(side & _IN_FLEET_SAMPLE)
+            every = self.source.filter(side & IN_FLEET_SAMPLE)
             return as_strings(every.drop("_pool")).with_columns(
                 pl.lit(POOLED_ALL).alias("connector_kind")
             )
-        mine = side & _IN_KIND_SAMPLE & (pl.col("connector_kind") == self.groups[0])
+        mine = side & IN_KIND_SAMPLE & (pl.col("connector_kind") == self.groups[0])
         return as_strings(self.source.filter(mine).drop("_pool"))
 
     def _pooled_side(self, fold: bool) -> pl.Expr:
@@ -94,7 +94,7 @@ def _xfit_parts(
     per_connector: pl.DataFrame, pooled: pl.DataFrame, chunk_rows: int
 ) -> list[_XfitPart]:
     """Chunks of whole connectors of about ``chunk_rows`` rows, then each pooled group
-    (``pooled``: the feature rows with their ``_pool`` code, see :func:`_pooled_sample`).
+    (``pooled``: the feature rows with their ``_pool`` code, see :func:`pooled_sample`).
 
     A chunk's rows are found by a small integer column rather than by connector ids: one
     cheap comparison per row and chunk, where a string lookup would cost far more.

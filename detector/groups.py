@@ -15,7 +15,14 @@ import polars as pl
 
 from detector.history import as_strings
 
-__all__ = ["POOLED_ALL"]
+__all__ = [
+    "IN_FLEET_SAMPLE",
+    "IN_KIND_SAMPLE",
+    "POOLED_ALL",
+    "group_layouts",
+    "pooled_group",
+    "pooled_sample",
+]
 
 
 POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
@@ -24,7 +31,7 @@ POOLED_ALL = "*"  # the pooled model for connector kinds never seen in training
 _MIN_SERIES_SHARE = 0.5
 
 
-def _pooled_group(kinds: Iterable[str]) -> pl.Expr:
+def pooled_group(kinds: Iterable[str]) -> pl.Expr:
     """The pooled model that judges a connector without a model of its own: its kind's
     when ``kinds`` has one, else the fleet's (``"*"``)."""
     return (
@@ -34,13 +41,15 @@ def _pooled_group(kinds: Iterable[str]) -> pl.Expr:
     )
 
 
-_IN_KIND_SAMPLE = pl.col("_pool") >= 1
+# Rows of the connectors a kind's pooled model is fitted on (``_pool``: see pooled_sample).
+IN_KIND_SAMPLE = pl.col("_pool") >= 1
 
 
-_IN_FLEET_SAMPLE = pl.col("_pool") == 2
+# Rows of the connectors the fleet's pooled model (``"*"``) is fitted on.
+IN_FLEET_SAMPLE = pl.col("_pool") == 2
 
 
-def _pooled_sample(intervals: pl.DataFrame, n_max: int | None) -> pl.DataFrame:
+def pooled_sample(intervals: pl.DataFrame, n_max: int | None) -> pl.DataFrame:
     """``connector_id, pool``: 2 for the connectors the fleet's pooled model is fitted on
     (and their kind's), 1 for those only their kind's is, 0 for neither.
 
@@ -64,13 +73,13 @@ def _pooled_sample(intervals: pl.DataFrame, n_max: int | None) -> pl.DataFrame:
     )
 
 
-def _layouts(
+def group_layouts(
     features: pl.DataFrame, syncs: pl.DataFrame, own: pl.DataFrame, sample: pl.DataFrame
 ) -> pl.DataFrame:
     """Every model group's :func:`_layout`: the connectors with a model of their own
     (``own``), then the pooled groups sorted (each kind's sample of connectors, and the
     fleet's ``"*"``; ``sample``: ``connector_id, connector_kind, _pool``, see
-    :func:`_pooled_sample`).
+    :func:`pooled_sample`).
 
     The long frame is counted once, per connector and measure: a sync is one connector's,
     so a pooled group's syncs that report a measure are the sum over its connectors.
@@ -103,11 +112,11 @@ def _layouts(
     pooled_layout = pl.concat(
         [
             _layout(
-                pooled.filter(_IN_KIND_SAMPLE), usable.filter(_IN_KIND_SAMPLE), "connector_kind"
+                pooled.filter(IN_KIND_SAMPLE), usable.filter(IN_KIND_SAMPLE), "connector_kind"
             ),
             _layout(
-                pooled.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
-                usable.filter(_IN_FLEET_SAMPLE).with_columns(fleet),
+                pooled.filter(IN_FLEET_SAMPLE).with_columns(fleet),
+                usable.filter(IN_FLEET_SAMPLE).with_columns(fleet),
                 "connector_kind",
             ),
         ]

@@ -58,7 +58,7 @@ from detector.features import FACTS_SCHEMA, build_features
 from detector.forest import ArrayIsolationForest
 from detector.frame import UNMODELLED_MEASURES, to_struct_frame
 from detector.frame_arrays import frame_from_arrays, frames_to_arrays
-from detector.groups import _layouts, _pooled_group, _pooled_sample
+from detector.groups import group_layouts, pooled_group, pooled_sample
 from detector.habits import (
     _LARGEST_LOSSES_SCHEMA,
     _expected_resources,
@@ -354,13 +354,13 @@ class FleetModel:
         )
         # The pooled models' rows: each kind's sample of connectors, and the fleet's
         # (see pooled_max_connectors), marked by a small integer column.
-        sample = _pooled_sample(self.intervals_, self.pooled_max_connectors)
+        sample = pooled_sample(self.intervals_, self.pooled_max_connectors)
         pool_code = pl.col("connector_id").replace_strict(
             sample["connector_id"], sample["pool"], return_dtype=pl.UInt8
         )
         pooled = features.with_columns(pool_code.alias("_pool"))
         kinds = self.intervals_.select("connector_id", "connector_kind")
-        self.columns_ = _layouts(
+        self.columns_ = group_layouts(
             features, syncs, own, sample.rename({"pool": "_pool"}).join(kinds, on="connector_id")
         )
         groups = self.columns_.select("group").unique(maintain_order=True)["group"].to_list()
@@ -410,7 +410,7 @@ class FleetModel:
         judge = (
             pl.when(pl.col("connector_id").is_in(own["connector_id"].implode()))
             .then(pl.col("connector_id"))
-            .otherwise(_pooled_group(group_index))
+            .otherwise(pooled_group(group_index))
         )
         judged_by = conn.select(
             "connector_id", judge.replace_strict(group_index, return_dtype=pl.Int64).alias("group")
@@ -1015,7 +1015,7 @@ class FleetModel:
         own_rows = modelled.filter(is_own)
         pooled_kinds = set(self.pooled_baseline_.series_["connector_kind"].unique())
         cold_rows = modelled.filter(~is_own).with_columns(
-            _pooled_group(pooled_kinds).alias("connector_kind")
+            pooled_group(pooled_kinds).alias("connector_kind")
         )
         resid = self.baseline_.residuals(own_rows, ivals)
         pooled_resid = self.pooled_baseline_.residuals(

@@ -226,7 +226,7 @@ def test_layouts_count_syncs_whatever_the_row_order(history: list[dict]) -> None
     syncs, features = history_module.history_frames(history)
     intervals = model_module._intervals(syncs)
     sample = (
-        model_module._pooled_sample(intervals, 2)
+        groups_module.pooled_sample(intervals, 2)
         .rename({"pool": "_pool"})
         .join(intervals.select("connector_id", "connector_kind"), on="connector_id")
     )
@@ -234,12 +234,12 @@ def test_layouts_count_syncs_whatever_the_row_order(history: list[dict]) -> None
     series = (pl.col("connector_id") == first) & (pl.col("measure") == "sync.duration_s")
     few = features.filter(series).pipe(lambda s: s.head(int(0.3 * s.height)))
     trimmed = pl.concat([features.filter(~series), few]).sort("row", "measure")
-    in_order = model_module._layouts(trimmed, syncs, intervals, sample)
+    in_order = groups_module.group_layouts(trimmed, syncs, intervals, sample)
     assert in_order.filter(pl.col("group") == first).height
     assert "sync.duration_s" not in in_order.filter(pl.col("group") == first)["measure"]
     thrice = pl.concat([trimmed, few, few]).sample(fraction=1.0, shuffle=True, seed=3)
     pl.testing.assert_frame_equal(
-        model_module._layouts(thrice, syncs, intervals, sample), in_order
+        groups_module.group_layouts(thrice, syncs, intervals, sample), in_order
     )
 
 
@@ -285,17 +285,17 @@ def test_pooled_sample_is_capped_per_group_nested_and_stable() -> None:
     intervals = pl.DataFrame(
         {"connector_id": [f"{k}-{i}" for i, k in enumerate(kinds)], "connector_kind": kinds}
     )
-    sample = model_module._pooled_sample(intervals, 3).join(intervals, on="connector_id")
+    sample = groups_module.pooled_sample(intervals, 3).join(intervals, on="connector_id")
     per_kind = sample.filter(pl.col("pool") >= 1).group_by("connector_kind").len()
     assert dict(per_kind.iter_rows()) == {"okta": 3, "vault": 2, "slack": 3}
     assert (sample["pool"] == 2).sum() == 3  # the fleet's, within its kinds' (pool 2 >= 1)
-    shuffled = model_module._pooled_sample(intervals.sample(fraction=1.0, shuffle=True, seed=4), 3)
+    shuffled = groups_module.pooled_sample(intervals.sample(fraction=1.0, shuffle=True, seed=4), 3)
     pl.testing.assert_frame_equal(
         sample.select("connector_id", "pool").sort("connector_id"),
         shuffled.sort("connector_id"),
     )
     for n_max in (None, 11):  # no cap, or a cap the fleet does not pass: every connector
-        assert (model_module._pooled_sample(intervals, n_max)["pool"] == 2).all()
+        assert (groups_module.pooled_sample(intervals, n_max)["pool"] == 2).all()
 
 
 def test_cold_start_is_scored_by_sampled_pooled_models(history: list[dict]) -> None:
