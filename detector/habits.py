@@ -13,10 +13,18 @@ import polars as pl
 from detector.history import as_strings
 from detector.rules import MIN_PAGE_LOSS_SHARE, count_losses
 
+__all__ = [
+    "LARGEST_LOSSES_SCHEMA",
+    "connector_intervals",
+    "expected_resources",
+    "largest_losses",
+    "score_intervals",
+]
+
 _MIN_RESOURCE_SHARE = 0.95
 
 
-def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
+def connector_intervals(syncs: pl.DataFrame) -> pl.DataFrame:
     """``connector_id, connector_kind, interval_s, n_syncs``: each connector's median gap
     between syncs (a day without one) and its number of syncs."""
     return (
@@ -30,7 +38,7 @@ def _intervals(syncs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
+def score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
     """Fitted intervals, or for connectors never seen, the batch's own median gap (else 1 day)."""
     seen = fitted.select("connector_id", "interval_s")
     batch = syncs.group_by("connector_id").agg(
@@ -42,7 +50,10 @@ def _score_intervals(syncs: pl.DataFrame, fitted: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+def expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+    """``connector_id, resource``: the resource types whose count a connector reported
+    about as often as it synced without failing (``_MIN_RESOURCE_SHARE`` of those syncs,
+    with 10 or more of them); rules flag a type of these gone missing."""
     ok = (
         syncs.filter(pl.col("status") != "failed")
         .group_by("connector_id")
@@ -62,7 +73,8 @@ def _expected_resources(syncs: pl.DataFrame, features: pl.DataFrame) -> pl.DataF
     )
 
 
-_LARGEST_LOSSES_SCHEMA = {
+# The columns of largest_losses (a model file without them reads an empty frame of these).
+LARGEST_LOSSES_SCHEMA = {
     "connector_id": pl.String,
     "resource": pl.String,
     "largest_loss": pl.Float64,
@@ -70,7 +82,7 @@ _LARGEST_LOSSES_SCHEMA = {
 }
 
 
-def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
+def largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
     """Per connector with a model of its own and resource type: the largest share of its
     records lost in one sync in history (0 when it never shrank), and the share of its
     syncs that lost ``MIN_PAGE_LOSS_SHARE`` or more (``truncated_listing`` reads it)."""
@@ -86,6 +98,6 @@ def _largest_losses(features: pl.DataFrame, own: pl.DataFrame) -> pl.DataFrame:
             pl.col("loss").max().clip(lower_bound=0.0).alias("largest_loss"),
             (pl.col("loss") >= MIN_PAGE_LOSS_SHARE).mean().alias("sharp_loss_rate"),
         )
-        .cast(_LARGEST_LOSSES_SCHEMA)
+        .cast(LARGEST_LOSSES_SCHEMA)
         .sort("connector_id", "resource")
     )

@@ -60,11 +60,11 @@ from detector.frame import UNMODELLED_MEASURES, to_struct_frame
 from detector.frame_arrays import frame_from_arrays, frames_to_arrays
 from detector.groups import group_layouts, pooled_group, pooled_sample
 from detector.habits import (
-    _LARGEST_LOSSES_SCHEMA,
-    _expected_resources,
-    _intervals,
-    _largest_losses,
-    _score_intervals,
+    LARGEST_LOSSES_SCHEMA,
+    connector_intervals,
+    expected_resources,
+    largest_losses,
+    score_intervals,
 )
 from detector.history import DecodedHistory, history_frames, prepare
 from detector.matrices import _scatter
@@ -323,11 +323,11 @@ class FleetModel:
         frames the baselines and forests are fitted from; and, when ``screen``, the ids
         of the syncs whose held-out scores would pause (see :meth:`_fit_calibrators`)."""
         syncs, features = decoded.pop()
-        self.intervals_ = _intervals(syncs)
+        self.intervals_ = connector_intervals(syncs)
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
-        self.expected_resources_ = _expected_resources(syncs, features)
-        self.largest_losses_ = _largest_losses(features, own)
+        self.expected_resources_ = expected_resources(syncs, features)
+        self.largest_losses_ = largest_losses(features, own)
 
         # From here on only the columns baselines and residual vectors read: each copy
         # of the long frame (folds, pooled rows) is then about a third smaller.
@@ -1001,7 +1001,7 @@ class FleetModel:
             syncs, measures, state=state, connector_facts=facts, paused_from_seq=paused_from
         )
         known = set(self.intervals_.filter(pl.col("n_syncs") >= self.min_history)["connector_id"])
-        intervals = _score_intervals(syncs, self.intervals_)
+        intervals = score_intervals(syncs, self.intervals_)
         if paused_from is not None:
             syncs = (
                 syncs.join(paused_from, on="connector_id", how="inner")
@@ -1303,7 +1303,7 @@ class FleetModel:
         model.expected_resources_ = frame("expected_resources")
         # Files written before the loss rule lack the table: the rule then stays silent.
         model.largest_losses_ = frame(
-            "largest_losses", older=pl.DataFrame(schema=_LARGEST_LOSSES_SCHEMA)
+            "largest_losses", older=pl.DataFrame(schema=LARGEST_LOSSES_SCHEMA)
         )
         if "sharp_loss_rate" not in model.largest_losses_.columns:
             # Files written before it: truncated_listing speaks for every type, as then.

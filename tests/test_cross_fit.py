@@ -14,6 +14,7 @@ import detector.history as history_module
 import detector.model as model_module
 from detector.baseline import SeasonalBaseline
 from detector.forest import ArrayIsolationForest
+from detector.habits import connector_intervals
 from detector.model import FleetModel
 from detector.parallel import in_threads
 from training.simulator import simulate_fleet
@@ -224,7 +225,7 @@ def test_layouts_count_syncs_whatever_the_row_order(history: list[dict]) -> None
     not rows. A measure in 30 % of a connector's syncs stays out of its layout (its
     rows counted, 90 %, would put it in)."""
     syncs, features = history_module.history_frames(history)
-    intervals = model_module._intervals(syncs)
+    intervals = connector_intervals(syncs)
     sample = (
         groups_module.pooled_sample(intervals, 2)
         .rename({"pool": "_pool"})

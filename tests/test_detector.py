@@ -1613,11 +1613,11 @@ def test_baseline_fitted_in_chunks_of_series_is_the_one_pass_baseline(fleet, mon
     series is fitted from its own rows, so the same tables as one pass."""
     import detector.baseline as baseline_module
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals
+    from detector.habits import connector_intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     for key, rows in (("connector_id", features), ("connector_kind", with_fleet_copy(features))):
         one_pass = SeasonalBaseline(key=key).fit(rows, ivals)
         # Smaller than any connector's rows: every key group is cut by measure.
@@ -1637,11 +1637,11 @@ def test_fit_residuals_are_those_of_fit_then_residuals(fleet, monkeypatch, chunk
     before), pooled against the sync before; in one part or chunks cut by measure."""
     import detector.baseline as baseline_module
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals
+    from detector.habits import connector_intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     # Every third sync paused: those rows' level-like measures judge against the reference.
     features = features.with_columns((pl.col("row") % 3 == 0).alias("paused"))
     cases = (
@@ -1669,11 +1669,11 @@ def test_residuals_with_an_alternative_are_those_of_two_passes(fleet):
     judged the other way (``z_alt``, ``z_tail_alt``), byte for byte those of a separate
     pass: per connector (paused rows, and every row as paused) and pooled."""
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals
+    from detector.habits import connector_intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     features = features.with_columns((pl.col("row") % 3 == 0).alias("paused"))
     cases = (
         ("connector_id", features, None, pl.lit(True)),
@@ -1704,10 +1704,10 @@ def _half_hourly_metric(values: np.ndarray, connector: str = "kpi") -> list[dict
 
 def _metric_baseline(records: list[dict]):
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals
+    from detector.habits import connector_intervals
 
     syncs, features = build_features(*prepare(records))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     base = SeasonalBaseline().fit(features, ivals)
     resid = base.residuals(features, ivals).filter(pl.col("measure") == "metric.value")
     return base, resid
@@ -1788,7 +1788,7 @@ def _null_rate_baseline(null_records: np.ndarray, size: int = 326):
     on ``null_records[i]`` records at sync ``i``: its baseline fitted on every sync but
     the last, and the residuals of ``role``'s null rate at every sync."""
     from detector.baseline import SeasonalBaseline
-    from detector.model import _intervals
+    from detector.habits import connector_intervals
 
     records = [
         make_record("slack-a", i, kind="slack", api=..., metrics=...,
@@ -1797,7 +1797,7 @@ def _null_rate_baseline(null_records: np.ndarray, size: int = 326):
         for i, k in enumerate(null_records)
     ]
     syncs, features = build_features(*prepare(records))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     history = features.filter(pl.col("row") < len(records) - 1)
     base = SeasonalBaseline().fit(history, ivals)
     resid = base.residuals(features, ivals).filter(pl.col("measure") == "grant.null_rate.role")
@@ -1844,11 +1844,11 @@ def test_duplicates_where_history_had_none_are_a_rare_event(fleet):
     the floor for churn (which is life) would make it. Where history had duplicates,
     their learned rate judges."""
     from detector.baseline import SeasonalBaseline
-    from detector.habits import _intervals
+    from detector.habits import connector_intervals
 
     _, history, _, _, _ = fleet
     syncs, features = build_features(*prepare(history))
-    ivals = _intervals(syncs).select("connector_id", "interval_s")
+    ivals = connector_intervals(syncs).select("connector_id", "interval_s")
     baseline = SeasonalBaseline().fit(features, ivals)
     duplicates = features.filter(pl.col("measure").str.ends_with(".duplicates"))
     had = duplicates.group_by("connector_id", "measure").agg(
