@@ -68,7 +68,7 @@ from detector.habits import (
 )
 from detector.history import DecodedHistory, history_frames, prepare
 from detector.matrices import _scatter
-from detector.next_state import _NEXT_STATE_COLUMNS, _next_state
+from detector.next_state import NEXT_STATE_COLUMNS, next_state
 from detector.parallel import connector_shards, in_threads
 from detector.policy import Policy, load_policy
 from detector.review import OUTLYING_Z, review_only
@@ -860,7 +860,7 @@ class FleetModel:
         """State and facts at the end of ``history`` (every history sync taken as accepted)."""
         syncs, measures = prepare(history)
         syncs, features = build_features(syncs, measures)
-        return _next_state(syncs, features, None, None)
+        return next_state(syncs, features, None, None)
 
     def score(
         self,
@@ -1229,7 +1229,7 @@ class FleetModel:
             )
         )
         hits = final["hits"].join(ids, on="row").sort("row", maintain_order=True)
-        new_state, new_facts = _next_state(
+        new_state, new_facts = next_state(
             final["syncs"], final["features"], state, facts, decided=decided
         )
         return ScoreResult(
@@ -1372,7 +1372,7 @@ def _merge_passes(first: dict, second: dict) -> dict:
     }
     out["resid"] = pl.concat([flagged(first).filter(keep), flagged(second)],
                              how="diagonal_relaxed")
-    out["features"] = first["features"].select(_NEXT_STATE_COLUMNS)
+    out["features"] = first["features"].select(NEXT_STATE_COLUMNS)
     return out
 
 

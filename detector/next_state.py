@@ -12,12 +12,15 @@ import polars as pl
 
 from detector.features import FACTS_SCHEMA, STATE_SCHEMA
 
-_NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
+__all__ = ["NEXT_STATE_COLUMNS", "next_state"]
+
+# The feature columns next_state reads (all a scored batch keeps of its features for it).
+NEXT_STATE_COLUMNS = ("row", "connector_id", "measure", "value", "started_at")
 
 
-def _next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def next_state(syncs, features, state, facts, decided=None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per connector and measure: last value, and value at the last sync not paused."""
-    rows = features.select(_NEXT_STATE_COLUMNS)
+    rows = features.select(NEXT_STATE_COLUMNS)
     if decided is not None:
         held = decided.select("row", (pl.col("decision") == "pause").alias("held"))
         rows = rows.join(held, on="row", how="left")

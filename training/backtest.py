@@ -34,7 +34,7 @@ from detector.frame import UNMODELLED_MEASURES, is_stat
 from detector.history import HISTORY_CHUNK_SYNCS as _CHUNK_SYNCS  # fitting's parts
 from detector.history import DecodedHistory, connector_parts, prepare
 from detector.model import FleetModel
-from detector.next_state import _next_state
+from detector.next_state import next_state
 from detector.parallel import in_threads
 
 __all__ = [
@@ -237,7 +237,7 @@ def _part_safeguards_and_state(
         syncs, feats = build_features(*prepare(part_history))
         offset = syncs.height
     in_history = pl.col("row") < offset
-    state, fact = _next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
+    state, fact = next_state(syncs.filter(in_history), feats.filter(in_history), None, None)
     return rules, state, fact
 
 
