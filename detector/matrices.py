@@ -17,10 +17,12 @@ import polars as pl
 from detector.families import Families, residual_sign, size_decade
 from detector.review import OUTLYING_Z, review_only
 
+__all__ = ["scatter_residuals"]
+
 _FOREST_Z_CLIP = 50.0  # forest inputs: beyond this, further distance isolates nothing new
 
 
-def _scatter(
+def scatter_residuals(
     resid: pl.DataFrame,
     width: int,
     columns: pl.DataFrame,

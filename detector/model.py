@@ -67,7 +67,7 @@ from detector.habits import (
     score_intervals,
 )
 from detector.history import DecodedHistory, history_frames, prepare
-from detector.matrices import _scatter
+from detector.matrices import scatter_residuals
 from detector.next_state import NEXT_STATE_COLUMNS, next_state
 from detector.parallel import connector_shards, in_threads
 from detector.policy import Policy, load_policy
@@ -819,8 +819,8 @@ class FleetModel:
     def _matrix(
         self, resid: pl.DataFrame, width: int, families: str = "dense"
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-        """:func:`_scatter` of long residual rows by this model's layout and families."""
-        return _scatter(
+        """:func:`scatter_residuals` of long residual rows by this model's layout and families."""
+        return scatter_residuals(
             resid,
             width,
             self.columns_,
