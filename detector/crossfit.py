@@ -17,9 +17,11 @@ from detector.families import Families
 from detector.groups import IN_FLEET_SAMPLE, IN_KIND_SAMPLE, POOLED_ALL
 from detector.history import as_strings
 
+__all__ = ["XfitPart", "merged_baseline", "stacked_matrices", "xfit_parts"]
+
 
 @dataclass(frozen=True)
-class _XfitPart:
+class XfitPart:
     """Whole model groups cross-fitted together, and how their rows split into folds.
 
     ``key`` is ``"connector_id"`` for a chunk of connectors (``source`` carries the
@@ -90,9 +92,9 @@ class _XfitPart:
         return base, z, z_tail
 
 
-def _xfit_parts(
+def xfit_parts(
     per_connector: pl.DataFrame, pooled: pl.DataFrame, chunk_rows: int
-) -> list[_XfitPart]:
+) -> list[XfitPart]:
     """Chunks of whole connectors of about ``chunk_rows`` rows, then each pooled group
     (``pooled``: the feature rows with their ``_pool`` code, see :func:`pooled_sample`).
 
@@ -117,7 +119,7 @@ def _xfit_parts(
         at = np.searchsorted(source["_xfit_chunk"].to_numpy(), np.arange(n_chunks + 1))
         spans = [(int(lo), int(hi)) for lo, hi in zip(at[:-1], at[1:], strict=True)]
     connectors = [
-        _XfitPart(
+        XfitPart(
             "connector_id",
             source,
             tuple(ids[i] for i in np.flatnonzero(chunk == c)),
@@ -131,11 +133,11 @@ def _xfit_parts(
     # whole long frame each time).
     pooled_ids = pooled["connector_id"].unique().cast(pl.String)
     return connectors + [
-        _XfitPart("connector_kind", pooled, (kind,), ids=pooled_ids) for kind in kinds
+        XfitPart("connector_kind", pooled, (kind,), ids=pooled_ids) for kind in kinds
     ]
 
 
-def _stacked(pieces: list[tuple]) -> tuple:
+def stacked_matrices(pieces: list[tuple]) -> tuple:
     """Group matrices of consecutive slices of syncs as one: arrays stacked, the sparse
     family maxima renumbered on (``None`` stays ``None``)."""
     x = [p[0] for p in pieces]
@@ -148,8 +150,8 @@ def _stacked(pieces: list[tuple]) -> tuple:
     return np.concatenate(x), np.concatenate([p[1] for p in pieces]), fam
 
 
-def _merged_baseline(
-    parts: list[_XfitPart], bases: list[SeasonalBaseline | None], key: str
+def merged_baseline(
+    parts: list[XfitPart], bases: list[SeasonalBaseline | None], key: str
 ) -> SeasonalBaseline:
     """The baselines of the parts keyed by ``key`` (chunks of connectors, or pooled
     groups) as one."""

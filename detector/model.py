@@ -45,7 +45,7 @@ import polars as pl
 
 from detector.baseline import SeasonalBaseline, empty_hours
 from detector.calibration import TailCalibrator
-from detector.crossfit import _merged_baseline, _stacked, _xfit_parts, _XfitPart
+from detector.crossfit import XfitPart, merged_baseline, stacked_matrices, xfit_parts
 from detector.explain import REASON_Z, reasons_frame, with_reasons
 from detector.families import (
     Families,
@@ -298,12 +298,12 @@ class FleetModel:
         # Fitted a part at a time with the forest inputs, as in cross-fitting: the pooled
         # rows (every sync twice) are never one frame. Each series is fitted from its own
         # rows only, so the parts' baselines together are those of the whole frames.
-        parts = _xfit_parts(fit_data.per_connector, fit_data.pooled, _XFIT_CHUNK_ROWS)
+        parts = xfit_parts(fit_data.per_connector, fit_data.pooled, _XFIT_CHUNK_ROWS)
         ivals, group_index = fit_data.ivals, fit_data.group_index
         del fit_data
         inputs, bases = self._forest_inputs(parts, None, ivals, group_index)
-        self.baseline_ = _merged_baseline(parts, bases, "connector_id")
-        self.pooled_baseline_ = _merged_baseline(parts, bases, "connector_kind")
+        self.baseline_ = merged_baseline(parts, bases, "connector_id")
+        self.pooled_baseline_ = merged_baseline(parts, bases, "connector_kind")
         del parts, bases
 
         step("isolation forests")
@@ -551,7 +551,7 @@ class FleetModel:
         syncs have a residual in few of the families); the ``_paused`` ones only when
         ``modes`` (of :data:`_MODES`) holds that mode.
         """
-        parts = _xfit_parts(per_connector, pooled, _XFIT_CHUNK_ROWS)
+        parts = xfit_parts(per_connector, pooled, _XFIT_CHUNK_ROWS)
         pooled_parts = [part.pooled for part in parts]
         keys = [k for k in _OOS_KEYS if not k.endswith(_MODES[1]) or _MODES[1] in modes]
         scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -603,7 +603,7 @@ class FleetModel:
 
     def _held_out_scores(
         self,
-        job: tuple[_XfitPart, SeasonalBaseline | None],
+        job: tuple[XfitPart, SeasonalBaseline | None],
         *,
         fold: bool,
         forest: ArrayIsolationForest,
@@ -638,7 +638,7 @@ class FleetModel:
 
     def _forest_inputs(
         self,
-        parts: list[_XfitPart],
+        parts: list[XfitPart],
         fold: bool | None,
         ivals: pl.DataFrame,
         group_index: dict[str, int],
@@ -652,7 +652,7 @@ class FleetModel:
         width = int(self.columns_["col"].max()) + 1
         inputs = [np.zeros((0, width), np.float32)] * len(group_index)
 
-        def fitted(part: _XfitPart) -> tuple[SeasonalBaseline | None, list]:
+        def fitted(part: XfitPart) -> tuple[SeasonalBaseline | None, list]:
             rows = part.rows(fold)
             if not rows.height:
                 return None, []
@@ -672,7 +672,7 @@ class FleetModel:
 
     def _part_matrices(
         self,
-        part: _XfitPart,
+        part: XfitPart,
         base: SeasonalBaseline,
         rows: pl.DataFrame,
         ivals: pl.DataFrame,
@@ -705,7 +705,10 @@ class FleetModel:
                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
                 if hi > lo
             ]
-            return [(g, _stacked([p[i][1] for p in pieces])) for i, (g, _) in enumerate(pieces[0])]
+            return [
+                (g, stacked_matrices([p[i][1] for p in pieces]))
+                for i, (g, _) in enumerate(pieces[0])
+            ]
         if "z_tail" in rows.columns:  # residuals already made (by fit_residuals)
             return self._resid_matrices(part, rows, group_index, families)
         resid = base.residuals(rows, ivals, against_reference=part.against_reference)
@@ -713,7 +716,7 @@ class FleetModel:
 
     def _held_out_matrices(
         self,
-        part: _XfitPart,
+        part: XfitPart,
         base: SeasonalBaseline,
         rows: pl.DataFrame,
         ivals: pl.DataFrame,
@@ -745,7 +748,7 @@ class FleetModel:
 
     def _resid_matrices(
         self,
-        part: _XfitPart,
+        part: XfitPart,
         resid: pl.DataFrame,
         group_index: dict[str, int],
         families: str = "sparse",
