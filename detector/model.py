@@ -1051,15 +1051,22 @@ class FleetModel:
             [resid.filter(outlying), pooled_resid.filter(outlying)], how="diagonal_relaxed"
         )
         scored = scored.join(_review_only(all_resid), on="row", how="left")
+        # Each connector's policy and per-sync budget, once: the rules and the decision
+        # both read it.
+        budgets = self._budgets(
+            syncs.select("connector_id", "connector_kind")
+            .unique()
+            .join(ivals, on="connector_id", how="left")
+        )
         hits = rule_hits(
             syncs,
             features,
             intervals=ivals,
             expected_resources=self.expected_resources_,
             largest_losses=self.largest_losses_,
-            rare_event_rates=self._rare_event_rates(syncs, ivals),
+            rare_event_rates=self._rare_event_rates(syncs, budgets),
         )
-        decided = self._decide(syncs, scored, hits, intervals, known)
+        decided = self._decide(syncs, scored, hits, budgets, known)
         return {
             "syncs": syncs,
             "features": features,
@@ -1068,11 +1075,12 @@ class FleetModel:
             "decided": decided,
         }
 
-    def _rare_event_rates(self, syncs: pl.DataFrame, intervals: pl.DataFrame) -> pl.DataFrame:
+    def _rare_event_rates(self, syncs: pl.DataFrame, budgets: pl.DataFrame) -> pl.DataFrame:
         """Each connector's learned rates of ``partial`` syncs and of repeated data (its
         kind's when cold), and the per-sync false-pause rate its budget allows:
         ``connector_id, partial_rate, alpha`` and the columns of
-        :data:`~detector.rules.REPEAT_RATES`. ``intervals``: ``connector_id, interval_s``."""
+        :data:`~detector.rules.REPEAT_RATES`. ``budgets``: :meth:`_budgets` of the syncs'
+        connectors."""
         measures = {"partial_rate": "sync.partial"} | {
             column: measure for measure, column in REPEAT_RATES.items()
         }
@@ -1087,7 +1095,6 @@ class FleetModel:
             return out
 
         conn = syncs.select("connector_id", "connector_kind").unique()
-        budgets = self._budgets(conn.join(intervals, on="connector_id", how="left"))
         return (
             conn.join(rates(self.baseline_), on="connector_id", how="left")
             .join(rates(self.pooled_baseline_), on="connector_kind", how="left", suffix="_kind")
@@ -1135,15 +1142,10 @@ class FleetModel:
         )
         return out.with_columns(pl.Series("alpha", alpha))
 
-    def _decide(self, syncs, scored, hits, intervals, known) -> pl.DataFrame:
-        connectors = (
-            syncs.select("connector_id", "connector_kind")
-            .unique()
-            .join(intervals.select("connector_id", "interval_s"), on="connector_id", how="left")
-        )
+    def _decide(self, syncs, scored, hits, budgets, known) -> pl.DataFrame:
         frame = (
             syncs.join(scored, on="row", how="left")
-            .join(self._budgets(connectors), on="connector_id", how="left")
+            .join(budgets, on="connector_id", how="left")
             .join(hits.group_by("row").agg(pl.len().alias("n_rules")), on="row", how="left")
             .with_columns(pl.col("tail_probability").fill_null(1.0))
         )

@@ -1277,6 +1277,15 @@ def test_connector_reporting_partial_data_pauses(fleet):
     assert "partial_sync" in out.rule_hits["rule"].to_list()
 
 
+def _learned_rare_event_rates(model: FleetModel, facts: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """``model._rare_event_rates`` of the connectors in ``facts`` (all of ``kind``), with
+    their budgets at their learned intervals, as a scoring pass gives them."""
+    connectors = facts.select("connector_id", pl.lit(kind).alias("connector_kind"))
+    budgets = model._budgets(connectors.join(
+        model.intervals_.select("connector_id", "interval_s"), on="connector_id", how="left"))
+    return model._rare_event_rates(connectors, budgets)
+
+
 def test_partial_now_and_then_beyond_the_budget_is_left_to_the_model_never_seen_is_a_rule():
     """An hourly connector that said ``partial`` on 3 of 1,440 syncs in history (0.2 %,
     under MAX_PARTIAL_RATE) would spend about 18 false pauses a year on the rule alone,
@@ -1294,9 +1303,7 @@ def test_partial_now_and_then_beyond_the_budget_is_left_to_the_model_never_seen_
     test = [r for r in records if int(r["sync_id"].split(":")[1]) >= 24 * 60]
     model = FleetModel(n_estimators=30).fit(history)
     state, facts = model.initial_state(history)
-    rates = model._rare_event_rates(
-        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")),
-        model.intervals_.select("connector_id", "interval_s")).sort("connector_id")
+    rates = _learned_rare_event_rates(model, facts, "flaky").sort("connector_id")
     assert rates["partial_rate"][0] == pytest.approx(3 / 1440, rel=0.3)
     assert rates["partial_rate"][0] < MAX_PARTIAL_RATE
     assert rates["alpha"][0] < rates["partial_rate"][0]
@@ -1318,9 +1325,7 @@ def test_a_connector_that_says_partial_now_and_then_has_it_judged_by_the_model()
     history, test = records[: 24 * 60], records[24 * 60 :]
     model = FleetModel(n_estimators=30).fit(history)
     state, facts = model.initial_state(history)
-    rates = model._rare_event_rates(
-        facts.select("connector_id", pl.lit("flaky").alias("connector_kind")),
-        model.intervals_.select("connector_id", "interval_s"))
+    rates = _learned_rare_event_rates(model, facts, "flaky")
     assert rates["partial_rate"][0] == pytest.approx(1 / 60, rel=0.25)
     assert rates["partial_rate"][0] >= MAX_PARTIAL_RATE
     out = model.score(test, state=state, facts=facts)
