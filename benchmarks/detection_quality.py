@@ -14,7 +14,9 @@ calibration line (false pauses, and breaches of the cutoff: pauses and reviews; 
 apart for syncs judged while their connector was paused and while it was not); then one
 summary row per seed, and the calibration of all seeds together: a budget of one false
 pause per connector per year expects only about ten in one fleet's window, so one
-fleet's ratio is mostly noise (``p``: how likely exact calibration lands that far out).
+fleet's ratio is mostly noise (``p``: how likely exact calibration lands that far out),
+and the calibration curves of all seeds together (see
+:func:`training.backtest.calibration_curve`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import argparse
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,7 +65,7 @@ def main() -> None:
     parser.add_argument("--no-screen-history", dest="screen_history", action="store_false",
                         help="FleetModel(screen_history=False): fit once, on all history.")
     args = parser.parse_args()
-    summary = []
+    summary, curves = [], []
     for seed in args.seeds:
         records, labels = simulate_fleet(args.connectors, args.days, seed=seed)
         history, test = split(records, args.train_days)
@@ -86,6 +90,7 @@ def main() -> None:
                   f"(breaches {mode['breach_ratio']:.2f})")
         row = report.quality.row(0, named=True)  # syncguard first
         summary.append((seed, row, report.calibration, report.timings))
+        curves.append(report.calibration_curve)
     print("\nseed | episodes | episode recall | first-sync recall | false pauses / 1000 | "
           "min class recall | calibration ratio | false pauses / expected (p) | "
           "breach ratio | fit s | score s")
@@ -102,6 +107,13 @@ def main() -> None:
         print(f"all seeds: {budget_counts(pauses, expected)}: "
               f"calibration ratio {pauses / expected:.2f} "
               f"(p = {float(poisson_two_sided_p(pauses, expected)):.2f})")
+        pooled = (
+            pl.concat([c.select("multiple", "observed", "expected") for c in curves])
+            .group_by("multiple").sum().sort("multiple")
+        )
+        print("all seeds, calibration curve (tail probability below m x budget: observed / "
+              "expected, ratio): " + ", ".join(
+                  f"m={m}: {o} / {e:.1f} ({o / e:.2f})" for m, o, e in pooled.iter_rows()))
 
 
 if __name__ == "__main__":

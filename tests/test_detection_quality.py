@@ -27,3 +27,11 @@ def test_summary_rows_and_the_pooled_calibration_add_up() -> None:
     assert abs(float(pooled[2]) - sum(float(r[2]) for r in rows)) <= 0.05 * (len(rows) + 1)
     for _, _, expected, p in rows:
         assert float(expected) > 0 and 0.0 <= float(p) <= 1.0
+    # The seeds' calibration curves together: at m = 1 the budget's own expectation.
+    curve = re.search(r"^all seeds, calibration curve \(.*?\): (.*)$", out, re.MULTILINE)
+    assert curve, out
+    points = re.findall(r"m=(\d+): (\d+) / ([\d.]+) \(", curve[1])
+    assert [int(m) for m, _, _ in points] == [1, 3, 10, 30, 100]
+    assert abs(float(points[0][2]) - float(pooled[2])) <= 0.1
+    observed = [int(o) for _, o, _ in points]
+    assert observed == sorted(observed)

@@ -15,7 +15,11 @@ and an Elementary-style 3-sigma z-score, all on the same test syncs:
   A budget of one false pause per connector per year expects only a handful in a
   backtest window, so the ratio alone is mostly noise: the table also gives the count
   the budget expects (``budgeted_pauses``) and ``calibration_p``, the two-sided Poisson
-  probability that a model calibrated exactly would realise a count this far from it.
+  probability that a model calibrated exactly would realise a count this far from it;
+* the calibration curve: how many normal syncs have a tail probability below 1, 3, 10, 30
+  and 100 times their budgeted rate, against how many a calibrated model expects. Within
+  ten times the budget lie ten times the syncs, so the curve tells a cutoff that is
+  consistently cautious (or loose) from a handful of false pauses that fell short by luck.
 """
 
 from __future__ import annotations
@@ -45,7 +49,12 @@ __all__ = [
     "format_table",
     "poisson_two_sided_p",
     "budget_counts",
+    "calibration_curve",
+    "CURVE_MULTIPLES",
 ]
+
+#: Multiples of each sync's budgeted false-pause rate at which the calibration curve is read.
+CURVE_MULTIPLES = (1, 3, 10, 30, 100)
 
 
 @dataclass
@@ -62,6 +71,7 @@ class BacktestReport:
     # The same apart for syncs judged while their connector was already paused (against
     # the sync before; ``paused``) and while not, with their false pauses.
     calibration_by_mode: pl.DataFrame | None = None
+    calibration_curve: pl.DataFrame | None = None  # see calibration_curve
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -396,7 +406,60 @@ def run_backtest(
         )
     }
     report.calibration_by_mode = _calibration_table(normal, "paused")
+    report.calibration_curve = calibration_curve(normal)
     return report
+
+
+def calibration_curve(
+    normal: pl.DataFrame, multiples: tuple[float, ...] = CURVE_MULTIPLES
+) -> pl.DataFrame:
+    """How many ``normal`` syncs have a tail probability below ``m`` times their budgeted
+    rate (``alpha``), against the count a calibrated model expects (the sum of ``m *
+    alpha``, each at most 1), for each multiple ``m``: all syncs together and apart for
+    those judged while their connector was already paused (``paused``).
+
+    Returns one row per multiple: ``multiple``, ``observed``, ``expected``, ``ratio``,
+    ``p`` (two-sided Poisson, as :func:`poisson_two_sided_p`) and ``ratio_not_paused``,
+    ``ratio_paused``. At ``m = 1`` the count is the model's breaches of its cutoff (rule
+    pauses aside); further out it rests on many more syncs than the false pauses do.
+
+    >>> normal = pl.DataFrame({"tail_probability": [0.001, 0.02, 0.5, 0.9],
+    ...                        "alpha": [0.01] * 4, "paused": [False, True, False, False]})
+    >>> calibration_curve(normal, (1, 3))["observed"].to_list()
+    [1, 2]
+    """
+    cells = normal.select("tail_probability", "alpha", "paused").join(
+        pl.DataFrame({"multiple": list(multiples)}), how="cross"
+    )
+    counts = [
+        (pl.col("tail_probability") < pl.col("multiple") * pl.col("alpha")).sum().alias("observed"),
+        (pl.col("multiple") * pl.col("alpha")).clip(upper_bound=1.0).sum().alias("expected"),
+    ]
+    ratio = (pl.col("observed") / pl.col("expected")).fill_nan(None).alias("ratio")
+    curve = cells.group_by("multiple").agg(counts).with_columns(ratio).sort("multiple")
+    curve = curve.with_columns(
+        pl.Series(
+            "p", poisson_two_sided_p(curve["observed"].to_numpy(), curve["expected"].to_numpy())
+        )
+    )
+    by_mode = (
+        cells.group_by("multiple", "paused")
+        .agg(counts)
+        .with_columns(ratio)
+        .with_columns(
+            pl.when(pl.col("paused"))
+            .then(pl.lit("ratio_paused"))
+            .otherwise(pl.lit("ratio_not_paused"))
+            .alias("mode")
+        )
+        .pivot("mode", index="multiple", values="ratio")
+    )
+    for name in ("ratio_not_paused", "ratio_paused"):
+        if name not in by_mode.columns:  # no normal sync judged in that mode
+            by_mode = by_mode.with_columns(pl.lit(None, pl.Float64).alias(name))
+    return curve.join(
+        by_mode.select("multiple", "ratio_not_paused", "ratio_paused"), on="multiple", how="left"
+    ).sort("multiple")
 
 
 def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
@@ -500,6 +563,16 @@ def format_table(report: BacktestReport) -> str:
             c["breach_ratio"],
         )
     )
+    if report.calibration_curve is not None:
+        with pl.Config(
+            tbl_rows=20, float_precision=2, tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True,
+        ):
+            lines += [
+                "Calibration curve: normal syncs whose tail probability is below m x their "
+                "budgeted rate (observed), against the count a calibrated model expects",
+                str(report.calibration_curve),
+            ]
     t = report.timings
     lines.append(
         f"Time: fit {t.get('fit_s', 0):.1f} s, score {t.get('score_s', 0):.1f} s "
