@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -193,6 +194,10 @@ class FleetModel:
     screened_out_ : list of str
         ``sync_id`` of the history syncs ``screen_history`` left out (not kept in model
         files).
+    history_end_ : datetime or None
+        When the last sync of the history fitted on started (UTC). Calibration loosens
+        as connectors drift away from it: ``syncguard score`` warns past
+        :data:`detector.scoring.MODEL_MAX_AGE_DAYS`. None for model files older than the attribute.
     """
 
     def __init__(
@@ -324,6 +329,7 @@ class FleetModel:
         of the syncs whose held-out scores would pause (see :meth:`_fit_calibrators`)."""
         syncs, features = decoded.pop()
         self.intervals_ = connector_intervals(syncs)
+        self.history_end_ = syncs["started_at"].max()
         self.policy_ = self.policy or load_policy()
         own = self.intervals_.filter(pl.col("n_syncs") >= self.min_history)
         self.expected_resources_ = expected_resources(syncs, features)
@@ -1277,6 +1283,7 @@ class FleetModel:
             "pooled_max_connectors": self.pooled_max_connectors,
             "screen_history": self.screen_history,
             "min_logit_records": self.baseline_.min_logit_records,
+            "history_end": None if self.history_end_ is None else self.history_end_.isoformat(),
             "frames": schemas,
             "policy": {
                 "criticalities": self.policy_.criticalities,
@@ -1304,6 +1311,8 @@ class FleetModel:
         )
         frame = functools.partial(frame_from_arrays, arrays, config["frames"])
         model.intervals_ = frame("intervals")
+        end = config.get("history_end")
+        model.history_end_ = datetime.fromisoformat(end) if end else None
         model.columns_ = frame("columns")
         model.expected_resources_ = frame("expected_resources")
         # Files written before the loss rule lack the table: the rule then stays silent.

@@ -67,8 +67,8 @@ if TYPE_CHECKING:  # the model module imports scipy: only load it when scoring
     from detector.model import FleetModel
     from detector.policy import Policy
 
-__all__ = ["CHUNK_SYNCS", "SCORE_JOBS", "ChampionAhead", "DecodedAhead", "ScoreRun", "Scorer",
-           "load_scoring_model", "score_items", "UNSCORABLE"]
+__all__ = ["CHUNK_SYNCS", "MODEL_MAX_AGE_DAYS", "SCORE_JOBS", "ChampionAhead", "DecodedAhead",
+           "ScoreRun", "Scorer", "load_scoring_model", "score_items", "UNSCORABLE"]
 
 CHUNK_SYNCS = 20_000
 """Syncs per scoring transaction: big enough to amortise the model's fixed costs, small
@@ -77,6 +77,12 @@ enough that other writers wait for the lock at most a few seconds."""
 SCORE_JOBS = max(1, min(4, os.cpu_count() or 1))
 """Threads the model scores a large chunk in, in shards of connectors (see
 :meth:`FleetModel.score`); a chunk of a few syncs is scored in one thread whatever this is."""
+
+MODEL_MAX_AGE_DAYS = 30
+"""Days past the end of its history after which ``syncguard score`` asks for a new model:
+on simulated fleets, syncs of connectors not paused breached a model's cutoffs at 0.65x
+their budget in its first ten days, 0.87x in days 20-30 and 1.7-2.7x in days 40-60 (the
+README's "Where the targets stand")."""
 
 HISTORY_SYNCS = 50
 """Stored syncs per connector a never-scored connector's starting state is built from."""
@@ -138,6 +144,10 @@ class ScoreRun:
     model_version : str or None
     unscorable : str or None
         Why syncs were decided ``pause`` / ``unscorable``, when they were.
+    history_end : datetime or None
+        When the model's history ended (``FleetModel.history_end_``), when known.
+    latest_sync : datetime or None
+        When the latest accepted sync of the input started.
     """
 
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -147,6 +157,16 @@ class ScoreRun:
     pauses_opened: list[str] = field(default_factory=list)
     model_version: str | None = None
     unscorable: str | None = None
+    history_end: datetime | None = None
+    latest_sync: datetime | None = None
+
+    @property
+    def model_age_days(self) -> float | None:
+        """Days from the end of the model's history to the latest sync scored (None when
+        either is unknown)."""
+        if self.history_end is None or self.latest_sync is None:
+            return None
+        return (self.latest_sync - self.history_end).total_seconds() / 86400.0
 
     def decisions(self) -> dict[str, int]:
         """Events per decision."""
@@ -181,6 +201,14 @@ class ScoreRun:
                          "(resume with `syncguard resume CONNECTOR --by WHO --reason TEXT`)")
         if self.unscorable:
             lines.append(f"fail closed ({UNSCORABLE}): {self.unscorable}")
+        age = self.model_age_days
+        if age is not None and age > MODEL_MAX_AGE_DAYS:
+            lines.append(
+                f"warning: the model learned from history up to "
+                f"{self.history_end:%Y-%m-%d}, {age:.0f} days before the latest sync "
+                f"scored: retrain it (`syncguard train`), its cutoffs loosen as connectors "
+                f"drift (more than {MODEL_MAX_AGE_DAYS} days)"
+            )
         return "\n".join(lines)
 
 
@@ -611,6 +639,10 @@ def _score_items(home: Home, store: Store, items: Iterable[Accepted | Violation]
                         unscorable_reason=run.unscorable, chunk_syncs=chunk_syncs,
                         decoded=decoded)
         fresh = scorer.score(sync_ids)
+        run.history_end = getattr(model, "history_end_", None)
+        run.latest_sync = max(
+            (it.times[0] for it in items if isinstance(it, Accepted) and it.times), default=None
+        )
     finally:
         champion.close()
         if decoded is not None:

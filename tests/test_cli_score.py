@@ -24,6 +24,7 @@ from detector.cli.score import BLAS_THREADS_ENV
 from detector.events.native import validate
 from detector.frame import ACCEPTED_MEASURE
 from detector.home import Home
+from detector.scoring import MODEL_MAX_AGE_DAYS
 from detector.store import Store
 
 pytest_plugins = ["scoring_fixtures"]  # fleet, scoring_home
@@ -73,6 +74,26 @@ def test_exit_0_when_every_sync_proceeds(scoring_home: Home, fleet: Fleet) -> No
     validate(event)
     assert event["decision"] == "proceed" and event["sync_id"] == record["sync_id"]
     assert "scored 1 syncs with model v1: 0 pause, 0 review, 1 proceed" in result.stderr
+
+
+def test_a_model_whose_history_ended_over_a_month_before_is_named_on_stderr(
+        scoring_home: Home, fleet: Fleet) -> None:
+    record = _first_proceed(fleet)
+    soon = _cli(scoring_home, "score", "-", stdin=json.dumps(record) + "\n")
+    assert soon.exit_code == 0 and "warning" not in soon.stderr
+    late = {**record, "sync_id": record["sync_id"] + "-late"}
+    for key in ("started_at", "finished_at"):
+        moved = datetime.fromisoformat(record[key].replace("Z", "+00:00")) + timedelta(days=45)
+        late[key] = moved.strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = _cli(scoring_home, "score", "-", stdin=json.dumps(late) + "\n")
+    (event,) = _events(result)  # still scored: the warning holds nothing back
+    assert event["sync_id"] == late["sync_id"]
+    end = fleet.model.history_end_
+    late_start = datetime.fromisoformat(late["started_at"].replace("Z", "+00:00"))
+    age = (late_start - end).total_seconds() / 86400
+    assert age > MODEL_MAX_AGE_DAYS
+    assert (f"warning: the model learned from history up to {end:%Y-%m-%d}, {age:.0f} days "
+            "before the latest sync scored: retrain it (`syncguard train`)") in result.stderr
 
 
 def test_exit_3_names_the_pauses_on_stderr(scored: Result, fleet: Fleet,

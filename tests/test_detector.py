@@ -1864,3 +1864,17 @@ def test_duplicates_where_history_had_none_are_a_rare_event(fleet):
     by_history = {row["had_duplicates"]: row for row in z.iter_rows(named=True)}
     assert by_history[False]["least"] > 3.0  # mid-p z of one event where ~1e-3 expected
     assert by_history[True]["most"] < by_history[False]["least"]
+
+
+def test_a_model_knows_when_its_history_ended_and_its_file_keeps_it(fleet, tmp_path):
+    """``history_end_`` is the start of the last sync fitted on; a model file keeps it, and
+    files written before it load without one."""
+    model, history, *_ = fleet
+    starts = {datetime.fromisoformat(r["started_at"].replace("Z", "+00:00")) for r in history}
+    assert model.history_end_ in starts
+    assert model.history_end_ >= max(starts) - timedelta(days=1)
+    arrays, config = model.to_arrays()
+    loaded = load_model_dir(save_model_dir(tmp_path / "m", arrays=arrays, config=config))
+    assert FleetModel.from_arrays(loaded.arrays, loaded.config).history_end_ == model.history_end_
+    older = {k: v for k, v in config.items() if k != "history_end"}
+    assert FleetModel.from_arrays(arrays, older).history_end_ is None
