@@ -322,8 +322,13 @@ def test_run_has_params_metrics_and_artifacts(trained: dict, tmp_path: Path) -> 
         "backtest/report.txt",
         "backtest/quality.csv",
         "backtest/recall_per_class.csv",
+        "backtest/calibration_curve.csv",
         "backtest/decisions.parquet",
     } <= artifacts
+    curve = pl.read_csv(client.download_artifacts(
+        first["run_id"], "backtest/calibration_curve.csv", str(tmp_path)))
+    assert curve["multiple"].to_list() == [1, 3, 10, 30, 100]
+    assert curve["expected"][0] == pytest.approx(metrics["budgeted_false_pauses"], rel=1e-6)
     local = Path(client.download_artifacts(first["run_id"], "summary/connectors.csv",
                                            str(tmp_path)))
     summary = pl.read_csv(local)

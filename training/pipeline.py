@@ -27,7 +27,8 @@ Everything the run logs:
   syncs) and calibration (realised / budgeted false-pause rate) always; timings;
 * artifacts: ``fleet-model/`` (the registered model directory), ``summary/connectors.csv``
   (one row per connector), ``plots/calibration.png``, ``backtest/`` (the quality table
-  as text and CSV, recall per class, every held-out decision as Parquet).
+  as text and CSV, recall per class, the calibration curve, every held-out decision as
+  Parquet).
 """
 
 from __future__ import annotations
@@ -453,6 +454,8 @@ def _write_artifacts(
         report.quality.write_csv(backtest / "quality.csv")
     if report.per_class is not None:
         report.per_class.write_csv(backtest / "recall_per_class.csv")
+    if report.calibration_curve is not None:
+        report.calibration_curve.write_csv(backtest / "calibration_curve.csv")
     report.decisions.write_parquet(backtest / "decisions.parquet")
     return {"summary": summary, "plots": plots, "backtest": backtest}
 
