@@ -431,35 +431,27 @@ def calibration_curve(
     cells = normal.select("tail_probability", "alpha", "paused").join(
         pl.DataFrame({"multiple": list(multiples)}), how="cross"
     )
-    counts = [
+    by_mode = cells.group_by("multiple", "paused").agg(
         (pl.col("tail_probability") < pl.col("multiple") * pl.col("alpha")).sum().alias("observed"),
         (pl.col("multiple") * pl.col("alpha")).clip(upper_bound=1.0).sum().alias("expected"),
-    ]
-    ratio = (pl.col("observed") / pl.col("expected")).fill_nan(None).alias("ratio")
-    curve = cells.group_by("multiple").agg(counts).with_columns(ratio).sort("multiple")
+    )
+    ratio = (pl.col("observed") / pl.col("expected")).fill_nan(None)
+    # All syncs: the modes' counts summed (one pass over the syncs for both).
+    curve = (
+        by_mode.group_by("multiple")
+        .agg(pl.col("observed", "expected").sum())
+        .with_columns(ratio.alias("ratio"))
+        .sort("multiple")
+    )
     curve = curve.with_columns(
         pl.Series(
             "p", poisson_two_sided_p(curve["observed"].to_numpy(), curve["expected"].to_numpy())
         )
     )
-    by_mode = (
-        cells.group_by("multiple", "paused")
-        .agg(counts)
-        .with_columns(ratio)
-        .with_columns(
-            pl.when(pl.col("paused"))
-            .then(pl.lit("ratio_paused"))
-            .otherwise(pl.lit("ratio_not_paused"))
-            .alias("mode")
-        )
-        .pivot("mode", index="multiple", values="ratio")
-    )
-    for name in ("ratio_not_paused", "ratio_paused"):
-        if name not in by_mode.columns:  # no normal sync judged in that mode
-            by_mode = by_mode.with_columns(pl.lit(None, pl.Float64).alias(name))
-    return curve.join(
-        by_mode.select("multiple", "ratio_not_paused", "ratio_paused"), on="multiple", how="left"
-    ).sort("multiple")
+    for paused, name in ((False, "ratio_not_paused"), (True, "ratio_paused")):
+        mode = by_mode.filter(pl.col("paused") == paused).select("multiple", ratio.alias(name))
+        curve = curve.join(mode, on="multiple", how="left")  # null: no sync in that mode
+    return curve
 
 
 def _calibration_table(normal: pl.DataFrame, *by: str) -> pl.DataFrame:
